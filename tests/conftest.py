@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_conv3dt._keras import LEGACY_KERAS, keras
+
+
+def pytest_report_header(config):
+    flavour = "tf_keras (TF_USE_LEGACY_KERAS=1)" if LEGACY_KERAS else "Keras 3"
+    return f"tf_conv3dt: {flavour} {keras.__version__}, TensorFlow {tf.__version__}"
+
+
+@pytest.fixture(params=["native", "gemm"])
+def implementation(request):
+    """Every numerical test runs once for each lowering."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    yield
+    keras.backend.clear_session()

@@ -1,0 +1,270 @@
+"""Values against the NumPy reference, Keras's own layer, and by hand."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings, strategies as st
+
+import tf_conv3dt
+from tf_conv3dt._keras import keras
+from reference import assert_close, np_conv3d_transpose
+
+
+def _sweep_cases():
+    """Kernel 1-5 (non-cubic too), strides 1-3 per axis, both paddings,
+    output_padding, dilation, both formats, bias or not, batch 1-3, odd sizes."""
+    rng = np.random.default_rng(7)
+    cases = []
+    for kernel, strides in itertools.product(
+        [(1, 1, 1), (2, 2, 2), (3, 3, 3), (4, 4, 4), (5, 5, 5), (2, 3, 1), (5, 1, 4)],
+        [(1, 1, 1), (2, 2, 2), (3, 3, 3), (1, 2, 3), (3, 1, 2)],
+    ):
+        padding = ("valid", "same")[len(cases) % 2]
+        output_padding = None
+        if len(cases) % 3 == 0 and max(strides) > 1:
+            output_padding = tuple(int(rng.integers(0, s)) for s in strides)
+            if padding == "same":  # an even kernel needs >= 1 there
+                output_padding = tuple(
+                    max(p, 1) if k % 2 == 0 and s > 1 else p
+                    for p, k, s in zip(output_padding, kernel, strides))
+                if any(k % 2 == 0 and p == 0 for k, p in zip(kernel, output_padding)):
+                    output_padding = None
+        cases.append(dict(kernel_size=kernel, strides=strides, padding=padding,
+                          output_padding=output_padding))
+    for kernel, dilation, padding in [((3, 3, 3), (2, 2, 2), "valid"),
+                                      ((2, 3, 4), (3, 1, 2), "same"),
+                                      ((3, 1, 2), (1, 4, 1), "valid")]:
+        cases.append(dict(kernel_size=kernel, dilation_rate=dilation, padding=padding))
+    for i, case in enumerate(cases):
+        case["data_format"] = ("channels_last", "channels_first")[i % 2]
+        case["use_bias"] = i % 4 != 1
+        case["batch"] = 1 + i % 3
+    return cases
+
+
+SWEEP = _sweep_cases()
+
+
+def _run_layer(case, implementation, rng, spatial=(3, 5, 4), channels=3, filters=2,
+               output_shape=None):
+    case = dict(case)
+    batch = case.pop("batch", 2)
+    layer = tf_conv3dt.Conv3DTranspose(filters, implementation=implementation,
+                                       bias_initializer="random_normal", **case)
+    shape = ((batch, *spatial, channels) if layer.data_format == "channels_last"
+             else (batch, channels, *spatial))
+    x = rng.standard_normal(shape).astype("float32")
+    y = layer(x) if output_shape is None else layer(x, output_shape=output_shape)
+    kernel = layer.kernel.numpy()
+    bias = layer.bias.numpy() if layer.use_bias else None
+    expected = np_conv3d_transpose(
+        x, kernel, bias, layer.strides, layer.padding, layer.output_padding,
+        layer.dilation_rate, layer.data_format, output_shape)
+    return y, expected
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=lambda c: "-".join(
+    f"{k}={v}" for k, v in c.items() if v is not None))
+def test_sweep_against_numpy_reference(case, implementation, rng):
+    y, expected = _run_layer(case, implementation, rng)
+    assert_close(y, expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kernel=st.tuples(*[st.integers(1, 4)] * 3),
+    strides=st.tuples(*[st.integers(1, 3)] * 3),
+    spatial=st.tuples(*[st.integers(1, 5)] * 3),
+    padding=st.sampled_from(["valid", "same"]),
+    channels_first=st.booleans(),
+    implementation=st.sampled_from(["native", "gemm"]),
+    data=st.data(),
+)
+def test_property_matches_reference_at_every_legal_output_size(
+        kernel, strides, spatial, padding, channels_first, implementation, data):
+    """Any legal output_shape, chosen at call time, matches the reference."""
+    ranges = [tf_conv3dt.shapes.output_length_range(n, k, s, padding)
+              for n, k, s in zip(spatial, kernel, strides)]
+    output_shape = tuple(data.draw(st.integers(lo, hi)) for lo, hi in ranges)
+    case = dict(kernel_size=kernel, strides=strides, padding=padding,
+                data_format="channels_first" if channels_first else "channels_last")
+    y, expected = _run_layer(case, implementation, np.random.default_rng(0),
+                             spatial=spatial, output_shape=output_shape)
+    assert_close(y, expected)
+
+
+def test_all_ones_same_by_hand(implementation):
+    """Ones (2, 2, 2) input, ones 3^3 kernel, stride 2, "same": per axis the
+    full output [1, 1, 2, 1, 1] is cut to its first 4, and the 3-D output is
+    the outer product of [1, 1, 2, 1] with itself three times."""
+    layer = tf_conv3dt.Conv3DTranspose(1, 3, 2, padding="same", use_bias=False,
+                                       kernel_initializer="ones",
+                                       implementation=implementation)
+    y = layer(tf.ones((1, 2, 2, 2, 1)))
+    line = np.array([1.0, 1.0, 2.0, 1.0])
+    expected = np.einsum("i,j,k->ijk", line, line, line)[None, ..., None]
+    np.testing.assert_array_equal(y.numpy(), expected)
+    assert y.numpy()[0, 2, 2, 2, 0] == 8.0
+
+
+@pytest.mark.parametrize("kernel,strides,padding,output_padding", [
+    (2, 2, "valid", None), (3, 2, "same", None), (3, 1, "same", None),
+    ((4, 3, 2), (2, 3, 1), "valid", (1, 2, 0)), (5, 3, "same", (2, 1, 0)),
+])
+def test_matches_keras_builtin_with_swapped_weights(kernel, strides, padding,
+                                                    output_padding, implementation, rng):
+    """Where keras.layers.Conv3DTranspose works on CPU (channels_last, no
+    dilation), get_weights/set_weights move between the two layers and the
+    outputs agree, shape arithmetic included."""
+    x = rng.standard_normal((2, 4, 3, 5, 3)).astype("float32")
+    builtin = keras.layers.Conv3DTranspose(4, kernel, strides, padding=padding,
+                                           output_padding=output_padding,
+                                           bias_initializer="random_normal")
+    expected = builtin(x)
+    ours = tf_conv3dt.Conv3DTranspose(4, kernel, strides, padding=padding,
+                                      output_padding=output_padding,
+                                      implementation=implementation)
+    ours.build(x.shape)
+    ours.set_weights(builtin.get_weights())
+    assert_close(ours(x), expected)
+    builtin.set_weights([w * 2 for w in ours.get_weights()])
+    assert_close(builtin(x), 2 * np.asarray(ours(x)))
+
+
+@pytest.mark.parametrize("case", [
+    dict(kernel_size=3, strides=2, padding="same"),
+    dict(kernel_size=(2, 3, 1), strides=(2, 1, 3), padding="valid", output_padding=(1, 0, 2)),
+    dict(kernel_size=3, dilation_rate=2, padding="valid", data_format="channels_first"),
+])
+def test_numerical_gradients(case, implementation):
+    """tf.test.compute_gradient: analytic vs finite differences, in float64."""
+    rng = np.random.default_rng(3)
+    cf = case.get("data_format") == "channels_first"
+    x = tf.constant(rng.standard_normal((2, 2, 3, 2, 3) if cf else (2, 3, 2, 3, 2)))
+    channels = x.shape[1] if cf else x.shape[-1]
+    case = dict(case)
+    kernel_size = tf_conv3dt.shapes.normalize_tuple(case.pop("kernel_size"), "kernel_size")
+    kernel = tf.constant(rng.standard_normal((*kernel_size, 2, channels)))
+
+    @tf.function  # one trace serves the many finite-difference evaluations
+    def f(x, kernel):
+        return tf_conv3dt.conv3d_transpose(x, kernel, implementation=implementation,
+                                           **case)
+
+    theoretical, numerical = tf.test.compute_gradient(f, [x, kernel])
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", [
+    dict(kernel_size=3, strides=2, padding="same"),
+    dict(kernel_size=2, strides=2, padding="valid"),
+    dict(kernel_size=(4, 3, 1), strides=(2, 3, 1), padding="valid", output_padding=(1, 2, 0)),
+])
+def test_gemm_and_native_gradients_agree(case, rng):
+    x = tf.constant(rng.standard_normal((2, 5, 4, 3, 6)).astype("float32"))
+    case = dict(case)
+    kernel_size = tf_conv3dt.shapes.normalize_tuple(case.pop("kernel_size"), "kernel_size")
+    kernel = tf.constant(rng.standard_normal((*kernel_size, 4, 6)).astype("float32"))
+    results = {}
+    for implementation in ("native", "gemm"):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = tf_conv3dt.conv3d_transpose(x, kernel, implementation=implementation, **case)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        results[implementation] = [y, *tape.gradient(loss, [x, kernel])]
+    for gemm, native in zip(results["gemm"], results["native"]):
+        assert_close(gemm, native)
+
+
+def test_eager_equals_graph_and_dynamic_shapes(implementation, rng):
+    """A trace with unknown batch and spatial sizes serves every size."""
+    layer = tf_conv3dt.Conv3DTranspose(3, 3, 2, padding="same",
+                                       implementation=implementation)
+    layer.build((None, None, None, None, 2))
+    traced = tf.function(layer).get_concrete_function(
+        tf.TensorSpec([None, None, None, None, 2], tf.float32))
+    assert traced.structured_outputs.shape.as_list() == [None, None, None, None, 3]
+    for shape in [(1, 3, 4, 5, 2), (3, 2, 1, 6, 2)]:
+        x = rng.standard_normal(shape).astype("float32")
+        eager = layer(x)
+        assert eager.shape == (shape[0], shape[1] * 2, shape[2] * 2, shape[3] * 2, 3)
+        assert_close(traced(tf.constant(x)), eager, rel=1e-6)
+        assert_close(eager, np_conv3d_transpose(x, layer.kernel.numpy(), layer.bias.numpy(),
+                                                (2, 2, 2), "same"))
+
+
+def test_requested_size_with_dynamic_input(implementation, rng):
+    layer = tf_conv3dt.Conv3DTranspose(2, 3, 2, padding="valid", implementation=implementation)
+    layer.build((None, None, None, None, 2))
+    fn = tf.function(lambda x: layer(x, output_shape=(8, 8, 9)))
+    traced = fn.get_concrete_function(tf.TensorSpec([None, None, None, None, 2]))
+    x = rng.standard_normal((1, 3, 3, 4, 2)).astype("float32")
+    expected = np_conv3d_transpose(x, layer.kernel.numpy(), layer.bias.numpy(), (2, 2, 2),
+                                   "valid", output_shape=(8, 8, 9))
+    assert_close(traced(x), expected)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too"):
+        traced(rng.standard_normal((1, 5, 3, 4, 2)).astype("float32"))
+
+
+def test_round_trip_conv3d_then_transposed_with_input_size(implementation, rng):
+    """Downsample with a strided conv3d, upsample asking for the input's size:
+    odd sizes come back exactly, as a U-Net skip connection needs."""
+    x = rng.standard_normal((2, 9, 8, 7, 3)).astype("float32")
+    down = keras.layers.Conv3D(4, 3, strides=2, padding="same")
+    up = tf_conv3dt.Conv3DTranspose(3, 3, 2, padding="same", implementation=implementation)
+    h = down(x)
+    assert h.shape == (2, 5, 4, 4, 4)
+    y = up(h, output_shape=x.shape[1:4])
+    assert y.shape == x.shape
+    assert_close(y, np_conv3d_transpose(h, up.kernel.numpy(), up.bias.numpy(), (2, 2, 2),
+                                        "same", output_shape=(9, 8, 7)))
+    with pytest.raises(ValueError, match=r"axis 0 must be between 9 and 10"):
+        up(h, output_shape=(11, 8, 7))
+
+
+def test_transposed_is_the_adjoint_of_conv3d(implementation, rng):
+    """<conv3d(a), b> == <a, conv3d_transpose(b)> with the same kernel, an
+    identity that involves TF's forward convolution only."""
+    a = tf.constant(rng.standard_normal((1, 7, 6, 5, 2)))
+    kernel = tf.constant(rng.standard_normal((3, 2, 3, 2, 4)))
+    b_shape = tf.nn.conv3d(a, kernel, (1, 2, 2, 2, 1), "SAME").shape
+    b = tf.constant(rng.standard_normal(b_shape))
+    forward = tf.nn.conv3d(a, kernel, (1, 2, 2, 2, 1), "SAME")
+    # conv3d's (kd, kh, kw, in, out) kernel is already laid out as the
+    # transposed convolution's (kd, kh, kw, filters, in_channels).
+    backward = tf_conv3dt.conv3d_transpose(b, kernel,
+                                           strides=2, padding="same",
+                                           output_shape=a.shape[1:4],
+                                           implementation=implementation)
+    np.testing.assert_allclose(tf.reduce_sum(forward * b), tf.reduce_sum(a * backward),
+                               rtol=1e-10)
+
+
+def test_jit_compile(implementation, rng):
+    layer = tf_conv3dt.Conv3DTranspose(3, (3, 2, 3), (2, 2, 1), padding="same",
+                                       implementation=implementation)
+    x = rng.standard_normal((2, 3, 4, 5, 2)).astype("float32")
+    eager = layer(x)
+    compiled = tf.function(layer, jit_compile=True)(x)
+    assert_close(compiled, eager)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy, implementation, rng):
+    x = rng.standard_normal((2, 3, 4, 3, 4)).astype("float32")
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        layer = tf_conv3dt.Conv3DTranspose(3, 3, 2, padding="same",
+                                           implementation=implementation)
+        y = layer(x)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    compute = "float16" if policy == "mixed_float16" else "bfloat16"
+    assert y.dtype == compute
+    assert layer.kernel.dtype == "float32" and layer.bias.dtype == "float32"
+    expected = np_conv3d_transpose(x, layer.kernel.numpy(), layer.bias.numpy(), (2, 2, 2),
+                                   "same")
+    assert_close(tf.cast(y, tf.float32), expected, rel=3e-2)

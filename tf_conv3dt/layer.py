@@ -1,0 +1,267 @@
+"""The Conv3DTranspose Keras layer and its composition function."""
+
+import numpy as np
+import tensorflow as tf
+
+from tf_conv3dt import ops, shapes
+from tf_conv3dt._keras import keras
+
+
+@keras.saving.register_keras_serializable(package="tf_conv3dt")
+class Conv3DTranspose(keras.layers.Layer):
+    """Transposed 3-D convolution, correct on every device and data format.
+
+    Computes ``activation(conv3d_transpose(inputs, kernel) + bias)``: the
+    gradient of a 3-D convolution with respect to its input, used to go from
+    the shape of a convolution's output back to the shape of its input.
+    Unlike the built-in layers it supports ``channels_first`` and
+    ``dilation_rate > 1`` on the CPU, and lets each call choose its output
+    size among those legal for the input (``output_shape=(D, H, W)``).
+
+    Args:
+      filters: int, the number of output channels.
+      kernel_size: int or 1 or 3 ints, the size of the window.
+      strides: int or 1 or 3 ints. ``strides > 1`` is incompatible with
+        ``dilation_rate > 1``.
+      padding: "valid" or "same" (case-insensitive). With "same" and
+        ``strides=1`` the output has the input's size.
+      data_format: "channels_last" or "channels_first"; None means
+        ``keras.backend.image_data_format()``.
+      output_padding: None, or int or 1 or 3 ints: extra positions at the end
+        of each spatial axis, each smaller than its stride.
+      dilation_rate: int or 1 or 3 ints.
+      activation: activation function or its name; None for linear.
+      use_bias: whether to add a bias vector.
+      kernel_initializer, bias_initializer: initializers.
+      kernel_regularizer, bias_regularizer, activity_regularizer: regularizers.
+      kernel_constraint, bias_constraint: constraints applied by the
+        optimizer after each update.
+      implementation: "auto" (the GEMM lowering when no GPU is visible,
+        ``tf.nn.conv3d_transpose`` otherwise), "native" or "gemm".
+      **kwargs: base layer arguments (name, dtype, trainable, ...).
+
+    Input shape:
+      5-D tensor ``(batch, dim1, dim2, dim3, channels)`` for channels_last or
+      ``(batch, channels, dim1, dim2, dim3)`` for channels_first.
+
+    Output shape:
+      5-D tensor ``(batch, new_dim1, new_dim2, new_dim3, filters)`` for
+      channels_last or ``(batch, filters, new_dim1, new_dim2, new_dim3)``
+      for channels_first.
+
+    Raises:
+      ValueError: when both ``strides > 1`` and ``dilation_rate > 1``, and
+        for any argument outside its domain.
+
+    Example:
+
+    >>> x = tf.random.uniform((4, 10, 8, 12, 128))
+    >>> y = Conv3DTranspose(32, 2, 2, activation="relu")(x)
+    >>> tuple(y.shape)
+    (4, 20, 16, 24, 32)
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1, 1), padding="valid",
+                 data_format=None, output_padding=None, dilation_rate=(1, 1, 1),
+                 activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, implementation="auto",
+                 **kwargs):
+        super().__init__(
+            activity_regularizer=keras.regularizers.get(activity_regularizer), **kwargs
+        )
+        if not shapes.is_int(filters) or filters <= 0:
+            raise ValueError(
+                f"The `filters` argument must be a positive integer. Received: "
+                f"filters={filters!r}"
+            )
+        self.filters = int(filters)
+        self.kernel_size = shapes.normalize_tuple(kernel_size, "kernel_size")
+        self.strides = shapes.normalize_tuple(strides, "strides")
+        self.padding = shapes.normalize_choice(padding, "padding", shapes.PADDINGS)
+        self.data_format = shapes.normalize_choice(
+            data_format or keras.backend.image_data_format(), "data_format",
+            shapes.DATA_FORMATS,
+        )
+        self.output_padding = (
+            None if output_padding is None
+            else shapes.normalize_tuple(output_padding, "output_padding", allow_zero=True)
+        )
+        self.dilation_rate = shapes.normalize_tuple(dilation_rate, "dilation_rate")
+        shapes.check_conv_arguments(self.kernel_size, self.strides, self.padding,
+                                    self.dilation_rate, self.output_padding)
+        self.implementation = shapes.normalize_choice(
+            implementation, "implementation", shapes.IMPLEMENTATIONS
+        )
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+
+    @property
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _check_input_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 5:
+            raise ValueError(
+                f"Layer {self.name!r} expects 5-D inputs ({self.data_format}: "
+                "batch, 3 spatial dims and channels). Received: "
+                f"input_shape={input_shape}"
+            )
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"Layer {self.name!r} needs the channel dimension of its input "
+                f"to be known. Received: input_shape={input_shape}"
+            )
+        built_channels = getattr(self, "_input_channels", None)
+        if built_channels is not None and channels != built_channels:
+            raise ValueError(
+                f"Layer {self.name!r} was built for {built_channels} input "
+                f"channels. Received: input_shape={input_shape}"
+            )
+        return input_shape
+
+    def _spatial(self, input_shape):
+        return input_shape[1:4] if self.data_format == "channels_last" else input_shape[2:]
+
+    def build(self, input_shape):
+        input_shape = self._check_input_shape(
+            tf.TensorShape(input_shape).as_list()
+        )
+        self._input_channels = int(input_shape[self._channel_axis])
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, self.filters, self._input_channels),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+            trainable=True,
+            dtype=self.dtype,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.filters,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+                trainable=True,
+                dtype=self.dtype,
+            )
+        self.built = True
+
+    def call(self, inputs, output_shape=None):
+        """Applies the layer; ``output_shape=(D, H, W)`` picks a legal output size."""
+        self._check_input_shape(inputs.shape.as_list())
+        inputs = tf.cast(inputs, self.compute_dtype)
+        outputs = ops.conv3d_transpose(
+            inputs,
+            tf.cast(self.kernel, self.compute_dtype),
+            strides=self.strides,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+            output_shape=output_shape,
+            implementation=self.implementation,
+        )
+        if self.use_bias:
+            bias = tf.cast(self.bias, self.compute_dtype)
+            if self.data_format == "channels_first":
+                bias = tf.reshape(bias, (self.filters, 1, 1, 1))
+            outputs = outputs + bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape, output_shape=None):
+        input_shape = self._check_input_shape(tf.TensorShape(input_shape).as_list())
+        spatial = self._spatial(input_shape)
+        if output_shape is None:
+            spatial = shapes.output_spatial_shape(
+                spatial, self.kernel_size, self.strides, self.padding,
+                self.output_padding, self.dilation_rate,
+            )
+        else:
+            spatial = shapes.check_requested_shape(
+                output_shape, spatial, self.kernel_size, self.strides, self.padding,
+                self.dilation_rate,
+            )
+        if self.data_format == "channels_last":
+            return (input_shape[0], *spatial, self.filters)
+        return (input_shape[0], self.filters, *spatial)
+
+    def compute_output_spec(self, inputs, output_shape=None):
+        # Keras 3 asks this (not call) for symbolic inputs; forwarding the
+        # requested size keeps `layer(x, output_shape=...)` in functional models.
+        shape = self.compute_output_shape(inputs.shape, output_shape)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "output_padding": self.output_padding,
+                "dilation_rate": self.dilation_rate,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "activity_regularizer": keras.regularizers.serialize(
+                    self.activity_regularizer
+                ),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+                "implementation": self.implementation,
+            }
+        )
+        return config
+
+
+def layer_conv_3d_transpose(object, filters, kernel_size, strides=(1, 1, 1),
+                            padding="valid", data_format=None, dilation_rate=(1, 1, 1),
+                            activation=None, use_bias=True,
+                            kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                            kernel_regularizer=None, bias_regularizer=None,
+                            activity_regularizer=None, kernel_constraint=None,
+                            bias_constraint=None, **kwargs):
+    """Composes a :class:`Conv3DTranspose` with ``object``, as the Keras reference does.
+
+    ``object`` None returns the layer; a Sequential model gets the layer added
+    and is returned; a tensor, KerasTensor or NumPy array returns the layer
+    applied to it. Other arguments are those of :class:`Conv3DTranspose`
+    (``**kwargs`` takes the rest: ``output_padding``, ``implementation``,
+    ``name``, ...).
+    """
+    layer = Conv3DTranspose(
+        filters, kernel_size, strides=strides, padding=padding,
+        data_format=data_format, dilation_rate=dilation_rate, activation=activation,
+        use_bias=use_bias, kernel_initializer=kernel_initializer,
+        bias_initializer=bias_initializer, kernel_regularizer=kernel_regularizer,
+        bias_regularizer=bias_regularizer, activity_regularizer=activity_regularizer,
+        kernel_constraint=kernel_constraint, bias_constraint=bias_constraint, **kwargs,
+    )
+    if object is None:
+        return layer
+    if isinstance(object, keras.Sequential):
+        object.add(layer)
+        return object
+    if isinstance(object, np.ndarray):
+        object = tf.convert_to_tensor(object)
+    return layer(object)

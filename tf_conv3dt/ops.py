@@ -1,0 +1,259 @@
+"""3-D transposed convolution as TensorFlow ops: the native op and a GEMM lowering.
+
+Nothing here imports Keras. Kernels use the layout of ``tf.nn.conv3d_transpose``
+and ``keras.layers.Conv3DTranspose``: ``(kd, kh, kw, filters, in_channels)``.
+
+Both implementations compute the same thing. Along one axis, input position
+``i`` and kernel tap ``j`` write to position ``i * stride + j * dilation`` of
+the *full* output; the result is the window of the full output that
+``tf.nn.conv3d_transpose`` returns for the requested length (see
+``shapes.crop_start``), zero beyond the end of the full output.
+
+* ``"native"`` calls ``tf.nn.conv3d_transpose`` on NDHWC data with a
+  zero-dilated kernel, which is exact and works on every device (the CPU
+  kernels support neither NCDHW nor dilation).
+* ``"gemm"`` multiplies the input voxels ``(N*D*H*W, C)`` by the kernel as
+  ``(C, kd*kh*kw*filters)`` in one matmul, then overlap-adds the taps into the
+  output by stride phase and interleaves the phases (a 3-D depth-to-space).
+  Every intermediate has rank <= 6 and every op is a TFLite builtin, so the
+  graph converts to integer-only TFLite, and autodiff through it never
+  reaches the slow Conv3DBackprop* CPU kernels.
+"""
+
+import itertools
+
+import tensorflow as tf
+
+from tf_conv3dt import shapes
+
+
+def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=None,
+                     dilation_rate=1, data_format="channels_last", output_shape=None,
+                     implementation="auto"):
+    """Transposed 3-D convolution of ``inputs`` with ``kernel`` (no bias).
+
+    Args:
+      inputs: 5-D tensor, ``(N, D, H, W, C)`` for "channels_last" or
+        ``(N, C, D, H, W)`` for "channels_first". Batch and spatial sizes may
+        be unknown until run time.
+      kernel: ``(kd, kh, kw, filters, C)`` tensor.
+      strides, dilation_rate: int or 1 or 3 ints.
+      padding: "valid" or "same" (case-insensitive).
+      output_padding: None, or int / 1 or 3 ints, each smaller than its stride.
+      data_format: "channels_last" or "channels_first".
+      output_shape: optional ``(D', H', W')`` output size, any size legal for
+        this input (PyTorch's ``output_size``); overrides ``output_padding``.
+      implementation: "auto" (GEMM lowering when no GPU is visible, the native
+        op otherwise), "native" or "gemm".
+
+    Returns:
+      5-D tensor in ``data_format`` with ``filters`` channels.
+    """
+    strides = shapes.normalize_tuple(strides, "strides")
+    dilation = shapes.normalize_tuple(dilation_rate, "dilation_rate")
+    padding = shapes.normalize_choice(padding, "padding", shapes.PADDINGS)
+    data_format = shapes.normalize_choice(data_format, "data_format", shapes.DATA_FORMATS)
+    implementation = resolve_implementation(implementation)
+    if output_padding is not None:
+        output_padding = shapes.normalize_tuple(output_padding, "output_padding",
+                                                allow_zero=True)
+    inputs = tf.convert_to_tensor(inputs)
+    kernel = tf.convert_to_tensor(kernel, dtype=inputs.dtype)
+    if inputs.shape.rank != 5:
+        raise ValueError(
+            "conv3d_transpose expects 5-D inputs (batch, 3 spatial dims, channels). "
+            f"Received: inputs.shape={inputs.shape}"
+        )
+    if kernel.shape.rank != 5 or not kernel.shape.is_fully_defined():
+        raise ValueError(
+            "`kernel` must be a 5-D tensor of known shape "
+            f"(kd, kh, kw, filters, in_channels). Received: kernel.shape={kernel.shape}"
+        )
+    kernel_size = tuple(kernel.shape[:3])
+    shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
+
+    x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
+    channels = x.shape[-1]
+    if channels is not None and channels != kernel.shape[4]:
+        raise ValueError(
+            f"The input has {channels} channels but the kernel expects "
+            f"{kernel.shape[4]}. Received: inputs.shape={inputs.shape}, "
+            f"kernel.shape={kernel.shape}, data_format={data_format!r}"
+        )
+    plan, checks = _plan(x, kernel_size, strides, padding, output_padding, dilation,
+                         output_shape)
+    if checks:
+        with tf.control_dependencies(checks):
+            x = tf.identity(x)
+    if implementation == "native":
+        y = _native(x, kernel, plan, strides, padding, dilation)
+    else:
+        y = _gemm(x, kernel, plan, strides, dilation)
+    y.set_shape([x.shape[0], *plan.static_out, kernel.shape[3]])
+    return tf.transpose(y, (0, 4, 1, 2, 3)) if data_format == "channels_first" else y
+
+
+def resolve_implementation(implementation):
+    """Maps "auto" to the faster path for the devices TensorFlow can see."""
+    implementation = shapes.normalize_choice(implementation, "implementation",
+                                             shapes.IMPLEMENTATIONS)
+    if implementation == "auto":
+        return "native" if tf.config.list_logical_devices("GPU") else "gemm"
+    return implementation
+
+
+class _Plan:
+    """Per-axis lengths of one call: input, output, crop start, zero tail."""
+
+    def __init__(self, sizes, static_in, out, static_out, start, tail):
+        self.sizes, self.static_in = sizes, static_in
+        self.out, self.static_out = out, static_out
+        self.start, self.tail = start, tail
+
+
+def _plan(x, kernel_size, strides, padding, output_padding, dilation, output_shape):
+    static_in = tuple(x.shape[1:4])
+    dynamic = tf.shape(x)
+    sizes = [n if n is not None else dynamic[i + 1] for i, n in enumerate(static_in)]
+    if output_shape is None:
+        out = shapes.output_spatial_shape(sizes, kernel_size, strides, padding,
+                                          output_padding, dilation)
+        # Without a requested size, how far the output reaches past the full
+        # length does not depend on the input length: evaluate it at n = 1.
+        probe = shapes.output_spatial_shape((1, 1, 1), kernel_size, strides, padding,
+                                            output_padding, dilation)
+        probe_in = (1, 1, 1)
+    else:
+        out = shapes.check_requested_shape(output_shape, static_in, kernel_size,
+                                           strides, padding, dilation)
+        probe, probe_in = out, static_in
+    static_out = tuple(o if isinstance(o, int) else None for o in out)
+    start, tail = [], []
+    for axis, (k, s, d) in enumerate(zip(kernel_size, strides, dilation)):
+        start.append(shapes.crop_start(sizes[axis], out[axis], k, s, padding, d))
+        if probe_in[axis] is None:
+            # A requested size on an unknown input length: at most s - 1
+            # positions past the full output are legal ("valid"), none ("same").
+            tail.append(s - 1 if padding == "valid" else 0)
+        else:
+            # The GEMM lowering produces (n + max_shift) * s positions.
+            n = probe_in[axis]
+            produced = (n + (k - 1) * d // s) * s
+            past_end = (shapes.crop_start(n, probe[axis], k, s, padding, d)
+                        + probe[axis] - produced)
+            tail.append(max(past_end, 0))
+    checks = []
+    if output_shape is not None and None in static_in:
+        checks = _reachable_checks(sizes, out, kernel_size, strides, padding, dilation)
+    return _Plan(sizes, static_in, out, static_out, start, tail), checks
+
+
+def _reachable_checks(sizes, out, kernel_size, strides, padding, dilation):
+    """Run-time checks of a requested size against input lengths unknown at trace time."""
+    checks = []
+    for n, o, k, s, d in zip(sizes, out, kernel_size, strides, dilation):
+        shortest, longest = shapes.output_length_range(n, k, s, padding, d)
+        checks.append(tf.debugging.assert_greater_equal(
+            o, shortest, message="output_shape is too small for this input"))
+        checks.append(tf.debugging.assert_less_equal(
+            o, longest, message="output_shape is too large for this input"))
+    return checks
+
+
+def _native(x, kernel, plan, strides, padding, dilation):
+    kernel = _dilate_kernel(kernel, dilation)
+    batch = tf.shape(x)[0]
+    output_shape = tf.stack([batch, *plan.out, kernel.shape[3]])
+    return tf.nn.conv3d_transpose(x, kernel, output_shape, strides=(1, *strides, 1),
+                                  padding=padding.upper(), data_format="NDHWC")
+
+
+def _dilate_kernel(kernel, dilation):
+    """Spreads the taps ``d`` apart with zeros: the exact dilated kernel."""
+    for axis, d in enumerate(dilation):
+        if d == 1:
+            continue
+        shape = kernel.shape.as_list()
+        taps = shape[axis]
+        spread = tf.stack([kernel] + [tf.zeros_like(kernel)] * (d - 1), axis=axis + 1)
+        spread = tf.reshape(spread, shape[:axis] + [taps * d] + shape[axis + 1:])
+        keep = (taps - 1) * d + 1
+        kernel = spread[(slice(None),) * axis + (slice(0, keep),)]
+    return kernel
+
+
+def _gemm(x, kernel, plan, strides, dilation):
+    kd, kh, kw, filters, channels = kernel.shape
+    kernel_size = (kd, kh, kw)
+    batch = tf.shape(x)[0]
+    # Columns ordered (kd, kh, kw, filters): one tap's filters are contiguous.
+    matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
+    cols = tf.matmul(tf.reshape(x, (-1, channels)), matrix)
+    cols = tf.reshape(cols, [batch, *plan.sizes, kd * kh * kw * filters])
+
+    if kernel_size == strides:
+        # Each tap is its own stride phase at shift 0: the columns already are
+        # the phase tensor, and no tap overlaps another.
+        phases, blocks = cols, plan.sizes
+    else:
+        phases, blocks = _overlap_add(cols, plan.sizes, kernel_size, filters, strides,
+                                      dilation)
+    full = _interleave_phases(phases, batch, blocks, strides, filters)
+    return _crop(full, plan)
+
+
+def _overlap_add(cols, sizes, kernel_size, filters, strides, dilation):
+    """Sums the taps of each stride phase, each shifted by its block offset.
+
+    Tap ``j`` lands at ``i * s + j * d = (i + q) * s + r`` with ``q, r =
+    divmod(j * d, s)``: phase ``r``, shifted ``q`` blocks. Returns the phases
+    concatenated on the channel axis in (rd, rh, rw) order, and the number of
+    blocks per axis.
+    """
+    max_shift = [((k - 1) * d) // s for k, s, d in zip(kernel_size, strides, dilation)]
+    blocks = [n + q for n, q in zip(sizes, max_shift)]
+    by_phase = {}
+    for tap, offsets in enumerate(itertools.product(*map(range, kernel_size))):
+        placed = [divmod(j * d, s) for j, s, d in zip(offsets, strides, dilation)]
+        phase = tuple(r for _, r in placed)
+        contribution = cols[..., tap * filters:(tap + 1) * filters]
+        paddings = [[0, 0]] + [[q, m - q] for (q, _), m in zip(placed, max_shift)] + [[0, 0]]
+        if any(m for m in max_shift):
+            contribution = tf.pad(contribution, paddings)
+        by_phase.setdefault(phase, []).append(contribution)
+    batch = tf.shape(cols)[0]
+    phases = []
+    for phase in itertools.product(*map(range, strides)):
+        taps = by_phase.get(phase)
+        if taps:
+            phases.append(tf.add_n(taps) if len(taps) > 1 else taps[0])
+        else:
+            phases.append(tf.zeros(tf.stack([batch, *blocks, filters]), cols.dtype))
+    return (tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]), blocks
+
+
+def _interleave_phases(phases, batch, blocks, strides, filters):
+    """3-D depth-to-space: ``(N, B1, B2, B3, s1*s2*s3*F) -> (N, B1*s1, B2*s2, B3*s3, F)``.
+
+    One rank-6 transpose: merging N with B1 and s3 with F keeps it within
+    TFLite's limits.
+    """
+    if strides == (1, 1, 1):
+        return phases
+    s1, s2, s3 = strides
+    b1, b2, b3 = blocks
+    grid = tf.reshape(phases, [batch * b1, b2, b3, s1, s2, s3 * filters])
+    grid = tf.transpose(grid, (0, 3, 1, 4, 2, 5))
+    return tf.reshape(grid, [batch, b1 * s1, b2 * s2, b3 * s3, filters])
+
+
+def _crop(full, plan):
+    """Keeps ``plan.out`` positions from ``plan.start``, zeros past the end."""
+    if any(plan.tail):
+        full = tf.pad(full, [[0, 0]] + [[0, t] for t in plan.tail] + [[0, 0]])
+    whole = (all(isinstance(v, int) and v == 0 for v in plan.start)
+             and all(isinstance(v, int) for v in plan.out)
+             and tuple(full.shape[1:4]) == tuple(plan.out))
+    if whole:  # the common kernel == stride case needs no slice
+        return full
+    return tf.slice(full, [0, *plan.start, 0], [-1, *plan.out, -1])

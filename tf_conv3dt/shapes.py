@@ -1,0 +1,190 @@
+"""Argument normalisation and output-length arithmetic for 3-D transposed convolution.
+
+Pure Python: nothing here imports TensorFlow. The length functions use only
+``+ - * //`` on the input length, so they also accept a scalar tensor (a
+dynamic batch or spatial size) and return a tensor.
+
+Conventions (shared with ``tf.nn.conv3d_transpose`` and Keras): along one axis
+an input of length ``n``, kernel ``k``, stride ``s`` and dilation ``d`` give a
+*full* output of ``(n - 1) * s + (k - 1) * d + 1`` positions. The requested
+output length ``L`` must be one that a forward convolution with the same
+arguments maps back to ``n``; TF then keeps ``L`` positions of the full output
+starting at ``padding_before`` (see :func:`crop_start`).
+"""
+
+import numbers
+from collections.abc import Iterable
+
+SPATIAL_DIMS = 3
+PADDINGS = ("valid", "same")
+DATA_FORMATS = ("channels_last", "channels_first")
+IMPLEMENTATIONS = ("auto", "native", "gemm")
+
+
+def normalize_tuple(value, name, allow_zero=False):
+    """Returns ``value`` as a tuple of 3 ints, from an int or 1 or 3 ints.
+
+    Raises:
+      TypeError: when ``value`` or an element of it is not an integer.
+      ValueError: when the sequence has another length, or an element is
+        negative (or zero, unless ``allow_zero``).
+    """
+    if is_int(value):
+        values = (value,) * SPATIAL_DIMS
+    elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        value = tuple(value)  # lists, TensorShapes, NumPy arrays
+        if len(value) not in (1, SPATIAL_DIMS) or not all(is_int(v) for v in value):
+            raise (ValueError if all(is_int(v) for v in value) else TypeError)(
+                f"The `{name}` argument must be an int or a tuple/list of 1 or "
+                f"{SPATIAL_DIMS} ints. Received: {name}={value!r}"
+            )
+        values = tuple(value) * (SPATIAL_DIMS if len(value) == 1 else 1)
+    else:
+        raise TypeError(
+            f"The `{name}` argument must be an int or a tuple/list of 1 or "
+            f"{SPATIAL_DIMS} ints. Received: {name}={value!r}"
+        )
+    values = tuple(int(v) for v in values)
+    lowest = 0 if allow_zero else 1
+    if any(v < lowest for v in values):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(
+            f"The `{name}` argument must contain only {kind} integers. "
+            f"Received: {name}={value!r}"
+        )
+    return values
+
+
+def normalize_choice(value, name, choices):
+    """Returns ``value`` lower-cased if it is one of ``choices``."""
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(
+            f"The `{name}` argument must be one of {', '.join(map(repr, choices))}. "
+            f"Received: {name}={value!r}"
+        )
+    return value.lower()
+
+
+def check_conv_arguments(kernel_size, strides, padding, dilation_rate, output_padding):
+    """Checks the rules that tie arguments together, once each."""
+    if max(strides) > 1 and max(dilation_rate) > 1:
+        raise ValueError(
+            "`strides > 1` is incompatible with `dilation_rate > 1`. "
+            f"Received: strides={strides}, dilation_rate={dilation_rate}"
+        )
+    if output_padding is None:
+        return
+    if any(p >= s for p, s in zip(output_padding, strides)):
+        raise ValueError(
+            "Each `output_padding` must be smaller than its stride. "
+            f"Received: output_padding={output_padding}, strides={strides}"
+        )
+    if padding == "same":
+        # "same" crops k_eff // 2 from each side, which for an even kernel
+        # leaves (n - 1) * s positions: one short of the shortest legal output.
+        for k, d, p in zip(kernel_size, dilation_rate, output_padding):
+            if effective_kernel_size(k, d) % 2 == 0 and p == 0:
+                raise ValueError(
+                    "With padding='same' and an even (dilated) kernel size, "
+                    "`output_padding` must be at least 1 on that axis. Received: "
+                    f"output_padding={output_padding}, kernel_size={kernel_size}, "
+                    f"dilation_rate={dilation_rate}"
+                )
+
+
+def effective_kernel_size(kernel_size, dilation):
+    """Span of a dilated kernel: taps at 0, d, ..., (k - 1) * d."""
+    return (kernel_size - 1) * dilation + 1
+
+
+def full_length(input_length, kernel_size, stride, dilation=1):
+    """Length of the uncropped transposed convolution along one axis."""
+    return (input_length - 1) * stride + effective_kernel_size(kernel_size, dilation)
+
+
+def output_length(input_length, kernel_size, stride, padding, output_padding=None,
+                  dilation=1):
+    """Output length along one axis, as Keras defines it; None stays None.
+
+    Without ``output_padding``: "valid" gives the full length, widened to
+    ``input_length * stride`` when the kernel is shorter than the stride;
+    "same" gives ``input_length * stride``. With ``output_padding``: the
+    length ``(n - 1) * s + k_eff - 2 * (k_eff // 2 if "same" else 0) + p``.
+    """
+    if input_length is None:
+        return None
+    kernel = effective_kernel_size(kernel_size, dilation)
+    if output_padding is None:
+        if padding == "valid":
+            return input_length * stride + max(kernel - stride, 0)
+        return input_length * stride
+    pad = kernel // 2 if padding == "same" else 0
+    return (input_length - 1) * stride + kernel - 2 * pad + output_padding
+
+
+def output_length_range(input_length, kernel_size, stride, padding, dilation=1):
+    """The (shortest, longest) output lengths legal for ``input_length``.
+
+    A length is legal when the forward convolution with the same arguments
+    maps it back to ``input_length``: "valid" allows ``full`` to
+    ``full + stride - 1``, "same" allows ``(n - 1) * s + 1`` to ``n * s``.
+    """
+    if padding == "valid":
+        shortest = full_length(input_length, kernel_size, stride, dilation)
+        return shortest, shortest + stride - 1
+    return (input_length - 1) * stride + 1, input_length * stride
+
+
+def crop_start(input_length, output_len, kernel_size, stride, padding, dilation=1):
+    """Index of the full output at which TF's output of ``output_len`` starts.
+
+    TF pads the forward convolution by ``max(full - output_len, 0)`` in
+    total for "same", the smaller half before; "valid" pads nothing.
+    """
+    if padding == "valid":
+        return 0
+    total = full_length(input_length, kernel_size, stride, dilation) - output_len
+    # (t + |t|) // 2 is max(t, 0) for ints and for symbolic scalar tensors.
+    return (total + abs(total)) // 4
+
+
+def output_spatial_shape(input_spatial_shape, kernel_size, strides, padding,
+                         output_padding=None, dilation_rate=(1, 1, 1)):
+    """Applies :func:`output_length` to each of the 3 spatial axes."""
+    if output_padding is None:
+        output_padding = (None,) * SPATIAL_DIMS
+    return tuple(
+        output_length(n, k, s, padding, p, d)
+        for n, k, s, p, d in zip(
+            input_spatial_shape, kernel_size, strides, output_padding, dilation_rate
+        )
+    )
+
+
+def check_requested_shape(requested, input_spatial_shape, kernel_size, strides,
+                          padding, dilation_rate):
+    """Validates ``output_shape=(D, H, W)`` requested at call time.
+
+    Returns the requested lengths as a tuple of ints. Axes whose input length
+    is unknown (None) are checked when the graph runs.
+    """
+    requested = normalize_tuple(requested, "output_shape")
+    for axis, (want, n, k, s, d) in enumerate(
+        zip(requested, input_spatial_shape, kernel_size, strides, dilation_rate)
+    ):
+        if n is None:
+            continue
+        shortest, longest = output_length_range(n, k, s, padding, d)
+        if not shortest <= want <= longest:
+            raise ValueError(
+                f"Requested output_shape={requested} is not reachable: for an "
+                f"input of spatial shape {tuple(input_spatial_shape)}, spatial "
+                f"axis {axis} must be between {shortest} and {longest} "
+                f"(kernel_size={k}, strides={s}, dilation_rate={d}, "
+                f"padding={padding!r})."
+            )
+    return requested
+
+
+def is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
