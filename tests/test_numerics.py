@@ -268,3 +268,41 @@ def test_mixed_precision(policy, implementation, rng):
     expected = np_conv3d_transpose(x, layer.kernel.numpy(), layer.bias.numpy(), (2, 2, 2),
                                    "same")
     assert_close(tf.cast(y, tf.float32), expected, rel=3e-2)
+
+
+def _graph_ops(fn, *specs):
+    graph = tf.function(fn).get_concrete_function(*specs).graph
+    ops = list(graph.get_operations())
+    for function in graph.as_graph_def().library.function:
+        ops.extend(function.node_def)
+    return ops
+
+
+def test_gemm_lowering_graph_uses_matmul_and_small_ranks():
+    """Forward and gradients of the GEMM lowering never reach the slow
+    Conv3DBackprop* CPU kernels, and no intermediate exceeds rank 6 (TFLite)."""
+    kernel = tf.random.normal((3, 3, 3, 4, 5))
+
+    def train(x):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = tf_conv3dt.conv3d_transpose(x, kernel, 2, "same", implementation="gemm")
+        return tape.gradient(tf.reduce_sum(y * y), [x, kernel])
+
+    ops = _graph_ops(train, tf.TensorSpec((2, 4, 5, 3, 5)))
+    types = {op.type if hasattr(op, "type") else op.op for op in ops}
+    assert "MatMul" in types or "BatchMatMulV2" in types
+    assert not {t for t in types if t.startswith("Conv")}, types
+    for op in ops:
+        for output in getattr(op, "outputs", []):
+            assert output.shape.rank is None or output.shape.rank <= 6, (op.type, output.shape)
+
+
+def test_auto_follows_the_fast_native_kernels(monkeypatch):
+    """auto = native where oneDNN or a GPU serves it, GEMM on Eigen-only CPUs."""
+    monkeypatch.setattr(tf_conv3dt.ops, "_onednn_enabled", lambda: False)
+    expected = "native" if tf.config.list_logical_devices("GPU") else "gemm"
+    assert tf_conv3dt.ops.resolve_implementation("auto") == expected
+    monkeypatch.setattr(tf_conv3dt.ops, "_onednn_enabled", lambda: True)
+    assert tf_conv3dt.ops.resolve_implementation("auto") == "native"
+    assert tf_conv3dt.ops.resolve_implementation("GEMM") == "gemm"

@@ -94,12 +94,28 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
 
 
 def resolve_implementation(implementation):
-    """Maps "auto" to the faster path for the devices TensorFlow can see."""
+    """Maps "auto" to the faster path for this process.
+
+    The native op is fast on a GPU (cuDNN) and on CPUs where TensorFlow runs
+    its oneDNN kernels (on by default on CPUs with AVX512_VNNI/BF16 or AMX,
+    or with TF_ENABLE_ONEDNN_OPTS=1). Elsewhere the CPU falls back to Eigen's
+    Conv3DBackprop* kernels, 30-100x slower than the GEMM lowering at batch
+    > 1 (benchmarks/), so "auto" takes the GEMM lowering there.
+    """
     implementation = shapes.normalize_choice(implementation, "implementation",
                                              shapes.IMPLEMENTATIONS)
     if implementation == "auto":
-        return "native" if tf.config.list_logical_devices("GPU") else "gemm"
+        fast_native = tf.config.list_logical_devices("GPU") or _onednn_enabled()
+        return "native" if fast_native else "gemm"
     return implementation
+
+
+def _onednn_enabled():
+    try:  # TensorFlow's own test helper reads the same flag (test_util.IsMklEnabled).
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 class _Plan:
@@ -213,10 +229,12 @@ def _overlap_add(cols, sizes, kernel_size, filters, strides, dilation):
     max_shift = [((k - 1) * d) // s for k, s, d in zip(kernel_size, strides, dilation)]
     blocks = [n + q for n, q in zip(sizes, max_shift)]
     by_phase = {}
-    for tap, offsets in enumerate(itertools.product(*map(range, kernel_size))):
+    # One split (whose gradient is one concat) rather than a slice per tap:
+    # each slice's gradient would materialise a zero tensor as large as cols.
+    taps = tf.split(cols, kernel_size[0] * kernel_size[1] * kernel_size[2], axis=-1)
+    for contribution, offsets in zip(taps, itertools.product(*map(range, kernel_size))):
         placed = [divmod(j * d, s) for j, s, d in zip(offsets, strides, dilation)]
         phase = tuple(r for _, r in placed)
-        contribution = cols[..., tap * filters:(tap + 1) * filters]
         paddings = [[0, 0]] + [[q, m - q] for (q, _), m in zip(placed, max_shift)] + [[0, 0]]
         if any(m for m in max_shift):
             contribution = tf.pad(contribution, paddings)
