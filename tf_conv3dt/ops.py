@@ -20,6 +20,9 @@ the *full* output; the result is the window of the full output that
   reaches the slow Conv3DBackprop* CPU kernels.
 """
 
+import contextlib
+import contextvars
+import functools
 import itertools
 
 import tensorflow as tf
@@ -93,6 +96,28 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     return tf.transpose(y, (0, 4, 1, 2, 3)) if data_format == "channels_first" else y
 
 
+_FORCED_IMPLEMENTATION = contextvars.ContextVar("tf_conv3dt_implementation", default=None)
+
+
+@contextlib.contextmanager
+def forced_implementation(implementation):
+    """Traces every transposed convolution in the block with ``implementation``.
+
+    Export uses it to put one lowering into an artifact whatever each layer
+    was configured with: the GEMM lowering for TFLite (integer kernels exist
+    for matmul, not for CONV_3D_TRANSPOSE) and for SavedModels that may be
+    served on CPUs without oneDNN.
+    """
+    implementation = shapes.normalize_choice(implementation, "implementation",
+                                             shapes.IMPLEMENTATIONS)
+    token = _FORCED_IMPLEMENTATION.set(
+        None if implementation == "auto" else implementation)
+    try:
+        yield
+    finally:
+        _FORCED_IMPLEMENTATION.reset(token)
+
+
 def resolve_implementation(implementation):
     """Maps "auto" to the faster path for this process.
 
@@ -104,6 +129,9 @@ def resolve_implementation(implementation):
     """
     implementation = shapes.normalize_choice(implementation, "implementation",
                                              shapes.IMPLEMENTATIONS)
+    forced = _FORCED_IMPLEMENTATION.get()
+    if forced is not None:
+        return forced
     if implementation == "auto":
         fast_native = tf.config.list_logical_devices("GPU") or _onednn_enabled()
         return "native" if fast_native else "gemm"
@@ -244,7 +272,8 @@ def _overlap_add(cols, sizes, kernel_size, filters, strides, dilation):
     for phase in itertools.product(*map(range, strides)):
         taps = by_phase.get(phase)
         if taps:
-            phases.append(tf.add_n(taps) if len(taps) > 1 else taps[0])
+            # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
+            phases.append(functools.reduce(tf.add, taps))
         else:
             phases.append(tf.zeros(tf.stack([batch, *blocks, filters]), cols.dtype))
     return (tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]), blocks

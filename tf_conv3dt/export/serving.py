@@ -1,0 +1,236 @@
+"""SavedModels for TF Serving: versioned, written atomically, with warmup records.
+
+TF Serving watches ``<base>/<name>/<integer version>/`` and loads a version as
+soon as its directory appears, so a version is written under a non-numeric
+temporary name (which the server ignores) and renamed into place only once
+complete and checked. An existing version is never touched.
+"""
+
+import inspect
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from tf_conv3dt import ops
+from tf_conv3dt._keras import keras
+
+SIGNATURE = "serving_default"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# Python callbacks cannot run in the model server; neither can custom ops.
+SERVER_MISSING_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExportError(ValueError):
+    """An export that cannot go ahead; the message is meant for the user."""
+
+
+def check_model_name(name):
+    if not isinstance(name, str) or not _MODEL_NAME.match(name) or ".." in name:
+        raise ExportError(
+            f"Model name {name!r} must be letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (it becomes a directory name)."
+        )
+    return name
+
+
+def versions(model_dir):
+    """The integer versions present under ``model_dir``, ascending."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(entry) for entry in os.listdir(model_dir) if entry.isdigit())
+
+
+def serving_spec(model, dynamic_spatial=True):
+    """The signature's input: the model input's name and dtype, dynamic batch,
+    and dynamic spatial dims when ``dynamic_spatial`` (channels stay fixed)."""
+    keras_input = model.inputs[0]
+    shape = list(keras_input.shape)
+    shape[0] = None
+    if dynamic_spatial:
+        channel_axis = -1 if keras.backend.image_data_format() == "channels_last" else 1
+        shape = [dim if axis == len(shape) + channel_axis or axis == channel_axis else None
+                 for axis, dim in enumerate(shape)]
+    name = _input_name(model)
+    return tf.TensorSpec(shape, keras_input.dtype, name=name)
+
+
+def output_name(model):
+    return model.layers[-1].name
+
+
+def write_serving_version(model, base_dir, name, version=None, warmup_batches=(),
+                          implementation="gemm"):
+    """Writes ``model`` as ``<base_dir>/<name>/<version>/`` and returns the path.
+
+    Args:
+      model: a Keras model with one input and one output.
+      base_dir: the directory TF Serving's ``--model_base_path`` points above.
+      name: the model name (a directory name).
+      version: an integer, refused if present; None takes the next integer.
+      warmup_batches: input arrays written as PredictionLog warmup records.
+      implementation: the lowering traced for tf_conv3dt layers.
+
+    Raises:
+      ExportError: a bad name, an existing version, or a graph that uses ops
+        the model server does not have. Nothing is left under a numeric name.
+    """
+    model_dir = os.path.join(base_dir, check_model_name(name))
+    os.makedirs(model_dir, exist_ok=True)
+    if version is None:
+        version = (versions(model_dir) or [0])[-1] + 1
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ExportError(f"--version must be a positive integer. Received: {version!r}")
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise ExportError(f"Version {version} already exists at {final}; it is never "
+                          "overwritten. Choose another --version or omit it.")
+    staging = tempfile.mkdtemp(prefix=".writing-", dir=model_dir)
+    # mkdtemp makes it private (0700); the server may run as another user.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    try:
+        spec = _traceable_spec(model, implementation)
+        _save(model, staging, spec, implementation)
+        found = serving_ops(staging)
+        if found["missing_in_server"]:
+            raise ExportError(
+                "The SavedModel uses ops TF Serving's model server does not have: "
+                + ", ".join(found["missing_in_server"]))
+        if warmup_batches:
+            write_warmup_requests(staging, name, spec.name, warmup_batches)
+        if os.path.exists(final):  # another export took it meanwhile
+            raise ExportError(f"Version {version} appeared at {final} during export.")
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _traceable_spec(model, implementation):
+    """Dynamic spatial dims where the model traces with them, else the model's own."""
+    spec = serving_spec(model, dynamic_spatial=True)
+    try:
+        with ops.forced_implementation(implementation):
+            tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        return spec
+    except (ValueError, TypeError, tf.errors.OpError):
+        return serving_spec(model, dynamic_spatial=False)
+
+
+def _save(model, path, spec, implementation):
+    key = output_name(model)
+
+    def serve(x):
+        with ops.forced_implementation(implementation):
+            return {key: model(x, training=False)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
+    quiet = {"verbose": False} if "verbose" in inspect.signature(archive.write_out).parameters else {}
+    archive.write_out(path, **quiet)
+
+
+def serving_ops(saved_model_dir):
+    """The op types in a SavedModel's graphs, and those the server lacks."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework import op_def_registry
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    found, functions = set(), set()
+    for meta_graph in proto.meta_graphs:
+        library = meta_graph.graph_def.library
+        functions |= {function.signature.name for function in library.function}
+        found |= {node.op for node in meta_graph.graph_def.node}
+        for function in library.function:
+            found |= {node.op for node in function.node_def}
+    found -= functions
+    missing = sorted(op for op in found
+                     if op in SERVER_MISSING_OPS or op_def_registry.get(op) is None)
+    return {"ops": sorted(found), "missing_in_server": missing}
+
+
+def write_warmup_requests(saved_model_dir, model_name, input_key, batches):
+    """``assets.extra/tf_serving_warmup_requests``: one PredictionLog per batch."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for batch in batches:
+            request = predict_request(model_name, input_key, np.asarray(batch))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup_requests(saved_model_dir):
+    """The PredictRequests of a version's warmup file."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    requests = []
+    for record in tf.data.TFRecordDataset(os.path.join(saved_model_dir, WARMUP_FILE)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        requests.append(log.predict_log.request)
+    return requests
+
+
+def predict_request(model_name, input_key, array=None, shape=None, dtype=tf.float32):
+    """A gRPC PredictRequest for the serving_default signature; without
+    ``array`` it carries only dtype and shape (a template)."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = SIGNATURE
+    if array is not None:
+        request.inputs[input_key].CopyFrom(tf.make_tensor_proto(array))
+    else:
+        tensor = request.inputs[input_key]
+        tensor.dtype = tf.as_dtype(dtype).as_datatype_enum
+        for dim in shape:
+            tensor.tensor_shape.dim.add(size=-1 if dim is None else dim)
+    return request
+
+
+def request_examples(saved_model_dir, model_name):
+    """The REST body and gRPC request TF Serving accepts for this signature."""
+    from google.protobuf import text_format
+
+    loaded = tf.saved_model.load(saved_model_dir)
+    signature = loaded.signatures[SIGNATURE]
+    (key, spec), = signature.structured_input_signature[1].items()
+    (out_key, out_spec), = signature.structured_outputs.items()
+    per_example = [("n" if d is None else d) for d in spec.shape[1:]]
+    rest = (
+        f"POST http://HOST:8501/v1/models/{model_name}:predict\n"
+        f'{{"signature_name": "{SIGNATURE}", "instances": '
+        f'[{{"{key}": <{spec.dtype.name} nested list, shape {per_example}>}}, ...]}}\n'
+        f'-> {{"predictions": [<{out_spec.dtype.name} shape '
+        f'{[("n" if d is None else d) for d in out_spec.shape[1:]]}>, ...]}}'
+    )
+    template = predict_request(model_name, key, shape=[1, *spec.shape[1:]], dtype=spec.dtype)
+    grpc = (
+        "tensorflow.serving.PredictionService/Predict, PredictRequest:\n"
+        + text_format.MessageToString(template)
+        + f"  (values: tf.make_tensor_proto(x) fills inputs[\"{key}\"]; "
+        f"-1 is any size; response outputs[\"{out_key}\"])"
+    )
+    return {"input": key, "output": out_key, "rest": rest, "grpc": grpc}
+
+
+def _input_name(model):
+    names = getattr(model, "input_names", None)  # tf_keras
+    if names:
+        return names[0]
+    return model.inputs[0].name.split(":")[0]  # Keras 3 KerasTensor
