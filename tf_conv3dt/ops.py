@@ -182,7 +182,7 @@ def _plan(x, kernel_size, strides, padding, output_padding, dilation, output_sha
         else:
             # The GEMM lowering produces (n + max_shift) * s positions.
             n = probe_in[axis]
-            produced = (n + (k - 1) * d // s) * s
+            produced = (n + shapes.max_block_shift(k, s, d)) * s
             past_end = (shapes.crop_start(n, probe[axis], k, s, padding, d)
                         + probe[axis] - produced)
             tail.append(max(past_end, 0))
@@ -254,7 +254,8 @@ def _overlap_add(cols, sizes, kernel_size, filters, strides, dilation):
     concatenated on the channel axis in (rd, rh, rw) order, and the number of
     blocks per axis.
     """
-    max_shift = [((k - 1) * d) // s for k, s, d in zip(kernel_size, strides, dilation)]
+    max_shift = [shapes.max_block_shift(k, s, d)
+                 for k, s, d in zip(kernel_size, strides, dilation)]
     blocks = [n + q for n, q in zip(sizes, max_shift)]
     by_phase = {}
     # One split (whose gradient is one concat) rather than a slice per tap:

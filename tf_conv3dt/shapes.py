@@ -97,6 +97,12 @@ def effective_kernel_size(kernel_size, dilation):
     return (kernel_size - 1) * dilation + 1
 
 
+def max_block_shift(kernel_size, stride, dilation=1):
+    """How many stride-blocks past its input position the last tap lands:
+    tap ``j`` writes to ``i * s + j * d``, i.e. block ``i + (j * d) // s``."""
+    return (kernel_size - 1) * dilation // stride
+
+
 def full_length(input_length, kernel_size, stride, dilation=1):
     """Length of the uncropped transposed convolution along one axis."""
     return (input_length - 1) * stride + effective_kernel_size(kernel_size, dilation)
