@@ -9,6 +9,7 @@ complete; an existing serving version is never touched.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -44,8 +45,18 @@ def main(argv=None):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return _fail(f"--out {args.out!r} is a file; it must be a directory.")
     started = time.perf_counter()
+    with _native_output_silenced(args.quiet):
+        report, error = _export(args, say)
+    if error:
+        return _fail(error)
+    say(f"finished in {time.perf_counter() - started:.1f}s; report: "
+        f"{os.path.join(args.out, 'report.json')}")
+    return 0 if report["all_within_tolerance"] else 1
+
+
+def _export(args, say):
+    """Runs the export; returns (report, None) or (None, a one-line error)."""
     say("importing TensorFlow and tf_conv3dt")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import warnings
 
     import numpy as np
@@ -72,18 +83,38 @@ def main(argv=None):
             model = export.reference_model()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            if args.quiet:
-                warnings.simplefilter("ignore")
             report = export.export_model(
                 model, args.out, name=args.name, version=args.version, formats=formats,
                 calibration=calibration, batch_size=args.batch_size,
                 implementation=args.implementation, log=say)
     except export.ExportError as error:
-        return _fail(str(error))
+        return None, str(error).replace("\n", " ")
     say(export.format_report(report))
-    say(f"finished in {time.perf_counter() - started:.1f}s; report: "
-        f"{os.path.join(args.out, 'report.json')}")
-    return 0 if report["all_within_tolerance"] else 1
+    return report, None
+
+
+@contextlib.contextmanager
+def _native_output_silenced(silenced):
+    """With --quiet, TensorFlow's and LiteRT's C++ logging (which ignores
+    TF_CPP_MIN_LOG_LEVEL before absl is initialised) goes to /dev/null too."""
+    if not silenced:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def _fail(message):

@@ -96,7 +96,7 @@ def write_serving_version(model, base_dir, name, version=None, warmup_batches=()
     os.chmod(staging, 0o777 & ~umask)
     try:
         spec = _traceable_spec(model, implementation)
-        _save(model, staging, spec, implementation)
+        save_signature(model, staging, spec, implementation)
         found = serving_ops(staging)
         if found["missing_in_server"]:
             raise ExportError(
@@ -124,7 +124,9 @@ def _traceable_spec(model, implementation):
         return serving_spec(model, dynamic_spatial=False)
 
 
-def _save(model, path, spec, implementation):
+def save_signature(model, path, spec, implementation="gemm"):
+    """Writes ``model`` as a SavedModel whose one signature, serving_default,
+    takes ``spec`` and returns ``{output_name(model): output}``."""
     key = output_name(model)
 
     def serve(x):

@@ -6,13 +6,14 @@ GEMM lowering the same layer becomes FULLY_CONNECTED / RESHAPE / TRANSPOSE /
 PAD / ADD / SPLIT / CONCATENATION / SLICE, all of which have int8 kernels.
 """
 
+import tempfile
 import time
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from tf_conv3dt import ops
+from tf_conv3dt.export import serving
 
 MODES = ("float32", "float16", "dynamic_range", "int8")
 
@@ -33,12 +34,18 @@ def convert(model, mode, input_shape, calibration=None, implementation="gemm"):
     """
     if mode not in MODES:
         raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {MODES}.")
-    spec = tf.TensorSpec(input_shape, model.inputs[0].dtype)
-    with ops.forced_implementation(implementation):
-        function = tf.function(lambda x: model(x, training=False))
-        concrete = function.get_concrete_function(spec)
-    # No trackable object: the converter then freezes the variables to constants.
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    spec = serving.serving_spec(model, dynamic_spatial=False)
+    spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
+    with tempfile.TemporaryDirectory() as scratch:
+        # Through a SavedModel, as Keras's own LiteRT export does: the
+        # converter freezes its variables into constants.
+        serving.save_signature(model, scratch, spec, implementation)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            scratch, signature_keys=[serving.SIGNATURE])
+        return _convert(converter, mode, input_shape, calibration)
+
+
+def _convert(converter, mode, input_shape, calibration):
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
