@@ -166,6 +166,39 @@ def torch_paths(shape, filters, kernel, stride, padding):
     return {"torch conv_transpose3d": (forward, train_step)}
 
 
+# Scaling of "auto": (1, 16^3) to (8, 16^3) and (1, 16^3) to (1, 48^3) inputs.
+SCALING_CASE = dict(channels=64, filters=32, kernel=3, stride=2, padding="same")
+SCALING_INPUTS = [(1, 16), (2, 16), (4, 16), (8, 16), (1, 32), (1, 48)]
+
+
+def scaling(repeats):
+    """Forward time per output voxel and peak memory against the output size."""
+    c = SCALING_CASE
+    print(f"\nscaling of tf_conv3dt auto, {c['channels']}->{c['filters']} "
+          f"k{c['kernel']} s{c['stride']} {c['padding']}:")
+    print(f"{'input':<22} {'fwd ms':>9} {'ns/output voxel':>16} {'peak / output size':>19}")
+    rows = []
+    for batch, size in SCALING_INPUTS:
+        shape = (batch, size, size, size, c["channels"])
+        layer = tf_conv3dt.Conv3DTranspose(c["filters"], c["kernel"], c["stride"],
+                                           padding=c["padding"])
+        layer.build(shape)
+        x = tf.random.normal(shape)
+        forward = tf.function(lambda x, layer=layer: layer(x))
+        voxels = batch * (size * c["stride"]) ** 3
+        output_bytes = voxels * c["filters"] * 4
+        with PeakMemory() as memory:
+            ms = median_ms(lambda: forward(x).numpy(), max(repeats // 2, 3))
+        row = dict(batch=batch, size=size, forward_ms=ms, ns_per_voxel=ms * 1e6 / voxels,
+                   peak_over_output=None if memory.peak is None else memory.peak / output_bytes)
+        rows.append(row)
+        ratio = "n/a" if row["peak_over_output"] is None else f"{row['peak_over_output']:.2f}x"
+        print(f"{str(shape):<22} {ms:9.2f} {row['ns_per_voxel']:16.2f} {ratio:>19}", flush=True)
+    per_voxel = [r["ns_per_voxel"] for r in rows]
+    print(f"time per output voxel, slowest / fastest: {max(per_voxel) / min(per_voxel):.2f}x")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
@@ -210,9 +243,10 @@ def main():
             print(f"{label:<34} {name:<24} {fwd:9.2f} {row['forward_gflops']:8.1f} "
                   f"{row['percent_sgemm']:6.0f}% {train:9.2f} {row['train_gflops']:8.1f} "
                   f"{peak_text:>19}", flush=True)
+    scaling_rows = scaling(args.repeats)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(sgemm_gflops=peak, rows=rows), f, indent=1)
+            json.dump(dict(sgemm_gflops=peak, rows=rows, scaling=scaling_rows), f, indent=1)
 
 
 if __name__ == "__main__":

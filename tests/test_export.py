@@ -169,7 +169,9 @@ def test_custom_model_with_dilation_and_channels_first(tmp_path, rng):
     for label in ("saved_model", "tfsm_layer", "tflite float32", "tflite float16"):
         assert errors[label]["within_tolerance"], errors[label]
     signature = tf.saved_model.load(report["serving"]["path"]).signatures["serving_default"]
-    x = rng.uniform(size=(1, 2, 5, 4, 6)).astype("float32")
+    (spec,) = signature.structured_input_signature[1].values()
+    assert spec.shape.as_list() == [None, 2, None, None, None]  # channels stay fixed
+    x = rng.uniform(size=(1, 2, 7, 3, 5)).astype("float32")
     layer = model.layers[-1]
     expected = np_conv3d_transpose(x, layer.kernel.numpy(), layer.bias.numpy(), (1, 1, 1),
                                    "same", None, (2, 2, 2), "channels_first")

@@ -76,6 +76,7 @@ def test_sweep_against_numpy_reference(case, implementation, rng):
 @given(
     kernel=st.tuples(*[st.integers(1, 4)] * 3),
     strides=st.tuples(*[st.integers(1, 3)] * 3),
+    dilation=st.integers(1, 3),
     spatial=st.tuples(*[st.integers(1, 5)] * 3),
     padding=st.sampled_from(["valid", "same"]),
     channels_first=st.booleans(),
@@ -83,16 +84,29 @@ def test_sweep_against_numpy_reference(case, implementation, rng):
     data=st.data(),
 )
 def test_property_matches_reference_at_every_legal_output_size(
-        kernel, strides, spatial, padding, channels_first, implementation, data):
-    """Any legal output_shape, chosen at call time, matches the reference."""
-    ranges = [tf_conv3dt.shapes.output_length_range(n, k, s, padding)
-              for n, k, s in zip(spatial, kernel, strides)]
+        kernel, strides, dilation, spatial, padding, channels_first, implementation, data):
+    """Any legal output_shape, chosen at call time, matches the reference, in
+    eager mode and through a trace whose spatial sizes are unknown."""
+    dilation = (1, 1, 1) if max(strides) > 1 else (dilation,) * 3
+    ranges = [tf_conv3dt.shapes.output_length_range(n, k, s, padding, d)
+              for n, k, s, d in zip(spatial, kernel, strides, dilation)]
     output_shape = tuple(data.draw(st.integers(lo, hi)) for lo, hi in ranges)
-    case = dict(kernel_size=kernel, strides=strides, padding=padding,
-                data_format="channels_first" if channels_first else "channels_last")
+    data_format = "channels_first" if channels_first else "channels_last"
+    case = dict(kernel_size=kernel, strides=strides, dilation_rate=dilation, padding=padding,
+                data_format=data_format)
     y, expected = _run_layer(case, implementation, np.random.default_rng(0),
                              spatial=spatial, output_shape=output_shape)
     assert_close(y, expected)
+    layer = tf_conv3dt.Conv3DTranspose(2, implementation=implementation, **case)
+    x = np.random.default_rng(1).standard_normal(
+        (1, 3, *spatial) if channels_first else (1, *spatial, 3)).astype("float32")
+    layer.build(x.shape)
+    traced = tf.function(lambda x: layer(x, output_shape=output_shape)).get_concrete_function(
+        tf.TensorSpec([None, 3, None, None, None] if channels_first
+                      else [None, None, None, None, 3]))
+    assert_close(traced(tf.constant(x)), np_conv3d_transpose(
+        x, layer.kernel.numpy(), layer.bias.numpy(), strides, padding, None, dilation,
+        data_format, output_shape))
 
 
 def test_all_ones_same_by_hand(implementation):

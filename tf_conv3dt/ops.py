@@ -12,9 +12,10 @@ the *full* output; the result is the window of the full output that
 * ``"native"`` calls ``tf.nn.conv3d_transpose`` on NDHWC data with a
   zero-dilated kernel, which is exact and works on every device (the CPU
   kernels support neither NCDHW nor dilation).
-* ``"gemm"`` multiplies the input voxels ``(N*D*H*W, C)`` by the kernel as
-  ``(C, kd*kh*kw*filters)`` in one matmul, then overlap-adds the taps into the
-  output by stride phase and interleaves the phases (a 3-D depth-to-space).
+* ``"gemm"`` multiplies the input voxels ``(N*D*H*W, C)`` by the kernel
+  (as ``(C, kd*kh*kw*filters)`` in one matmul when kernel == stride, else
+  tap by tap), overlap-adds the taps into the output by stride phase and
+  interleaves the phases (a 3-D depth-to-space).
   Every intermediate has rank <= 6 and every op is a TFLite builtin, so the
   graph converts to integer-only TFLite, and autodiff through it never
   reaches the slow Conv3DBackprop* CPU kernels.
@@ -147,12 +148,23 @@ def _onednn_enabled():
 
 
 class _Plan:
-    """Per-axis lengths of one call: input, output, crop start, zero tail."""
+    """What one call computes, per spatial axis.
 
-    def __init__(self, sizes, static_in, out, static_out, start, tail):
-        self.sizes, self.static_in = sizes, static_in
-        self.out, self.static_out = out, static_out
-        self.start, self.tail = start, tail
+    The GEMM lowering produces output blocks of ``stride`` positions; the
+    output needs blocks ``first_block`` to ``n + extra_blocks`` (n, the input
+    length, may be a tensor; the two offsets are static), from which it keeps
+    ``out`` positions starting at ``begin``. ``whole`` says that window is
+    exactly the output, so no final slice is needed.
+    """
+
+    def __init__(self, sizes, out, static_out, first_block, extra_blocks, begin, whole):
+        self.sizes, self.out, self.static_out = sizes, out, static_out
+        self.first_block, self.extra_blocks = first_block, extra_blocks
+        self.begin, self.whole = begin, whole
+
+    def blocks(self):
+        """Blocks per axis in the window: ``n + extra_blocks - first_block``."""
+        return [n + e - f for n, e, f in zip(self.sizes, self.extra_blocks, self.first_block)]
 
 
 def _plan(x, kernel_size, strides, padding, output_padding, dilation, output_shape):
@@ -162,34 +174,33 @@ def _plan(x, kernel_size, strides, padding, output_padding, dilation, output_sha
     if output_shape is None:
         out = shapes.output_spatial_shape(sizes, kernel_size, strides, padding,
                                           output_padding, dilation)
-        # Without a requested size, how far the output reaches past the full
-        # length does not depend on the input length: evaluate it at n = 1.
-        probe = shapes.output_spatial_shape((1, 1, 1), kernel_size, strides, padding,
-                                            output_padding, dilation)
-        probe_in = (1, 1, 1)
     else:
         out = shapes.check_requested_shape(output_shape, static_in, kernel_size,
                                            strides, padding, dilation)
-        probe, probe_in = out, static_in
     static_out = tuple(o if isinstance(o, int) else None for o in out)
-    start, tail = [], []
+    first, extra, begin, whole = [], [], [], True
     for axis, (k, s, d) in enumerate(zip(kernel_size, strides, dilation)):
-        start.append(shapes.crop_start(sizes[axis], out[axis], k, s, padding, d))
-        if probe_in[axis] is None:
-            # A requested size on an unknown input length: at most s - 1
-            # positions past the full output are legal ("valid"), none ("same").
-            tail.append(s - 1 if padding == "valid" else 0)
-        else:
-            # The GEMM lowering produces (n + max_shift) * s positions.
-            n = probe_in[axis]
-            produced = (n + shapes.max_block_shift(k, s, d)) * s
-            past_end = (shapes.crop_start(n, probe[axis], k, s, padding, d)
-                        + probe[axis] - produced)
-            tail.append(max(past_end, 0))
+        n = static_in[axis]
+        if n is None:
+            # Unknown until run time: start at block 0 and keep one block past
+            # the last tap's reach, which covers every legal output length
+            # (and never needs a tap sliced); crop at run time.
+            first.append(0)
+            extra.append(shapes.max_block_shift(k, s, d) + 1)
+            begin.append(shapes.crop_start(sizes[axis], out[axis], k, s, padding, d))
+            whole = False
+            continue
+        length = out[axis]
+        start = shapes.crop_start(n, length, k, s, padding, d)
+        last_block = -(-(start + length) // s)  # ceil
+        first.append(start // s)
+        extra.append(last_block - n)
+        begin.append(start % s)
+        whole = whole and start % s == 0 and (last_block - start // s) * s == length
     checks = []
     if output_shape is not None and None in static_in:
         checks = _reachable_checks(sizes, out, kernel_size, strides, padding, dilation)
-    return _Plan(sizes, static_in, out, static_out, start, tail), checks
+    return _Plan(sizes, out, static_out, first, extra, begin, whole), checks
 
 
 def _reachable_checks(sizes, out, kernel_size, strides, padding, dilation):
@@ -230,45 +241,44 @@ def _gemm(x, kernel, plan, strides, dilation):
     kd, kh, kw, filters, channels = kernel.shape
     kernel_size = (kd, kh, kw)
     batch = tf.shape(x)[0]
-    # Columns ordered (kd, kh, kw, filters): one tap's filters are contiguous.
-    matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
-    cols = tf.matmul(tf.reshape(x, (-1, channels)), matrix)
-    cols = tf.reshape(cols, [batch, *plan.sizes, kd * kh * kw * filters])
-
+    rows = tf.reshape(x, (-1, channels))  # one row per input voxel
     if kernel_size == strides:
-        # Each tap is its own stride phase at shift 0: the columns already are
-        # the phase tensor, and no tap overlaps another.
-        phases, blocks = cols, plan.sizes
+        # Each tap is its own stride phase and no tap overlaps another: one
+        # matmul by the kernel as (C, kd*kh*kw*F) gives the phase tensor.
+        matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
+        phases = tf.reshape(tf.matmul(rows, matrix), [batch, *plan.sizes, -1])
+        phases = _block_window(phases, plan, (0, 0, 0))
     else:
-        phases, blocks = _overlap_add(cols, plan.sizes, kernel_size, filters, strides,
-                                      dilation)
-    full = _interleave_phases(phases, batch, blocks, strides, filters)
-    return _crop(full, plan)
+        phases = _overlap_add(rows, kernel, batch, plan, strides, dilation)
+    full = _interleave_phases(phases, batch, plan.blocks(), strides, filters)
+    if plan.whole:
+        return full
+    return tf.slice(full, [0, *plan.begin, 0], [-1, *plan.out, -1])
 
 
-def _overlap_add(cols, sizes, kernel_size, filters, strides, dilation):
+def _overlap_add(rows, kernel, batch, plan, strides, dilation):
     """Sums the taps of each stride phase, each shifted by its block offset.
 
     Tap ``j`` lands at ``i * s + j * d = (i + q) * s + r`` with ``q, r =
-    divmod(j * d, s)``: phase ``r``, shifted ``q`` blocks. Returns the phases
-    concatenated on the channel axis in (rd, rh, rw) order, and the number of
-    blocks per axis.
+    divmod(j * d, s)``: phase ``r``, shifted ``q`` blocks. Each tap is its own
+    ``(voxels, C) x (C, F)`` product, moved straight into the output's block
+    window: one product with all taps side by side would materialise a tensor
+    kd*kh*kw times the input's voxels by F and copy every tap out of it (2-2.5x
+    slower here, with the memory peak to match). Returns the phases
+    concatenated on the channel axis in (rd, rh, rw) order.
     """
-    max_shift = [shapes.max_block_shift(k, s, d)
-                 for k, s, d in zip(kernel_size, strides, dilation)]
-    blocks = [n + q for n, q in zip(sizes, max_shift)]
+    kernel_size, filters = tuple(kernel.shape[:3]), kernel.shape[3]
     by_phase = {}
-    # One split (whose gradient is one concat) rather than a slice per tap:
-    # each slice's gradient would materialise a zero tensor as large as cols.
-    taps = tf.split(cols, kernel_size[0] * kernel_size[1] * kernel_size[2], axis=-1)
-    for contribution, offsets in zip(taps, itertools.product(*map(range, kernel_size))):
+    for offsets in itertools.product(*map(range, kernel_size)):
         placed = [divmod(j * d, s) for j, s, d in zip(offsets, strides, dilation)]
-        phase = tuple(r for _, r in placed)
-        paddings = [[0, 0]] + [[q, m - q] for (q, _), m in zip(placed, max_shift)] + [[0, 0]]
-        if any(m for m in max_shift):
-            contribution = tf.pad(contribution, paddings)
-        by_phase.setdefault(phase, []).append(contribution)
-    batch = tf.shape(cols)[0]
+        shifts = [q for q, _ in placed]
+        if not _overlaps_window(plan, shifts):
+            continue  # e.g. an outer tap of a large kernel, cropped by "same"
+        # kernel[offsets] is (F, C): FULLY_CONNECTED's own weight layout in TFLite.
+        contribution = tf.matmul(rows, kernel[offsets], transpose_b=True)
+        contribution = tf.reshape(contribution, [batch, *plan.sizes, filters])
+        contribution = _block_window(contribution, plan, shifts)
+        by_phase.setdefault(tuple(r for _, r in placed), []).append(contribution)
     phases = []
     for phase in itertools.product(*map(range, strides)):
         taps = by_phase.get(phase)
@@ -276,8 +286,38 @@ def _overlap_add(cols, sizes, kernel_size, filters, strides, dilation):
             # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
             phases.append(functools.reduce(tf.add, taps))
         else:
-            phases.append(tf.zeros(tf.stack([batch, *blocks, filters]), cols.dtype))
-    return (tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]), blocks
+            phases.append(tf.zeros(tf.stack([batch, *plan.blocks(), filters]), rows.dtype))
+    return tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
+
+
+def _overlaps_window(plan, shifts):
+    """Whether blocks [q, q + n) meet the window [first, n + extra) on every
+    axis (always so for a run-time n, whose window starts at 0)."""
+    return all(
+        not isinstance(n, int) or (q + n > first and q < n + extra)
+        for q, n, first, extra in zip(shifts, plan.sizes, plan.first_block,
+                                      plan.extra_blocks))
+
+
+def _block_window(blocks, plan, shifts):
+    """Moves ``(N, n1, n2, n3, C)`` blocks, shifted by ``shifts``, into the
+    plan's window of output blocks: what falls outside is sliced off, what the
+    window has beyond them is zero. A tap at shift 0 inside the window is
+    returned as it is, without a copy."""
+    begin, cut, paddings = [], [], []
+    for q, first, extra in zip(shifts, plan.first_block, plan.extra_blocks):
+        # The blocks cover [q, q + n); the window is [first, n + extra).
+        begin.append(max(first - q, 0))
+        cut.append(max(first - q, 0) + max(q - extra, 0))
+        paddings.append([max(q - first, 0), max(extra - q, 0)])
+    if any(cut):
+        # tf.slice, not Python slicing: StridedSlice's gradient is far slower
+        # than Slice's (a Pad) on CPU.
+        sizes = [-1] + [n - c for n, c in zip(plan.sizes, cut)] + [-1]
+        blocks = tf.slice(blocks, [0, *begin, 0], sizes)
+    if any(p for pair in paddings for p in pair):
+        blocks = tf.pad(blocks, [[0, 0], *paddings, [0, 0]])
+    return blocks
 
 
 def _interleave_phases(phases, batch, blocks, strides, filters):
@@ -293,15 +333,3 @@ def _interleave_phases(phases, batch, blocks, strides, filters):
     grid = tf.reshape(phases, [batch * b1, b2, b3, s1, s2, s3 * filters])
     grid = tf.transpose(grid, (0, 3, 1, 4, 2, 5))
     return tf.reshape(grid, [batch, b1 * s1, b2 * s2, b3 * s3, filters])
-
-
-def _crop(full, plan):
-    """Keeps ``plan.out`` positions from ``plan.start``, zeros past the end."""
-    if any(plan.tail):
-        full = tf.pad(full, [[0, 0]] + [[0, t] for t in plan.tail] + [[0, 0]])
-    whole = (all(isinstance(v, int) and v == 0 for v in plan.start)
-             and all(isinstance(v, int) for v in plan.out)
-             and tuple(full.shape[1:4]) == tuple(plan.out))
-    if whole:  # the common kernel == stride case needs no slice
-        return full
-    return tf.slice(full, [0, *plan.start, 0], [-1, *plan.out, -1])

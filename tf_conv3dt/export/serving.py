@@ -45,18 +45,15 @@ def versions(model_dir):
     return sorted(int(entry) for entry in os.listdir(model_dir) if entry.isdigit())
 
 
-def serving_spec(model, dynamic_spatial=True):
-    """The signature's input: the model input's name and dtype, dynamic batch,
-    and dynamic spatial dims when ``dynamic_spatial`` (channels stay fixed)."""
+def serving_spec(model, fixed_axes=None):
+    """The signature's input: the model input's name and dtype, a dynamic
+    batch, and every other axis dynamic unless in ``fixed_axes`` (None keeps
+    them all as the model declares them)."""
     keras_input = model.inputs[0]
-    shape = list(keras_input.shape)
-    shape[0] = None
-    if dynamic_spatial:
-        channel_axis = -1 if keras.backend.image_data_format() == "channels_last" else 1
-        shape = [dim if axis == len(shape) + channel_axis or axis == channel_axis else None
-                 for axis, dim in enumerate(shape)]
-    name = _input_name(model)
-    return tf.TensorSpec(shape, keras_input.dtype, name=name)
+    shape = [None] + list(keras_input.shape[1:])
+    if fixed_axes is not None:
+        shape = [dim if axis in fixed_axes else None for axis, dim in enumerate(shape)]
+    return tf.TensorSpec(shape, keras_input.dtype, name=_input_name(model))
 
 
 def output_name(model):
@@ -114,14 +111,18 @@ def write_serving_version(model, base_dir, name, version=None, warmup_batches=()
 
 
 def _traceable_spec(model, implementation):
-    """Dynamic spatial dims where the model traces with them, else the model's own."""
-    spec = serving_spec(model, dynamic_spatial=True)
-    try:
-        with ops.forced_implementation(implementation):
-            tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-        return spec
-    except (ValueError, TypeError, tf.errors.OpError):
-        return serving_spec(model, dynamic_spatial=False)
+    """Dynamic spatial dims where the model traces with them (channels last,
+    then channels first), else the model's own shape with a dynamic batch."""
+    rank = len(model.inputs[0].shape)
+    for fixed_axes in ((rank - 1,), (1,), None):
+        spec = serving_spec(model, fixed_axes)
+        try:
+            with ops.forced_implementation(implementation):
+                tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+            return spec
+        except (ValueError, TypeError, tf.errors.OpError):
+            continue
+    raise ExportError(f"The model cannot be traced with input {spec}.")
 
 
 def save_signature(model, path, spec, implementation="gemm"):

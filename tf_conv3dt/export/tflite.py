@@ -34,7 +34,7 @@ def convert(model, mode, input_shape, calibration=None, implementation="gemm"):
     """
     if mode not in MODES:
         raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {MODES}.")
-    spec = serving.serving_spec(model, dynamic_spatial=False)
+    spec = serving.serving_spec(model)
     spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
     with tempfile.TemporaryDirectory() as scratch:
         # Through a SavedModel, as Keras's own LiteRT export does: the
