@@ -87,16 +87,18 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc):
-        self.peak = self._status("VmHWM:") - self.before if self.available else None
+        # Allocators keep freed memory, so growth can be less than the work's
+        # true footprint: read it as a lower bound.
+        self.peak = max(self._status("VmHWM:") - self.before, 0) if self.available else None
 
 
 def _mib(size):
     return None if size is None else max(size, 0) / 2 ** 20
 
 
-def median_ms(fn, repeats):
-    fn()  # trace / warm up
-    fn()
+def median_ms(fn, repeats, warmup=5):
+    for _ in range(warmup):  # trace, then let allocators and thread pools settle
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -218,11 +220,19 @@ def main():
     print(header)
     print("-" * len(header))
     rows = []
-    for index in args.cases if args.cases is not None else range(len(CASES)):
+    for position, index in enumerate(args.cases if args.cases is not None
+                                     else range(len(CASES))):
         shape, filters, kernel, stride, padding = CASES[index]
         label = f"{shape}->{filters} k{kernel} s{stride} {padding}"
         flops = forward_flops(shape, filters, kernel)
         paths = {**tf_paths(*CASES[index]), **torch_paths(*CASES[index])}
+        if position == 0:
+            # The process's first measurements pay one-time costs (seen: the
+            # first training step timed ran 50% slower, whichever path it
+            # was): time one path once, untabulated.
+            forward, train_step = next(iter(paths.values()))
+            median_ms(forward, args.repeats)
+            median_ms(train_step, args.repeats)
         for name, (forward, train_step) in paths.items():
             try:
                 with PeakMemory() as memory:
