@@ -216,6 +216,15 @@ class TestCommandLine:
         assert len(err.strip().splitlines()) == 1
         assert not glob.glob(os.path.join(out, "serving", "*", "[0-9]*"))
 
+    def test_relative_out_directory(self, capsys, tmp_path, monkeypatch):
+        """The main job as the README types it: a relative --out."""
+        monkeypatch.chdir(tmp_path)
+        code, out, _ = self._run(capsys, "--out", "out", "--formats", "keras,savedmodel")
+        assert code == 0, out
+        assert "all artifacts within tolerance" in out
+        assert os.path.isfile(tmp_path / "out" / "serving" / "conv3dt" / "1" / "saved_model.pb")
+        assert json.load(open(tmp_path / "out" / "report.json"))["all_within_tolerance"]
+
     def test_out_is_a_file(self, capsys, tmp_path):
         target = tmp_path / "file"
         target.write_text("x")

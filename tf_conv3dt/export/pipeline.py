@@ -171,11 +171,12 @@ def run_in_fresh_process(saved_model_dir, x):
         np.save(inputs, x)
         env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-        done = subprocess.run([sys.executable, script, saved_model_dir, inputs, outputs],
-                              env=env, capture_output=True, text=True, cwd=scratch)
+        done = subprocess.run(
+            [sys.executable, script, os.path.abspath(saved_model_dir), inputs, outputs],
+            env=env, capture_output=True, text=True, cwd=scratch)
         if done.returncode != 0:
-            raise ExportError("The SavedModel failed in a fresh process:\n"
-                              + done.stderr[-2000:])
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ExportError(f"The SavedModel failed in a fresh process: {last}")
         with np.load(outputs) as loaded:
             return {k: loaded[k] for k in loaded.files}
 
