@@ -36,8 +36,9 @@ class Conv3DTranspose(keras.layers.Layer):
       kernel_regularizer, bias_regularizer, activity_regularizer: regularizers.
       kernel_constraint, bias_constraint: constraints applied by the
         optimizer after each update.
-      implementation: "auto" (the GEMM lowering when no GPU is visible,
-        ``tf.nn.conv3d_transpose`` otherwise), "native" or "gemm".
+      implementation: "auto" (``tf.nn.conv3d_transpose`` where a GPU or
+        TensorFlow's oneDNN CPU kernels serve it, the GEMM lowering
+        otherwise), "native" or "gemm".
       **kwargs: base layer arguments (name, dtype, trainable, ...).
 
     Input shape:

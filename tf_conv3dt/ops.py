@@ -47,8 +47,9 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
       data_format: "channels_last" or "channels_first".
       output_shape: optional ``(D', H', W')`` output size, any size legal for
         this input (PyTorch's ``output_size``); overrides ``output_padding``.
-      implementation: "auto" (GEMM lowering when no GPU is visible, the native
-        op otherwise), "native" or "gemm".
+      implementation: "auto" (the native op where a GPU or TensorFlow's
+        oneDNN CPU kernels serve it, the GEMM lowering otherwise), "native"
+        or "gemm"; see :func:`resolve_implementation`.
 
     Returns:
       5-D tensor in ``data_format`` with ``filters`` channels.
