@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_conv3dt import ops
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 
 
@@ -10,10 +11,15 @@ def pytest_report_header(config):
     return f"tf_conv3dt: {flavour} {keras.__version__}, TensorFlow {tf.__version__}"
 
 
-@pytest.fixture(params=["native", "gemm"])
+@pytest.fixture(params=["native", "gemm", "gemm-phase-products"])
 def implementation(request):
-    """Every numerical test runs once for each lowering."""
-    return request.param
+    """Every numerical test runs once for each lowering, the GEMM one in both
+    its forms (one product per tap; one per stride phase, as int8 TFLite uses)."""
+    if request.param == "gemm-phase-products":
+        with ops.forced_implementation("gemm", one_product_per_phase=True):
+            yield "gemm"
+    else:
+        yield request.param
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Values against the NumPy reference, Keras's own layer, and by hand."""
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -80,13 +81,23 @@ def test_sweep_against_numpy_reference(case, implementation, rng):
     spatial=st.tuples(*[st.integers(1, 5)] * 3),
     padding=st.sampled_from(["valid", "same"]),
     channels_first=st.booleans(),
-    implementation=st.sampled_from(["native", "gemm"]),
+    implementation=st.sampled_from(["native", "gemm", "gemm-phase-products"]),
     data=st.data(),
 )
 def test_property_matches_reference_at_every_legal_output_size(
         kernel, strides, dilation, spatial, padding, channels_first, implementation, data):
     """Any legal output_shape, chosen at call time, matches the reference, in
     eager mode and through a trace whose spatial sizes are unknown."""
+    phase_products = implementation == "gemm-phase-products"
+    with tf_conv3dt.ops.forced_implementation("gemm", one_product_per_phase=True) \
+            if phase_products else contextlib.nullcontext():
+        _check_every_legal_output_size(kernel, strides, dilation, spatial, padding,
+                                       channels_first, "gemm" if phase_products
+                                       else implementation, data)
+
+
+def _check_every_legal_output_size(kernel, strides, dilation, spatial, padding,
+                                   channels_first, implementation, data):
     dilation = (1, 1, 1) if max(strides) > 1 else (dilation,) * 3
     ranges = [tf_conv3dt.shapes.output_length_range(n, k, s, padding, d)
               for n, k, s, d in zip(spatial, kernel, strides, dilation)]

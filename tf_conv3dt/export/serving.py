@@ -125,13 +125,14 @@ def _traceable_spec(model, implementation):
     raise ExportError(f"The model cannot be traced with input {spec}.")
 
 
-def save_signature(model, path, spec, implementation="gemm"):
+def save_signature(model, path, spec, implementation="gemm", one_product_per_phase=False):
     """Writes ``model`` as a SavedModel whose one signature, serving_default,
-    takes ``spec`` and returns ``{output_name(model): output}``."""
+    takes ``spec`` and returns ``{output_name(model): output}``, traced under
+    ``ops.forced_implementation(implementation, one_product_per_phase)``."""
     key = output_name(model)
 
     def serve(x):
-        with ops.forced_implementation(implementation):
+        with ops.forced_implementation(implementation, one_product_per_phase):
             return {key: model(x, training=False)}
 
     archive = keras.export.ExportArchive()

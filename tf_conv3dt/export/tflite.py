@@ -39,7 +39,10 @@ def convert(model, mode, input_shape, calibration=None, implementation="gemm"):
     with tempfile.TemporaryDirectory() as scratch:
         # Through a SavedModel, as Keras's own LiteRT export does: the
         # converter freezes its variables into constants.
-        serving.save_signature(model, scratch, spec, implementation)
+        # int8 accumulates each stride phase in one product (int32), not
+        # through an int8 requantization after every tap.
+        serving.save_signature(model, scratch, spec, implementation,
+                               one_product_per_phase=mode == "int8")
         converter = tf.lite.TFLiteConverter.from_saved_model(
             scratch, signature_keys=[serving.SIGNATURE])
         return _convert(converter, mode, input_shape, calibration)
