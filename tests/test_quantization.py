@@ -1,6 +1,5 @@
 """Quantization-aware training with tensorflow-model-optimization (tf_keras only)."""
 
-
 import numpy as np
 import pytest
 
