@@ -42,8 +42,6 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        return _fail(f"--out {args.out!r} is a file; it must be a directory.")
     started = time.perf_counter()
     with _native_output_silenced(args.quiet):
         report, error = _export(args, say)
@@ -64,10 +62,9 @@ def _export(args, say):
     from tf_conv3dt import export
 
     try:
+        # export_model checks the formats, --out, --name, --version and
+        # --batch-size before it writes anything.
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-        export.pipeline.check_formats(formats)
-        if args.batch_size < 1:
-            raise export.ExportError(f"--batch-size must be positive. Received: {args.batch_size}")
         calibration = None
         if args.calibration_data:
             try:

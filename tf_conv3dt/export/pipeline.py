@@ -86,6 +86,8 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
     log = log or (lambda line: None)
     formats = check_formats(formats)
     serving.check_model_name(name)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ExportError(f"--batch-size must be a positive integer. Received: {batch_size!r}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ExportError(f"--out {out_dir!r} is a file; it must be a directory.")
     os.makedirs(out_dir, exist_ok=True)

@@ -3,7 +3,7 @@
 The native op converts to CONV_3D_TRANSPOSE, which TFLite keeps in float32
 in every quantized mode and XNNPACK does not delegate. Traced through the
 GEMM lowering the same layer becomes FULLY_CONNECTED / RESHAPE / TRANSPOSE /
-PAD / ADD / SPLIT / CONCATENATION / SLICE, all of which have int8 kernels.
+PAD / SLICE / ADD / CONCATENATION, all of which have int8 kernels.
 """
 
 import tempfile
@@ -38,9 +38,9 @@ def convert(model, mode, input_shape, calibration=None, implementation="gemm"):
     spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
     with tempfile.TemporaryDirectory() as scratch:
         # Through a SavedModel, as Keras's own LiteRT export does: the
-        # converter freezes its variables into constants.
-        # int8 accumulates each stride phase in one product (int32), not
-        # through an int8 requantization after every tap.
+        # converter freezes its variables into constants. int8 sums each
+        # stride phase inside one product (int32 accumulation) rather than
+        # requantizing after every tap's addition.
         serving.save_signature(model, scratch, spec, implementation,
                                one_product_per_phase=mode == "int8")
         converter = tf.lite.TFLiteConverter.from_saved_model(
