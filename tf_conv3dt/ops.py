@@ -9,9 +9,12 @@ the *full* output; the result is the window of the full output that
 ``tf.nn.conv3d_transpose`` returns for the requested length (see
 ``shapes.crop_start``), zero beyond the end of the full output.
 
-* ``"native"`` calls ``tf.nn.conv3d_transpose`` on NDHWC data with a
-  zero-dilated kernel, which is exact and works on every device (the CPU
-  kernels support neither NCDHW nor dilation).
+* ``"native"`` calls ``tf.nn.conv3d_transpose`` on NDHWC data (the CPU
+  kernels support neither NCDHW nor dilation); dilation goes through
+  ``space_to_batch_nd`` as TensorFlow's atrous convolutions do. Where
+  TensorFlow's kernels compute wrong gradients (see
+  ``_onednn_input_gradient_at_risk``, ``_native_same_as_valid`` and
+  ``_conv3d_transpose_op``) it works around them or takes the GEMM lowering.
 * ``"gemm"`` multiplies the input voxels ``(N*D*H*W, C)`` by the kernel
   (as ``(C, kd*kh*kw*filters)`` in one matmul when kernel == stride, else
   tap by tap), overlap-adds the taps into the output by stride phase and
@@ -85,6 +88,9 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
             f"{kernel.shape[4]}. Received: inputs.shape={inputs.shape}, "
             f"kernel.shape={kernel.shape}, data_format={data_format!r}"
         )
+    if implementation == "native" and _onednn_input_gradient_at_risk(
+            x.shape[1:4], strides, kernel.shape[3]):
+        implementation = "gemm"
     plan, checks = _plan(x, kernel_size, strides, padding, output_padding, dilation,
                          output_shape)
     if checks:
@@ -147,6 +153,28 @@ def resolve_implementation(implementation):
         fast_native = tf.config.list_logical_devices("GPU") or _onednn_enabled()
         return "native" if fast_native else "gemm"
     return implementation
+
+
+def _onednn_input_gradient_at_risk(input_spatial_shape, strides, filters):
+    """Whether oneDNN may compute this call's input gradient wrongly.
+
+    The input gradient of a transposed convolution is a forward ``tf.nn.conv3d``
+    of the output gradient (``filters`` input channels) back to the input's
+    spatial shape. Under oneDNN on AVX-512 CPUs, TF 2.21's conv3d returned
+    values around 1e10 in 3 of 300 random configurations, all of them with one
+    input channel and an output length of 1 on an axis with stride > 1, e.g.
+    conv3d of (3, 7, 9, 3, 1) by a (5, 4, 3, 1, 3) kernel, strides (2, 1, 2),
+    "VALID", output (3, 2, 6, 1, 3): values up to 2e13, right with
+    TF_ENABLE_ONEDNN_OPTS=0. oneDNN's AVX2 kernels computed all 163 random
+    configurations of this family right (benchmarks/onednn_conv3d_sweep.py),
+    so the rule stands on the AVX-512 measurements above. Such
+    calls, and those whose length there is unknown until run time, take the
+    GEMM lowering, whose gradient is matmuls: exact, at a cost only to
+    one-filter layers with a stride.
+    """
+    if filters != 1 or not _onednn_enabled():
+        return False
+    return any(s > 1 and n in (None, 1) for n, s in zip(input_spatial_shape, strides))
 
 
 def _onednn_enabled():
@@ -226,25 +254,84 @@ def _reachable_checks(sizes, out, kernel_size, strides, padding, dilation):
 
 
 def _native(x, kernel, plan, strides, padding, dilation):
-    kernel = _dilate_kernel(kernel, dilation)
+    if dilation != (1, 1, 1):
+        return _native_dilated(x, kernel, plan, padding, dilation)
     batch = tf.shape(x)[0]
+    kernel_size = tuple(kernel.shape[:3])
+    if padding == "same" and any(k < s for k, s in zip(kernel_size, strides)):
+        return _native_same_as_valid(x, kernel, plan, strides)
     output_shape = tf.stack([batch, *plan.out, kernel.shape[3]])
-    return tf.nn.conv3d_transpose(x, kernel, output_shape, strides=(1, *strides, 1),
-                                  padding=padding.upper(), data_format="NDHWC")
+    return _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), padding.upper())
 
 
-def _dilate_kernel(kernel, dilation):
-    """Spreads the taps ``d`` apart with zeros: the exact dilated kernel."""
-    for axis, d in enumerate(dilation):
-        if d == 1:
-            continue
-        shape = kernel.shape.as_list()
-        taps = shape[axis]
-        spread = tf.stack([kernel] + [tf.zeros_like(kernel)] * (d - 1), axis=axis + 1)
-        spread = tf.reshape(spread, shape[:axis] + [taps * d] + shape[axis + 1:])
-        keep = (taps - 1) * d + 1
-        kernel = spread[(slice(None),) * axis + (slice(0, keep),)]
-    return kernel
+def _native_same_as_valid(x, kernel, plan, strides):
+    """"same" with a kernel shorter than its stride on some axis, as "valid" and a crop.
+
+    The input gradient of the op is a forward conv3d, "SAME", whose padding
+    ``(n - 1) * s + k - out`` is negative here (``out`` is up to ``n * s``).
+    TensorFlow 2.21's Eigen CPU kernels (TF_ENABLE_ONEDNN_OPTS=0, the default
+    on CPUs without AVX-512 VNNI) then get the window wrong: 46 of 173 such
+    random conv3d configurations, and none of 827 outside this rule
+    (benchmarks/onednn_conv3d_sweep.py; oneDNN's AVX2 kernels got all 1,000
+    right). "valid" never pads, and its output may be as long as the full
+    output plus ``s - 1``, which covers TF's "same" window. Taken on every
+    device: the crop costs one copy of the output.
+    """
+    kernel_size = tuple(kernel.shape[:3])
+    begin, lengths = [], []
+    for n, out, k, s in zip(plan.sizes, plan.out, kernel_size, strides):
+        full = shapes.full_length(n, k, s)
+        start = shapes.crop_start(n, out, k, s, "same")
+        begin.append(start)
+        lengths.append(tf.maximum(full, start + out) if not isinstance(full, int)
+                       else max(full, start + out))
+    output_shape = tf.stack([tf.shape(x)[0], *lengths, kernel.shape[3]])
+    y = _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), "VALID")
+    return tf.slice(y, [0, *begin, 0], [-1, *plan.out, -1])
+
+
+def _native_dilated(x, kernel, plan, padding, dilation):
+    """Dilation (stride 1) as TensorFlow's atrous convolutions do it.
+
+    Tap ``j`` takes input ``i`` to ``i + j * d``, which keeps ``i mod d``: each
+    residue class of the input is an undilated transposed convolution of its
+    own. ``space_to_batch_nd`` moves the classes into the batch and
+    ``batch_to_space`` interleaves the results, giving the full output (and a
+    little more, cut off below). A zero-dilated kernel would cost d**3 times
+    the products, and its explicit zeros turn one Inf or NaN input into NaN
+    on outputs the voxel never reaches (0 * Inf).
+    """
+    kernel_size = tuple(kernel.shape[:3])
+    sizes = plan.sizes
+    classes = [-(-n // d) for n, d in zip(sizes, dilation)]  # ceil(n / d) per axis
+    paddings = [[0, m * d - n] for m, n, d in zip(classes, sizes, dilation)]
+    lattice = tf.space_to_batch_nd(x, dilation, paddings)
+    lattice_out = [m + k - 1 for m, k in zip(classes, kernel_size)]
+    output_shape = tf.stack([tf.shape(lattice)[0], *lattice_out, kernel.shape[3]])
+    y = _conv3d_transpose_op(lattice, kernel, output_shape, (1, 1, 1, 1, 1), "VALID")
+    full = tf.batch_to_space(y, dilation, [[0, 0]] * 3)
+    begin = [shapes.crop_start(n, o, k, 1, padding, d)
+             for n, o, k, d in zip(sizes, plan.out, kernel_size, dilation)]
+    return tf.slice(full, [0, *begin, 0], [-1, *plan.out, -1])
+
+
+def _conv3d_transpose_op(x, kernel, output_shape, strides, padding):
+    """``tf.nn.conv3d_transpose`` on NDHWC, with an input gradient of x's shape.
+
+    With an empty batch, oneDNN's gradient of the op with respect to its
+    input comes back with the *output's* shape, e.g. (0, 3, 7, 4, 2) for an
+    input of (0, 3, 3, 3, 2) (TF 2.21; right without oneDNN): a replica that
+    tf.distribute hands an empty batch then fails to all-reduce. Both shapes
+    hold no element, so reshaping the gradient to x's shape is exact, and a
+    no-op for every other batch.
+    """
+
+    @tf.custom_gradient
+    def input_shaped_gradient(x):
+        return tf.identity(x), lambda dy: tf.reshape(dy, tf.shape(x))
+
+    return tf.nn.conv3d_transpose(input_shaped_gradient(x), kernel, output_shape,
+                                  strides=strides, padding=padding, data_format="NDHWC")
 
 
 def _gemm(x, kernel, plan, strides, dilation):
@@ -256,7 +343,9 @@ def _gemm(x, kernel, plan, strides, dilation):
         # matmul by the kernel as (C, kd*kh*kw*F) gives the phase tensor.
         matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
         phases = tf.matmul(tf.reshape(x, (-1, channels)), matrix)
-        phases = _block_window(tf.reshape(phases, [batch, *plan.sizes, -1]), plan, (0, 0, 0))
+        # The channel count spelled out: -1 is ambiguous for an empty batch.
+        phases = tf.reshape(phases, [batch, *plan.sizes, kd * kh * kw * filters])
+        phases = _block_window(phases, plan, (0, 0, 0))
     else:
         phases = _overlap_add(x, kernel, batch, plan, strides, dilation)
     full = _interleave_phases(phases, batch, plan.blocks(), strides, filters)
