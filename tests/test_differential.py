@@ -1,0 +1,242 @@
+"""Differential tests: every implementation against an independent reference.
+
+Random configurations (seeded; each test id carries its seed) over kernel
+sizes 1-5 per axis, strides 1-3, dilation 1-3 (with stride 1), both paddings,
+output_padding, requested output sizes across the whole legal range, both
+data formats, batch 0-3, channels 1-4 and spatial sizes 1-7. Each is checked
+for every implementation, eagerly and through a trace with unknown batch and
+spatial sizes: the output, and the gradients of ``sum(output * cotangent)``
+with respect to the input and the kernel, within 1e-4 of the reference's
+largest magnitude. A fifth of the configurations put Inf or NaN into the
+input: the non-finite outputs must then be exactly the reference's, and the
+input gradient (which does not depend on the input's values) still matches.
+
+The reference is PyTorch (float64) where it is installed, the NumPy loop
+reference otherwise. ``TF_CONV3DT_DIFFERENTIAL_CONFIGS`` and
+``TF_CONV3DT_DIFFERENTIAL_SEED`` change how many configurations are drawn and
+from which seed.
+"""
+
+import contextlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_conv3dt
+from tf_conv3dt import ops, shapes
+from tf_conv3dt._keras import LEGACY_KERAS
+import reference
+
+# The ops never touch Keras: the tf_keras run draws fewer configurations.
+CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 30 if LEGACY_KERAS else 80))
+SEED = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_SEED", "20261127"))
+IMPLEMENTATIONS = ["native", "gemm", "gemm-phase-products", "auto"]
+
+try:
+    import torch  # noqa: F401
+    REFERENCE = reference.torch_conv3d_transpose_with_gradients
+except ImportError:
+    REFERENCE = reference.np_conv3d_transpose_with_gradients
+
+
+def draw_config(seed):
+    """One random configuration, reproducible from its seed."""
+    rng = np.random.default_rng(seed)
+    kernel = tuple(int(k) for k in rng.integers(1, 6, 3))
+    while np.prod(kernel) > 27:  # a GEMM trace grows with the taps: keep CI's time in bounds
+        kernel = tuple(int(k) for k in rng.integers(1, 6, 3))
+    if rng.random() < 0.25:
+        strides, dilation = (1, 1, 1), tuple(int(d) for d in rng.integers(1, 4, 3))
+    else:
+        strides, dilation = tuple(int(s) for s in rng.integers(1, 4, 3)), (1, 1, 1)
+    padding = ("valid", "same")[int(rng.integers(2))]
+    spatial = tuple(int(n) for n in rng.integers(1, 8, 3))
+    output_padding = output_shape = None
+    mode = rng.random()
+    if mode < 0.3:
+        output_shape = tuple(int(rng.integers(lo, hi + 1)) for lo, hi in (
+            shapes.output_length_range(n, k, s, padding, d)
+            for n, k, s, d in zip(spatial, kernel, strides, dilation)))
+    elif mode < 0.55 and max(strides) > 1:
+        output_padding = tuple(int(rng.integers(0, s)) for s in strides)
+    try:
+        shapes.check_conv_arguments(kernel, strides, padding, dilation, output_padding)
+    except ValueError:  # "same" with an even kernel needs output_padding >= 1
+        output_padding = None
+    batch = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.35, 0.3, 0.2]))
+    non_finite = None
+    if batch and rng.random() < 0.2:
+        non_finite = [float(v) for v in rng.choice([np.nan, np.inf, -np.inf],
+                                                   int(rng.integers(1, 3)))]
+    return dict(kernel_size=kernel, strides=strides, dilation_rate=dilation, padding=padding,
+                output_padding=output_padding, output_shape=output_shape,
+                data_format=("channels_last", "channels_first")[int(rng.integers(2))],
+                batch=batch, channels=int(rng.integers(1, 5)),
+                filters=int(rng.integers(1, 5)), spatial=spatial, non_finite=non_finite)
+
+
+def _inputs(config, seed):
+    rng = np.random.default_rng([seed, 1])
+    channels_first = config["data_format"] == "channels_first"
+    shape = ((config["batch"], config["channels"], *config["spatial"]) if channels_first
+             else (config["batch"], *config["spatial"], config["channels"]))
+    x = rng.standard_normal(shape).astype("float32")
+    for value in config["non_finite"] or ():
+        x[tuple(int(rng.integers(n)) for n in shape)] = value
+    kernel = rng.standard_normal(
+        (*config["kernel_size"], config["filters"], config["channels"])).astype("float32")
+    return x, kernel, rng
+
+
+def _implementation_scope(implementation):
+    if implementation == "gemm-phase-products":
+        return ops.forced_implementation("gemm", one_product_per_phase=True), "gemm"
+    return contextlib.nullcontext(), implementation
+
+
+def _ours(x, kernel, cotangent, config, implementation, traced):
+    """Output and gradients from tf_conv3dt, eagerly or through a trace whose
+    batch and spatial sizes are unknown."""
+    scope, implementation = _implementation_scope(implementation)
+    arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
+                                        "dilation_rate", "data_format", "output_shape")}
+
+    def run(x, kernel, cotangent):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = tf_conv3dt.conv3d_transpose(x, kernel, implementation=implementation,
+                                            **arguments)
+            loss = tf.reduce_sum(y * cotangent)
+        return (y, *tape.gradient(loss, [x, kernel]))
+
+    with scope:
+        if not traced:
+            return [t.numpy() for t in run(tf.constant(x), tf.constant(kernel),
+                                           tf.constant(cotangent))]
+        channel_axis = 1 if config["data_format"] == "channels_first" else 4
+        spec = [None] * 5
+        spec[channel_axis] = config["channels"]
+        function = tf.function(run).get_concrete_function(
+            tf.TensorSpec(spec), tf.TensorSpec(kernel.shape), tf.TensorSpec([None] * 5))
+        return [t.numpy() for t in function(tf.constant(x), tf.constant(kernel),
+                                            tf.constant(cotangent))]
+
+
+def _assert_matches(actual, expected, what):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    finite = np.isfinite(expected)
+    spurious = np.argwhere(~np.isfinite(actual) & finite)
+    missing = np.argwhere(np.isfinite(actual) & ~finite)
+    assert not len(spurious) and not len(missing), (
+        f"{what}: {len(spurious)} non-finite values the reference does not have "
+        f"(first at {spurious[:1].tolist()}), {len(missing)} finite where it is not")
+    scale = max(np.abs(expected[finite]).max(initial=0.0), 1e-30)
+    error = np.abs(actual[finite] - expected[finite]).max(initial=0.0)
+    assert error <= 1e-4 * scale, f"{what}: max abs error {error:.3g}, scale {scale:.3g}"
+
+
+def check_config(config, seed):
+    x, kernel, rng = _inputs(config, seed)
+    arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
+                                        "dilation_rate", "data_format", "output_shape")}
+    expected_y = REFERENCE(x, kernel, None, **arguments)
+    cotangent = rng.standard_normal(expected_y.shape).astype("float32")
+    expected = REFERENCE(x, kernel, cotangent, **arguments)
+    for implementation in IMPLEMENTATIONS:
+        for mode in ("eager", "traced"):
+            y, dx, dkernel = _ours(x, kernel, cotangent, config, implementation,
+                                   mode == "traced")
+            where = f"seed {seed}, {implementation}, {mode}, {config}"
+            _assert_matches(y, expected[0], f"output ({where})")
+            _assert_matches(dx, expected[1], f"input gradient ({where})")
+            if not config["non_finite"]:  # else NaN * 0 in the crop's gradient
+                _assert_matches(dkernel, expected[2], f"kernel gradient ({where})")
+
+
+@pytest.mark.parametrize("seed", [SEED + i for i in range(CONFIGS)],
+                         ids=lambda seed: f"seed={seed}")
+def test_random_configuration_matches_reference(seed):
+    check_config(draw_config(seed), seed)
+
+
+def test_references_agree_with_each_other():
+    """The PyTorch and NumPy references, written independently, agree."""
+    pytest.importorskip("torch", reason="compares the PyTorch reference with NumPy's")
+    for seed in range(SEED, SEED + 12):
+        config = draw_config(seed)
+        x, kernel, rng = _inputs(config, seed)
+        x[~np.isfinite(x)] = 1.0
+        arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
+                                            "dilation_rate", "data_format", "output_shape")}
+        y = reference.np_conv3d_transpose(x, kernel, **arguments)
+        cotangent = rng.standard_normal(y.shape)
+        for a, b in zip(reference.torch_conv3d_transpose_with_gradients(
+                            x, kernel, cotangent, **arguments),
+                        reference.np_conv3d_transpose_with_gradients(
+                            x, kernel, cotangent, **arguments)):
+            reference.assert_close(a, b, rel=1e-12)
+
+
+# The reproductions of the wrong results TensorFlow's kernels gave, as named cases.
+REGRESSIONS = [
+    pytest.param(dict(kernel_size=(5, 4, 3), strides=(2, 1, 2), padding="valid",
+                      output_padding=None, dilation_rate=(1, 1, 1), output_shape=None,
+                      data_format="channels_last", batch=3, channels=3, filters=1,
+                      spatial=(2, 6, 1), non_finite=None),
+                 id="onednn-garbage-input-gradient-one-filter-length-1"),
+    pytest.param(dict(kernel_size=(3, 3, 3), strides=(2, 2, 1), padding="valid",
+                      output_padding=None, dilation_rate=(1, 1, 1), output_shape=None,
+                      data_format="channels_last", batch=0, channels=2, filters=4,
+                      spatial=(3, 3, 3), non_finite=None),
+                 id="onednn-empty-batch-input-gradient-shape"),
+    pytest.param(dict(kernel_size=(3, 3, 3), strides=(1, 1, 1), padding="valid",
+                      output_padding=None, dilation_rate=(2, 2, 2), output_shape=None,
+                      data_format="channels_last", batch=1, channels=1, filters=1,
+                      spatial=(5, 5, 5), non_finite=[float("nan")]),
+                 id="dilated-kernel-nan-spread"),
+    pytest.param(dict(kernel_size=(3, 2, 3), strides=(1, 1, 1), padding="same",
+                      output_padding=None, dilation_rate=(2, 3, 1), output_shape=None,
+                      data_format="channels_first", batch=2, channels=2, filters=3,
+                      spatial=(4, 5, 3), non_finite=[float("inf")]),
+                 id="dilated-kernel-inf-spread"),
+]
+
+
+@pytest.mark.parametrize("config", REGRESSIONS)
+def test_regression(config):
+    check_config(config, seed=0)
+
+
+def test_one_nan_voxel_reaches_only_its_footprint():
+    """One NaN through a dilated all-ones kernel reaches its 27 taps' outputs,
+    as in PyTorch; the zero-dilated kernel once gave 125 NaN outputs."""
+    x = np.zeros((1, 5, 5, 5, 1), np.float32)
+    x[0, 2, 2, 2, 0] = np.nan
+    for implementation in ("native", "gemm", "auto"):
+        layer = tf_conv3dt.Conv3DTranspose(1, 3, dilation_rate=2, kernel_initializer="ones",
+                                           implementation=implementation)
+        assert int(np.isnan(layer(x).numpy()).sum()) == 27, implementation
+
+
+@pytest.mark.skipif(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CHILD") == "1",
+                    reason="already the run under the other oneDNN setting")
+def test_under_the_other_onednn_setting():
+    """The native path depends on whether TensorFlow runs its oneDNN kernels:
+    run a share of this suite again in a process with the other setting."""
+    onednn = ops._onednn_enabled()
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0" if onednn else "1",
+               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="30",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    probe = subprocess.run(
+        [sys.executable, "-c", "from tf_conv3dt import ops; print(ops._onednn_enabled())"],
+        env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.split()[-1] == str(not onednn)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
