@@ -1,0 +1,162 @@
+"""Training runs under tf.distribute, each in its own process (run by test_distribute.py).
+
+TensorFlow fixes its logical devices when it starts, so every run here is a
+fresh process: ``python distributed_training.py MODE IMPLEMENTATION OUT``.
+
+Modes:
+  mirrored        MirroredStrategy over two logical CPUs and one device, from
+                  the same initial weights, on 9 samples in global batches of 8
+                  (the last batch of 1 leaves one replica empty); writes both
+                  results to OUT (.npz).
+  mirrored-bf16   the same under the mixed_bfloat16 policy.
+  worker          one worker of a MultiWorkerMirroredStrategy (TF_CONFIG set by
+                  the caller): fit under tf_keras, a ``strategy.run`` loop under
+                  Keras 3, which has no multi-worker fit (keras-team/keras#20585);
+                  writes its weights to OUT (.npz) and, on the chief, a checkpoint
+                  that a single-device model restores.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+SAMPLES, GLOBAL_BATCH, EPOCHS, REPLICAS = 9, 8, 2, 2
+
+
+def build_model(keras, tf_conv3dt, implementation):
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(2 * 2 * 2 * 3)(inputs)
+    hidden = keras.layers.Reshape((2, 2, 2, 3))(hidden)
+    outputs = tf_conv3dt.Conv3DTranspose(
+        2, 3, strides=2, padding="same", kernel_regularizer=keras.regularizers.L2(1e-2),
+        implementation=implementation, name="up")(hidden)
+    outputs = keras.layers.Activation("linear", dtype="float32")(outputs)
+    return keras.Model(inputs, outputs)
+
+
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((SAMPLES, 4)).astype("float32")
+    y = rng.standard_normal((SAMPLES, 4, 4, 4, 2)).astype("float32")
+    return x, y
+
+
+def initial_weights(keras, tf_conv3dt, implementation):
+    keras.utils.set_random_seed(1)
+    return build_model(keras, tf_conv3dt, implementation).get_weights()
+
+
+def last_batch_weights():
+    """How Keras's fit weighs each example when it splits a global batch over
+    the replicas: each replica averages the loss over its own examples and the
+    replicas' gradients are summed, divided by their number. A full batch
+    splits evenly (weight 1); the last batch of 1 puts its example on one
+    replica and none on the other, so it counts 1 / REPLICAS of what one
+    device gives it. One device with these example weights is the reference."""
+    weights = np.ones((SAMPLES, 1, 1, 1), "float32")  # broadcast over mse's output
+    last = SAMPLES % GLOBAL_BATCH
+    if last and last < REPLICAS:
+        weights[-last:] = 1 / REPLICAS
+    return weights
+
+
+def fit(keras, tf, tf_conv3dt, implementation, strategy, example_weights=None):
+    weights = initial_weights(keras, tf_conv3dt, implementation)
+    with strategy.scope():
+        model = build_model(keras, tf_conv3dt, implementation)
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, y = data()
+    examples = (x, y) if example_weights is None else (x, y, example_weights)
+    dataset = tf.data.Dataset.from_tensor_slices(examples).batch(GLOBAL_BATCH)
+    history = model.fit(dataset, epochs=EPOCHS, verbose=0)
+    return model.get_weights(), history.history["loss"]
+
+
+def run_mirrored(out, implementation, policy=None):
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tf_conv3dt
+    from tf_conv3dt._keras import keras
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == REPLICAS
+    two, two_loss = fit(keras, tf, tf_conv3dt, implementation, mirrored)
+    one, one_loss = fit(keras, tf, tf_conv3dt, implementation,
+                        tf.distribute.OneDeviceStrategy("/cpu:0"), last_batch_weights())
+    np.savez(out, *two, *one, losses=np.array([two_loss, one_loss]))
+
+
+def run_worker(out, implementation):
+    import tensorflow as tf
+    import tf_conv3dt
+    from tf_conv3dt._keras import LEGACY_KERAS, keras
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    assert strategy.num_replicas_in_sync == 2
+    weights = initial_weights(keras, tf_conv3dt, implementation)
+    x, y = data()
+    with strategy.scope():
+        model = build_model(keras, tf_conv3dt, implementation)
+        model.set_weights(weights)
+        optimizer = keras.optimizers.SGD(0.05)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    if LEGACY_KERAS:
+        model.compile(optimizer=optimizer, loss="mse")
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.DATA
+        model.fit(dataset.with_options(options), epochs=EPOCHS, verbose=0)
+    else:
+        train_loop(tf, keras, strategy, model, optimizer, dataset)
+    np.savez(out, *model.get_weights())
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    # Every worker saves (the collective ops need all of them); the chief's
+    # copy is the one that counts, the others write to a scratch path.
+    checkpoint = tf.train.Checkpoint(model=model)
+    path = out + (".ckpt" if task["index"] == 0 else f".scratch{task['index']}")
+    checkpoint.write(path)
+
+
+def train_loop(tf, keras, strategy, model, optimizer, dataset):
+    """What fit does, as a custom loop: per-replica mean squared error over the
+    global batch, plus the regularization losses divided among the replicas."""
+    distributed = strategy.experimental_distribute_dataset(dataset)
+
+    @tf.function
+    def step(batch):
+        x, y = batch
+
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                prediction = model(x, training=True)
+                per_example = tf.reduce_mean(tf.square(prediction - y), axis=[1, 2, 3, 4])
+                # The global batch, the last one's included: a replica may hold none of it.
+                global_batch = tf.distribute.get_replica_context().all_reduce(
+                    "sum", tf.cast(tf.shape(x)[0], tf.float32))
+                loss = tf.reduce_sum(per_example) / global_batch
+                loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+
+        strategy.run(replica_step, args=(x, y))
+
+    for _ in range(EPOCHS):
+        for batch in distributed:
+            step(batch)
+
+
+if __name__ == "__main__":
+    mode, implementation, out = sys.argv[1:4]
+    if mode == "mirrored":
+        run_mirrored(out, implementation)
+    elif mode == "mirrored-bf16":
+        run_mirrored(out, implementation, "mixed_bfloat16")
+    elif mode == "worker":
+        run_worker(out, implementation)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
