@@ -26,9 +26,10 @@ SAMPLES, GLOBAL_BATCH, EPOCHS, REPLICAS = 9, 8, 2, 2
 
 
 def build_model(keras, tf_conv3dt, implementation):
-    inputs = keras.Input((4,))
-    hidden = keras.layers.Dense(2 * 2 * 2 * 3)(inputs)
-    hidden = keras.layers.Reshape((2, 2, 2, 3))(hidden)
+    inputs = keras.Input((2, 2, 2, 4))
+    # Dense on the channels: its kernel gradient takes the transposed
+    # convolution's input gradient as it comes, so a wrongly shaped one shows.
+    hidden = keras.layers.Dense(3)(inputs)
     outputs = tf_conv3dt.Conv3DTranspose(
         2, 3, strides=2, padding="same", kernel_regularizer=keras.regularizers.L2(1e-2),
         implementation=implementation, name="up")(hidden)
@@ -38,7 +39,7 @@ def build_model(keras, tf_conv3dt, implementation):
 
 def data():
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((SAMPLES, 4)).astype("float32")
+    x = rng.standard_normal((SAMPLES, 2, 2, 2, 4)).astype("float32")
     y = rng.standard_normal((SAMPLES, 4, 4, 4, 2)).astype("float32")
     return x, y
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import tensorflow as tf
+import wrapt
 
 from tf_conv3dt import ops, shapes
 from tf_conv3dt._keras import keras
@@ -207,6 +208,20 @@ class Conv3DTranspose(keras.layers.Layer):
         shape = self.compute_output_shape(inputs.shape, output_shape)
         return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
+    def get_prunable_weights(self):
+        """The kernel: what tfmot's ``prune_low_magnitude`` prunes (its
+        ``PrunableLayer`` protocol); the bias stays dense, as for Keras's convolutions."""
+        return [self.kernel]
+
+    def get_clusterable_weights(self):
+        """``(name, weight)`` pairs for tfmot's ``cluster_weights`` (its
+        ``ClusterableLayer`` protocol): the kernel, as for Keras's convolutions."""
+        return [("kernel", self.kernel)]
+
+    def get_clusterable_algorithm(self, weight_name):
+        """None: tfmot's default clustering, which takes any kernel shape."""
+        return None
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -233,6 +248,18 @@ class Conv3DTranspose(keras.layers.Layer):
             }
         )
         return config
+
+
+def _register_with_tfmot(module):
+    """tfmot accepts a custom layer for clustering only as an instance of its
+    abstract ``ClusterableLayer`` (pruning asks for the method alone): register
+    the class when tfmot is imported, so importing tf_conv3dt never imports it."""
+    module.ClusterableLayer.register(Conv3DTranspose)
+
+
+wrapt.register_post_import_hook(
+    _register_with_tfmot,
+    "tensorflow_model_optimization.python.core.clustering.keras.clusterable_layer")
 
 
 def layer_conv_3d_transpose(object, filters, kernel_size, strides=(1, 1, 1),
