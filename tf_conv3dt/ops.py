@@ -10,8 +10,8 @@ the *full* output; the result is the window of the full output that
 ``shapes.crop_start``), zero beyond the end of the full output.
 
 * ``"native"`` calls ``tf.nn.conv3d_transpose`` on NDHWC data (the CPU
-  kernels support neither NCDHW nor dilation); dilation goes through
-  ``space_to_batch_nd`` as TensorFlow's atrous convolutions do. Where
+  kernels support neither NCDHW nor dilation); dilation goes through a
+  space-to-batch split, as TensorFlow's atrous convolutions do. Where
   TensorFlow's kernels compute wrong gradients (see
   ``_onednn_input_gradient_at_risk``, ``_native_same_as_valid`` and
   ``_conv3d_transpose_op``) it works around them or takes the GEMM lowering.
@@ -295,24 +295,52 @@ def _native_dilated(x, kernel, plan, padding, dilation):
 
     Tap ``j`` takes input ``i`` to ``i + j * d``, which keeps ``i mod d``: each
     residue class of the input is an undilated transposed convolution of its
-    own. ``space_to_batch_nd`` moves the classes into the batch and
-    ``batch_to_space`` interleaves the results, giving the full output (and a
-    little more, cut off below). A zero-dilated kernel would cost d**3 times
-    the products, and its explicit zeros turn one Inf or NaN input into NaN
-    on outputs the voxel never reaches (0 * Inf).
+    own. The classes move into the batch (``_space_to_batch``) and the results
+    are interleaved back, giving the full output (and a little more, cut off
+    below). A zero-dilated kernel would cost d**3 times the products, and its
+    explicit zeros turn one Inf or NaN input into NaN on outputs the voxel
+    never reaches (0 * Inf).
     """
     kernel_size = tuple(kernel.shape[:3])
-    sizes = plan.sizes
-    classes = [-(-n // d) for n, d in zip(sizes, dilation)]  # ceil(n / d) per axis
-    paddings = [[0, m * d - n] for m, n, d in zip(classes, sizes, dilation)]
-    lattice = tf.space_to_batch_nd(x, dilation, paddings)
+    classes = [-(-n // d) for n, d in zip(plan.sizes, dilation)]  # ceil(n / d) per axis
+    lattice = tf.pad(x, [[0, 0]] + [[0, m * d - n] for m, n, d in
+                                    zip(classes, plan.sizes, dilation)] + [[0, 0]])
+    for axis, d in enumerate(dilation):
+        lattice = _space_to_batch(lattice, axis, d)
     lattice_out = [m + k - 1 for m, k in zip(classes, kernel_size)]
     output_shape = tf.stack([tf.shape(lattice)[0], *lattice_out, kernel.shape[3]])
-    y = _conv3d_transpose_op(lattice, kernel, output_shape, (1, 1, 1, 1, 1), "VALID")
-    full = tf.batch_to_space(y, dilation, [[0, 0]] * 3)
+    full = _conv3d_transpose_op(lattice, kernel, output_shape, (1, 1, 1, 1, 1), "VALID")
+    for axis, d in reversed(list(enumerate(dilation))):
+        full = _batch_to_space(full, axis, d)
     begin = [shapes.crop_start(n, o, k, 1, padding, d)
-             for n, o, k, d in zip(sizes, plan.out, kernel_size, dilation)]
+             for n, o, k, d in zip(plan.sizes, plan.out, kernel_size, dilation)]
     return tf.slice(full, [0, *begin, 0], [-1, *plan.out, -1])
+
+
+def _space_to_batch(x, axis, d):
+    """``(N, .., m * d, .., C) -> (d * N, .., m, .., C)``: position ``q * d + r``
+    of spatial ``axis`` goes to batch block ``r``, position ``q``. One axis at a
+    time keeps every tensor within rank 6, which TFLite transposes (its
+    SPACE_TO_BATCH_ND takes no 3-D volumes)."""
+    if d == 1:
+        return x
+    shape = tf.unstack(tf.shape(x))
+    split = shape[:axis + 1] + [shape[axis + 1] // d, d] + shape[axis + 2:]
+    order = [axis + 2] + [i for i in range(6) if i != axis + 2]
+    moved = tf.transpose(tf.reshape(x, tf.stack(split)), order)
+    return tf.reshape(moved, tf.stack([d * shape[0]] + split[1:axis + 2] + split[axis + 3:]))
+
+
+def _batch_to_space(y, axis, d):
+    """The inverse of :func:`_space_to_batch` for ``y``'s own lengths."""
+    if d == 1:
+        return y
+    shape = tf.unstack(tf.shape(y))
+    grouped = tf.reshape(y, tf.stack([d, shape[0] // d] + shape[1:]))
+    order = [i + 1 for i in range(axis + 2)] + [0] + [i + 1 for i in range(axis + 2, 5)]
+    interleaved = tf.transpose(grouped, order)
+    return tf.reshape(interleaved, tf.stack(
+        [shape[0] // d] + shape[1:axis + 1] + [shape[axis + 1] * d] + shape[axis + 2:]))
 
 
 def _conv3d_transpose_op(x, kernel, output_shape, strides, padding):
