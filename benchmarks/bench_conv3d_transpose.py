@@ -34,6 +34,10 @@ CASES = [
     ((1, 32, 32, 32, 64), 32, 3, 2, "same"),
     ((2, 16, 16, 16, 32), 32, 3, 1, "same"),
     ((1, 16, 16, 16, 64), 32, 4, 2, "same"),
+    # A kernel shorter than its stride with "same": the native path runs it as
+    # "valid" plus a crop (Eigen's gradient is wrong otherwise); the built-in
+    # layer shows the unrouted op.
+    ((2, 16, 16, 16, 64), 32, 1, 2, "same"),
 ]
 
 
