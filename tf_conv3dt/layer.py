@@ -1,11 +1,16 @@
 """The Conv3DTranspose Keras layer and its composition function."""
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 import wrapt
 
-from tf_conv3dt import ops, shapes
+from tf_conv3dt import fake_quant, ops, shapes
 from tf_conv3dt._keras import keras
+
+
+QUANTIZATION_MODES = ("qat",)
 
 
 @keras.saving.register_keras_serializable(package="tf_conv3dt")
@@ -40,6 +45,12 @@ class Conv3DTranspose(keras.layers.Layer):
       implementation: "auto" (``tf.nn.conv3d_transpose`` where a GPU or
         TensorFlow's oneDNN CPU kernels serve it, the GEMM lowering
         otherwise), "native" or "gemm".
+      quantization: None, or "qat" for quantization-aware training without
+        tfmot (``tf_conv3dt.quantization.quantize_model`` sets it): 8-bit fake
+        quantization of the input, the kernel (symmetric, per tensor), the
+        products before the bias and the activated output, with ranges learned
+        as moving averages; such a layer is traced through the int8-oriented
+        GEMM lowering.
       **kwargs: base layer arguments (name, dtype, trainable, ...).
 
     Input shape:
@@ -69,7 +80,7 @@ class Conv3DTranspose(keras.layers.Layer):
                  bias_initializer="zeros", kernel_regularizer=None,
                  bias_regularizer=None, activity_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, implementation="auto",
-                 **kwargs):
+                 quantization=None, **kwargs):
         super().__init__(
             activity_regularizer=keras.regularizers.get(activity_regularizer), **kwargs
         )
@@ -104,6 +115,11 @@ class Conv3DTranspose(keras.layers.Layer):
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.quantization = shapes.normalize_choice(
+            quantization, "quantization", QUANTIZATION_MODES) if quantization else None
+        # (min, max) variables of the moving-average int8 ranges, by tensor:
+        # "conv_output" (the products before the bias) and "output".
+        self._ranges = {}
 
     @property
     def _channel_axis(self):
@@ -159,23 +175,34 @@ class Conv3DTranspose(keras.layers.Layer):
                 trainable=True,
                 dtype=self.dtype,
             )
+        if self.quantization == "qat":
+            self._add_quantization_ranges("conv_output", "output")
         self.built = True
 
-    def call(self, inputs, output_shape=None):
+    def call(self, inputs, output_shape=None, training=None):
         """Applies the layer; ``output_shape=(D, H, W)`` picks a legal output size."""
         self._check_input_shape(inputs.shape.as_list())
         inputs = tf.cast(inputs, self.compute_dtype)
-        outputs = ops.conv3d_transpose(
-            inputs,
-            tf.cast(self.kernel, self.compute_dtype),
-            strides=self.strides,
-            padding=self.padding,
-            output_padding=self.output_padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-            output_shape=output_shape,
-            implementation=self.implementation,
-        )
+        kernel = tf.cast(self.kernel, self.compute_dtype)
+        if self.quantization == "qat":
+            kernel = fake_quant.symmetric_per_tensor(kernel)
+        # A quantized layer is meant for integer TFLite, whichever converter
+        # traces it: the GEMM lowering, each stride phase one product
+        # (accumulated in int32), never the float-only CONV_3D_TRANSPOSE.
+        with (ops.forced_implementation("gemm", one_product_per_phase=True)
+              if self._ranges else contextlib.nullcontext()):
+            outputs = ops.conv3d_transpose(
+                inputs,
+                kernel,
+                strides=self.strides,
+                padding=self.padding,
+                output_padding=self.output_padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+                output_shape=output_shape,
+                implementation=self.implementation,
+            )
+        outputs = self._fake_quantize("conv_output", outputs, training)
         if self.use_bias:
             bias = tf.cast(self.bias, self.compute_dtype)
             if self.data_format == "channels_first":
@@ -183,7 +210,28 @@ class Conv3DTranspose(keras.layers.Layer):
             outputs = outputs + bias
         if self.activation is not None:
             outputs = self.activation(outputs)
-        return outputs
+        return self._fake_quantize("output", outputs, training)
+
+    def _fake_quantize(self, tensor, values, training):
+        if tensor not in self._ranges:
+            return values
+        return fake_quant.moving_average(values, *self._ranges[tensor], training)
+
+    def _add_quantization_ranges(self, *tensors):
+        """Adds moving-average int8 ranges (non-trainable weights) for ``tensors``.
+
+        With any range the layer is traced through the int8-oriented lowering.
+        tfmot's wrapper quantizes the input, kernel and output itself and asks
+        only for "conv_output": the range of the products before the bias,
+        which the TFLite converter needs to keep FULLY_CONNECTED in int8.
+        """
+        low, high = fake_quant.INITIAL_RANGE
+        for tensor in tensors:
+            if tensor not in self._ranges:
+                self._ranges[tensor] = tuple(
+                    self.add_weight(name=f"{tensor}_{end}", shape=(), trainable=False,
+                                    initializer=keras.initializers.Constant(value))
+                    for end, value in (("min", low), ("max", high)))
 
     def compute_output_shape(self, input_shape, output_shape=None):
         input_shape = self._check_input_shape(tf.TensorShape(input_shape).as_list())
@@ -245,6 +293,7 @@ class Conv3DTranspose(keras.layers.Layer):
                 "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
                 "bias_constraint": keras.constraints.serialize(self.bias_constraint),
                 "implementation": self.implementation,
+                "quantization": self.quantization,
             }
         )
         return config

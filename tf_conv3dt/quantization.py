@@ -1,16 +1,29 @@
-"""Quantization-aware training of Conv3DTranspose with tensorflow-model-optimization.
+"""Quantization-aware training of Conv3DTranspose, in both Keras flavours.
 
-tfmot builds on tf_keras, so this works under ``TF_USE_LEGACY_KERAS=1`` (and
-needs the ``tfmot`` extra). The layer is quantized the way tfmot quantizes its
-own Conv2DTranspose: 8-bit symmetric weights (the kernel) and an 8-bit
-activation. A QAT model exports like any other (``tf_conv3dt.export``), its
-int8 TFLite file integer end to end through the GEMM lowering.
+``quantize_model(model)`` returns a quantization-aware copy of a model:
 
-Example (tf_keras)::
+* under tf_keras (``TF_USE_LEGACY_KERAS=1``, the ``tfmot`` extra), through
+  tensorflow-model-optimization, the way tfmot quantizes its own
+  Conv2DTranspose: 8-bit symmetric kernel and 8-bit activation;
+* under Keras 3, where tfmot does not import, without it: every
+  Conv3DTranspose gets ``quantization="qat"`` (8-bit fake quantization of its
+  input, kernel, products and output with learned ranges); other layers are
+  left to the TFLite converter's calibration.
+
+Either way a quantized layer traces itself through the int8-oriented GEMM
+lowering, so ``tf.lite.TFLiteConverter.from_keras_model(qat_model)`` with
+``Optimize.DEFAULT`` gives integer FULLY_CONNECTED ops, never the float-only
+CONV_3D_TRANSPOSE.
+
+Example::
 
     qat_model = tf_conv3dt.quantization.quantize_model(model)
     qat_model.compile(...); qat_model.fit(...)
-    with tf_conv3dt.quantization.quantize_scope():
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    flatbuffer = converter.convert()
+
+    with tf_conv3dt.quantization.quantize_scope():  # tf_keras .h5 files
         restored = tf_keras.models.load_model("qat.h5")
 """
 
@@ -21,12 +34,15 @@ from tf_conv3dt.layer import Conv3DTranspose
 
 
 def quantize_model(model):
-    """A quantization-aware copy of ``model``.
+    """A quantization-aware copy of ``model``, its weights copied.
 
-    Every Conv3DTranspose is annotated with :func:`quantize_config`; other
-    layers keep the annotations they have (annotate them first with
+    tf_keras: every Conv3DTranspose is annotated with :func:`quantize_config`;
+    other layers keep the annotations they have (annotate them first with
     ``tfmot.quantization.keras.quantize_annotate_layer`` to quantize them too).
+    Keras 3: every Conv3DTranspose is rebuilt with ``quantization="qat"``.
     """
+    if not LEGACY_KERAS:
+        return _keras3_quantize_model(model)
     tfmot = _tfmot()
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
@@ -38,6 +54,21 @@ def quantize_model(model):
     annotated.set_weights(model.get_weights())
     with quantize_scope():
         return tfmot.quantization.keras.quantize_apply(annotated)
+
+
+def _keras3_quantize_model(model):
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, Conv3DTranspose):
+            config["quantization"] = "qat"
+        return layer.__class__.from_config(config)
+
+    quantized = keras.models.clone_model(model, clone_function=clone)
+    for source, target in zip(model.layers, quantized.layers):
+        # The new range variables come after the copied kernel and bias.
+        for old, new in zip(source.weights, target.weights):
+            new.assign(old)
+    return quantized
 
 
 def quantize_config():
@@ -54,9 +85,10 @@ def quantize_scope():
 def _tfmot():
     if not LEGACY_KERAS:
         raise RuntimeError(
-            "tensorflow-model-optimization quantizes tf_keras models only: set "
-            "TF_USE_LEGACY_KERAS=1 before importing TensorFlow to build the model "
-            "with tf_keras.")
+            "tensorflow-model-optimization works with tf_keras models only (it does "
+            "not import under Keras 3): set TF_USE_LEGACY_KERAS=1 before importing "
+            "TensorFlow to use it. Under Keras 3, quantize_model(model) trains "
+            "quantization-aware without tfmot.")
     try:
         import tensorflow_model_optimization as tfmot
     except ImportError as error:
@@ -76,6 +108,7 @@ def _config_class():
         default for Conv2DTranspose."""
 
         def get_weights_and_quantizers(self, layer):
+            layer._add_quantization_ranges("conv_output")  # asked after the layer's build
             return [(layer.kernel, quantizers.LastValueQuantizer(
                 num_bits=8, per_axis=False, symmetric=True, narrow_range=True))]
 
