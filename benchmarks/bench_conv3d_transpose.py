@@ -1,12 +1,13 @@
 """Forward and training-step timings of 3-D transposed convolutions on this machine.
 
 Prints one table (and writes it as JSON with --json): tf_conv3dt with
-implementation "auto" and "native", keras.layers.Conv3DTranspose, and
+implementation "auto", "native" and "gemm", keras.layers.Conv3DTranspose, and
 torch.nn.functional.conv_transpose3d when torch is installed. For each case
 and each path: median milliseconds, GFLOP/s, percent of the NumPy sgemm
 GFLOP/s measured in the same run, and the peak extra resident memory.
 
 Usage: python benchmarks/bench_conv3d_transpose.py [--repeats 20] [--json out.json]
+       [--cases 0 2] [--policy mixed_float16] [--data-format channels_first]
 """
 
 import argparse
@@ -111,15 +112,20 @@ def median_ms(fn, repeats, warmup=5):
     return statistics.median(times) * 1e3
 
 
-def tf_paths(shape, filters, kernel, stride, padding):
+def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last"):
+    if data_format == "channels_first":
+        shape = (shape[0], shape[4], *shape[1:4])
     x = tf.random.normal(shape)
     paths = {}
-    for name, implementation in (("tf_conv3dt auto", "auto"), ("tf_conv3dt native", "native")):
+    for name, implementation in (("tf_conv3dt auto", "auto"), ("tf_conv3dt native", "native"),
+                                 ("tf_conv3dt gemm", "gemm")):
         layer = tf_conv3dt.Conv3DTranspose(filters, kernel, stride, padding=padding,
+                                           data_format=data_format,
                                            implementation=implementation)
         layer.build(shape)
         paths[name] = layer
-    builtin = keras.layers.Conv3DTranspose(filters, kernel, stride, padding=padding)
+    builtin = keras.layers.Conv3DTranspose(filters, kernel, stride, padding=padding,
+                                           data_format=data_format)
     builtin.build(shape)
     paths["keras Conv3DTranspose"] = builtin
     timed = {}
@@ -210,13 +216,20 @@ def main():
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--cases", type=int, nargs="*", help="indices into CASES (default all)")
+    parser.add_argument("--policy", default="float32",
+                        help="Keras dtype policy of the TensorFlow paths, e.g. mixed_float16")
+    parser.add_argument("--data-format", default="channels_last",
+                        choices=["channels_last", "channels_first"],
+                        help="data format of the TensorFlow paths (PyTorch's is NCDHW)")
     args = parser.parse_args()
+    keras.mixed_precision.set_global_policy(args.policy)
 
     peak = sgemm_gflops()
     print(f"{_cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
           f"(oneDNN {'on' if tf_conv3dt.ops._onednn_enabled() else 'off'}, "
           f"auto -> {tf_conv3dt.ops.resolve_implementation('auto')}), "
-          f"Keras {keras.__version__}"
+          f"Keras {keras.__version__}, {args.policy}, {args.data_format}, "
+          f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed"))
     print(f"numpy sgemm: {peak:.1f} GFLOP/s")
     header = (f"{'case':<34} {'path':<24} {'fwd ms':>9} {'GFLOP/s':>8} {'%sgemm':>7} "
@@ -229,7 +242,8 @@ def main():
         shape, filters, kernel, stride, padding = CASES[index]
         label = f"{shape}->{filters} k{kernel} s{stride} {padding}"
         flops = forward_flops(shape, filters, kernel)
-        paths = {**tf_paths(*CASES[index]), **torch_paths(*CASES[index])}
+        paths = {**tf_paths(*CASES[index], data_format=args.data_format),
+                 **torch_paths(*CASES[index])}
         if position == 0:
             # The process's first measurements pay one-time costs (seen: the
             # first training step timed ran 50% slower, whichever path it
