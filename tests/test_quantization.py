@@ -263,6 +263,64 @@ class TestKeras3QuantizationAwareTraining:
         _assert_integer(int8)
 
 
+@pytest.mark.skipif(LEGACY_KERAS, reason="quantize() is Keras 3's layer protocol")
+class TestKeras3Quantize:
+    def _model(self):
+        inputs = keras.Input((4, 3, 5, 6))
+        hidden = keras.layers.Dense(6)(inputs)
+        hidden = tf_conv3dt.Conv3DTranspose(4, 3, 2, padding="same", activation="relu",
+                                            bias_initializer="random_normal",
+                                            name="up1")(hidden)
+        outputs = tf_conv3dt.Conv3DTranspose(2, 2, 2, name="up2")(hidden)
+        return keras.Model(inputs, outputs)
+
+    def test_int8_quantizes_our_layers_with_dense(self, rng, tmp_path):
+        import tensorflow as tf
+        model = self._model()
+        x = rng.uniform(size=(2, 4, 3, 5, 6)).astype("float32")
+        float_kernel = model.get_layer("up1").kernel.numpy()
+        float_y = np.asarray(model(x))
+        model.quantize("int8")
+        for name in ("dense", "up1", "up2"):
+            assert model.get_layer(name).dtype_policy.name == "int8_from_float32", name
+        up1 = model.get_layer("up1")
+        assert up1.kernel.dtype == "int8" and up1.kernel_scale.shape == (4,)
+        # One scale per filter: the largest magnitude maps to 127.
+        np.testing.assert_allclose(
+            up1.kernel_scale.numpy(), 127 / np.abs(float_kernel).max(axis=(0, 1, 2, 4)),
+            rtol=1e-6)
+        hidden = np.asarray(model.get_layer("dense")(x))
+        step = np.abs(hidden).max() / 127
+        inputs = np.round(hidden / step) * step
+        kernel = up1.kernel.numpy() / up1.kernel_scale.numpy()[:, None]
+        expected = np.maximum(np_conv3d_transpose(inputs, kernel, up1.bias.numpy(), (2, 2, 2),
+                                                  "same"), 0)
+        assert_close(up1(hidden), expected)
+        y = np.asarray(model(x))
+        assert _range_fraction(y, float_y) <= 0.02
+
+        path = str(tmp_path / "int8.keras")
+        model.save(path)
+        restored = keras.models.load_model(path)
+        assert restored.get_layer("up1").kernel.dtype == "int8"
+        np.testing.assert_array_equal(np.asarray(restored(x)), y)
+        model.export(str(tmp_path / "saved"), verbose=False)
+        served = tf.saved_model.load(str(tmp_path / "saved"))
+        assert_close(served.serve(x), y, rel=1e-6)
+
+    @pytest.mark.parametrize("mode", ["int4", "float8"])
+    def test_other_modes_leave_the_layer_float_with_a_clear_warning(self, mode, rng):
+        model = self._model()
+        x = rng.uniform(size=(1, 4, 3, 5, 6)).astype("float32")
+        before = np.asarray(model(x))
+        with pytest.warns(UserWarning, match=r"supports quantize\('int8'\) only"):
+            model.quantize(mode)
+        assert model.get_layer("up1").dtype_policy.name == "float32"
+        assert model.get_layer("dense").dtype_policy.quantization_mode == mode
+        assert model.get_layer("up1").kernel.dtype == "float32"
+        assert np.isfinite(np.asarray(model(x))).all() and before.shape == model(x).shape
+
+
 def test_tfmot_features_under_keras3_are_refused_with_a_clear_error():
     if LEGACY_KERAS:
         assert quantization.quantize_config() is not None

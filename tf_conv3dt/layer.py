@@ -7,7 +7,7 @@ import tensorflow as tf
 import wrapt
 
 from tf_conv3dt import fake_quant, ops, shapes
-from tf_conv3dt._keras import keras
+from tf_conv3dt._keras import LEGACY_KERAS, keras
 
 
 QUANTIZATION_MODES = ("qat",)
@@ -155,15 +155,18 @@ class Conv3DTranspose(keras.layers.Layer):
             tf.TensorShape(input_shape).as_list()
         )
         self._input_channels = int(input_shape[self._channel_axis])
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(*self.kernel_size, self.filters, self._input_channels),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-            trainable=True,
-            dtype=self.dtype,
-        )
+        if self._keras_quantization_mode() == "int8":  # a .keras file of a quantized model
+            self._add_int8_kernel()
+        else:
+            self.kernel = self.add_weight(
+                name="kernel",
+                shape=(*self.kernel_size, self.filters, self._input_channels),
+                initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+                trainable=True,
+                dtype=self.dtype,
+            )
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(
@@ -186,11 +189,30 @@ class Conv3DTranspose(keras.layers.Layer):
         kernel = tf.cast(self.kernel, self.compute_dtype)
         if self.quantization == "qat":
             kernel = fake_quant.symmetric_per_tensor(kernel)
+        return self._apply(inputs, kernel, output_shape, training)
+
+    def _int8_call(self, inputs, output_shape=None, training=None):
+        """Keras 3's call for ``quantize("int8")``: the int8 kernel times its
+        per-filter scale, and the input on a symmetric int8 grid of its own
+        largest magnitude (Keras's Dense quantizes its input per row; here the
+        overlap-add mixes voxels, so one scale serves the whole input). The
+        rounding passes gradients straight through."""
+        self._check_input_shape(inputs.shape.as_list())
+        inputs = tf.cast(inputs, self.compute_dtype)
+        scale = 127.0 / tf.maximum(tf.reduce_max(tf.abs(inputs)), 1e-12)
+        inputs += tf.stop_gradient(tf.round(inputs * scale) / scale - inputs)
+        kernel = (tf.cast(self.kernel, self.compute_dtype)
+                  / tf.reshape(tf.cast(self.kernel_scale, self.compute_dtype),
+                               (self.filters, 1)))
+        return self._apply(inputs, kernel, output_shape, training)
+
+    def _apply(self, inputs, kernel, output_shape, training):
         # A quantized layer is meant for integer TFLite, whichever converter
         # traces it: the GEMM lowering, each stride phase one product
         # (accumulated in int32), never the float-only CONV_3D_TRANSPOSE.
+        quantized = self._ranges or self._keras_quantization_mode() == "int8"
         with (ops.forced_implementation("gemm", one_product_per_phase=True)
-              if self._ranges else contextlib.nullcontext()):
+              if quantized else contextlib.nullcontext()):
             outputs = ops.conv3d_transpose(
                 inputs,
                 kernel,
@@ -211,6 +233,55 @@ class Conv3DTranspose(keras.layers.Layer):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return self._fake_quantize("output", outputs, training)
+
+    def _keras_quantization_mode(self):
+        """Keras 3's quantization mode of this layer (its dtype policy's); None
+        under tf_keras, which has no such protocol."""
+        return None if LEGACY_KERAS else self.quantization_mode
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Keras 3's layer quantization, called by ``model.quantize(mode)``.
+
+        Mode "int8": the kernel becomes int8 with one scale per filter (the
+        largest magnitude over the taps and input channels maps to 127), and
+        the input is quantized to int8 at call time; the dtype policy becomes
+        ``int8_from_<policy>``, and .keras files keep the int8 kernel. Other
+        modes raise NotImplementedError, which ``model.quantize`` reports as a
+        warning and skips the layer.
+        """
+        if LEGACY_KERAS:
+            raise RuntimeError("quantize() is Keras 3's protocol; under tf_keras use "
+                               "tf_conv3dt.quantization.quantize_model.")
+        if type_check and type(self) is not Conv3DTranspose:
+            raise self._not_implemented_error(self.quantize)
+        if mode != "int8":
+            raise NotImplementedError(
+                f"Conv3DTranspose supports quantize('int8') only; layer {self.name!r} "
+                f"stays {self.dtype_policy.name}. Received: mode={mode!r}. For integer "
+                "TFLite use tf_conv3dt.quantization.quantize_model or tf_conv3dt.export.")
+        if self.quantization == "qat":
+            raise ValueError(f"Layer {self.name!r} is set up for quantization-aware "
+                             "training (quantization='qat'); convert it with the TFLite "
+                             "converter instead of quantize('int8').")
+        kernel = tf.convert_to_tensor(self.kernel)
+        magnitude = tf.reduce_max(tf.abs(kernel), axis=(0, 1, 2, 4), keepdims=True)
+        scale = 127.0 / tf.maximum(magnitude, 1e-12)
+        values = tf.cast(tf.clip_by_value(tf.round(kernel * scale), -127, 127), "int8")
+        del self.kernel
+        self._add_int8_kernel()
+        self.kernel.assign(values)
+        self.kernel_scale.assign(tf.reshape(scale, (self.filters,)))
+        self._is_quantized = True
+        from keras import dtype_policies
+        self.dtype_policy = dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def _add_int8_kernel(self):
+        self.kernel = self.add_weight(
+            name="kernel", shape=(*self.kernel_size, self.filters, self._input_channels),
+            initializer="zeros", dtype="int8", trainable=False)
+        self.kernel_scale = self.add_weight(name="kernel_scale", shape=(self.filters,),
+                                            initializer="ones", trainable=False)
+        self._is_quantized = True
 
     def _fake_quantize(self, tensor, values, training):
         if tensor not in self._ranges:
