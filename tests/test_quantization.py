@@ -243,6 +243,25 @@ class TestKeras3QuantizationAwareTraining:
         names = {name for name, _, _ in ops}
         assert "FULLY_CONNECTED" in names and "CONV_3D_TRANSPOSE" not in names
 
+    def test_keras_litert_export(self, rng, tmp_path):
+        """Keras 3's own model.export(format="litert"): a float model inside
+        forced_implementation("gemm") gives the GEMM ops; a QAT model chooses
+        the int8-oriented lowering by itself and, with the converter options,
+        gives an integer file."""
+        import tensorflow as tf
+        x, _ = _teacher_data(rng)
+        model = _model()
+        with tf_conv3dt.forced_implementation("gemm"):
+            model.export(str(tmp_path / "float.tflite"), format="litert", verbose=False)
+        names = {name for name, _, _ in _compute_ops((tmp_path / "float.tflite").read_bytes())}
+        assert "FULLY_CONNECTED" in names and "CONV_3D_TRANSPOSE" not in names
+        qat = quantization.quantize_model(model)
+        qat(x, training=True)
+        qat.export(str(tmp_path / "qat.tflite"), format="litert", verbose=False,
+                   optimizations=[tf.lite.Optimize.DEFAULT],
+                   representative_dataset=lambda: ([x[i:i + 1]] for i in range(len(x))))
+        _assert_integer((tmp_path / "qat.tflite").read_bytes())
+
     def test_exports_with_the_export_script(self, rng, tmp_path):
         import subprocess
         import sys
@@ -370,6 +389,28 @@ class TestPruningAndClustering:
         assert_close(first(x[:2]), np.maximum(np_conv3d_transpose(
             x[:2], first.kernel.numpy(), first.bias.numpy(), (2, 2, 2), "same"), 0))
         assert _gzipped_size(stripped.get_weights()) < 0.8 * dense_size
+
+    def test_pruning_preserving_qat_keeps_the_zeros(self, rng):
+        """Prune, strip, then quantize_model(preserve_sparsity=True): after more
+        training the kernel the layer computes with keeps the pruned zeros;
+        plain QAT fills them in."""
+        import tensorflow_model_optimization as tfmot
+        sparsity = tfmot.sparsity.keras
+        x, y = _teacher_data(rng)
+        pruned = sparsity.prune_low_magnitude(
+            _model(), pruning_schedule=sparsity.ConstantSparsity(0.5, begin_step=0, frequency=1))
+        pruned.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+        pruned.fit(x, y, epochs=2, batch_size=8, verbose=0,
+                   callbacks=[sparsity.UpdatePruningStep()])
+        stripped = sparsity.strip_pruning(pruned)
+        for preserve, expected in ((True, lambda zeros: zeros >= 0.5),
+                                   (False, lambda zeros: zeros < 0.2)):
+            qat = quantization.quantize_model(stripped, preserve_sparsity=preserve)
+            qat.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+            qat.fit(x, y, epochs=2, batch_size=8, verbose=0)
+            qat(x[:1])  # the wrapper hands the layer its quantized kernel
+            zeros = np.mean(np.asarray(qat.get_layer("quant_up1").layer.kernel) == 0)
+            assert expected(zeros), (preserve, zeros)
 
     def test_cluster_weights_leaves_at_most_n_kernel_values(self, rng):
         import tensorflow_model_optimization as tfmot

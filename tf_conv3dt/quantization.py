@@ -33,22 +33,29 @@ from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.layer import Conv3DTranspose
 
 
-def quantize_model(model):
+def quantize_model(model, preserve_sparsity=False):
     """A quantization-aware copy of ``model``, its weights copied.
 
     tf_keras: every Conv3DTranspose is annotated with :func:`quantize_config`;
     other layers keep the annotations they have (annotate them first with
     ``tfmot.quantization.keras.quantize_annotate_layer`` to quantize them too).
+    ``preserve_sparsity=True`` is tfmot's pruning-preserving QAT for our
+    layers: the zeros of a pruned kernel stay zero in the quantized kernel.
     Keras 3: every Conv3DTranspose is rebuilt with ``quantization="qat"``.
     """
     if not LEGACY_KERAS:
+        if preserve_sparsity:
+            raise ValueError("preserve_sparsity=True is tfmot's pruning-preserving QAT, "
+                             "which needs tf_keras (TF_USE_LEGACY_KERAS=1).")
         return _keras3_quantize_model(model)
     tfmot = _tfmot()
     annotate = tfmot.quantization.keras.quantize_annotate_layer
 
     def clone(layer):
         copy = layer.__class__.from_config(layer.get_config())
-        return annotate(copy, quantize_config()) if isinstance(layer, Conv3DTranspose) else copy
+        if not isinstance(layer, Conv3DTranspose):
+            return copy
+        return annotate(copy, quantize_config(preserve_sparsity))
 
     annotated = keras.models.clone_model(model, clone_function=clone)
     annotated.set_weights(model.get_weights())
@@ -71,9 +78,10 @@ def _keras3_quantize_model(model):
     return quantized
 
 
-def quantize_config():
-    """The tfmot ``QuantizeConfig`` for Conv3DTranspose."""
-    return _config_class()()
+def quantize_config(preserve_sparsity=False):
+    """The tfmot ``QuantizeConfig`` for Conv3DTranspose; with
+    ``preserve_sparsity`` its kernel quantizer keeps the kernel's zeros."""
+    return _config_class()(preserve_sparsity)
 
 
 def quantize_scope():
@@ -97,6 +105,12 @@ def _tfmot():
     return tfmot
 
 
+def _prune_preserve():
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve \
+        import prune_preserve_quantize_registry
+    return prune_preserve_quantize_registry
+
+
 @functools.lru_cache(maxsize=None)
 def _config_class():
     # Defined on first use so that importing tf_conv3dt never imports tfmot.
@@ -107,9 +121,14 @@ def _config_class():
         """8-bit kernel (per tensor, symmetric) and activation, as tfmot's
         default for Conv2DTranspose."""
 
+        def __init__(self, preserve_sparsity=False):
+            self.preserve_sparsity = bool(preserve_sparsity)
+
         def get_weights_and_quantizers(self, layer):
             layer._add_quantization_ranges("conv_output")  # asked after the layer's build
-            return [(layer.kernel, quantizers.LastValueQuantizer(
+            kernel_quantizer = (_prune_preserve().PrunePreserveDefaultWeightsQuantizer
+                                if self.preserve_sparsity else quantizers.LastValueQuantizer)
+            return [(layer.kernel, kernel_quantizer(
                 num_bits=8, per_axis=False, symmetric=True, narrow_range=True))]
 
         def get_activations_and_quantizers(self, layer):
@@ -126,6 +145,6 @@ def _config_class():
             return []
 
         def get_config(self):
-            return {}
+            return {"preserve_sparsity": self.preserve_sparsity}
 
     return Conv3DTransposeQuantizeConfig
