@@ -57,9 +57,7 @@ class TestQuantizationAwareTraining:
         assert np.abs(hidden - float_hidden).max() > 0.1 * step
 
     def test_trains_saves_and_exports_integer_tflite(self, rng, tmp_path):
-        teacher = _model()
-        x = rng.uniform(size=(32, 4, 3, 5, 6)).astype("float32")
-        y = np.asarray(teacher(x))
+        x, y = _teacher_data(rng)
         qat = quantization.quantize_model(_model())
         qat.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
         history = qat.fit(x, y, epochs=30, batch_size=8, verbose=0)
