@@ -225,6 +225,8 @@ def test_one_nan_voxel_reaches_only_its_footprint():
 
 @pytest.mark.skipif(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CHILD") == "1",
                     reason="already the run under the other oneDNN setting")
+@pytest.mark.skipif(LEGACY_KERAS, reason="the ops never touch Keras: the Keras 3 run "
+                    "covers the other oneDNN setting once per CI run")
 def test_under_the_other_onednn_setting():
     """The native path depends on whether TensorFlow runs its oneDNN kernels:
     run a share of this suite again in a process with the other setting."""

@@ -47,10 +47,11 @@ class Conv3DTranspose(keras.layers.Layer):
         otherwise), "native" or "gemm".
       quantization: None, or "qat" for quantization-aware training without
         tfmot (``tf_conv3dt.quantization.quantize_model`` sets it): 8-bit fake
-        quantization of the input, the kernel (symmetric, per tensor), the
-        products before the bias and the activated output, with ranges learned
-        as moving averages; such a layer is traced through the int8-oriented
-        GEMM lowering.
+        quantization of the kernel (symmetric, per tensor), of the products
+        before the bias and of the activated output, the last two on ranges
+        learned as moving averages (the input takes the range of the layer
+        before it, or the converter's calibration). Such a layer is traced
+        through the int8-oriented GEMM lowering.
       **kwargs: base layer arguments (name, dtype, trainable, ...).
 
     Input shape:
@@ -271,9 +272,7 @@ class Conv3DTranspose(keras.layers.Layer):
         self._add_int8_kernel()
         self.kernel.assign(values)
         self.kernel_scale.assign(tf.reshape(scale, (self.filters,)))
-        self._is_quantized = True
-        from keras import dtype_policies
-        self.dtype_policy = dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+        self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
 
     def _add_int8_kernel(self):
         self.kernel = self.add_weight(
