@@ -1,20 +1,34 @@
 """Forward and training-step timings of 3-D transposed convolutions on this machine.
 
 Prints one table (and writes it as JSON with --json): tf_conv3dt with
-implementation "auto", "native" and "gemm", keras.layers.Conv3DTranspose, and
-torch.nn.functional.conv_transpose3d when torch is installed. For each case
-and each path: median milliseconds, GFLOP/s, percent of the NumPy sgemm
-GFLOP/s measured in the same run, and the peak extra resident memory.
+implementation "auto" and each lowering ("native", "gemm", "subpixel"),
+keras.layers.Conv3DTranspose, and torch.nn.functional.conv_transpose3d when
+torch is installed. For each case and each path: median milliseconds,
+GFLOP/s, percent of the NumPy sgemm GFLOP/s measured in the same run, and the
+peak extra resident memory; then, per case, how "auto" compares with the
+fastest path (the targets in README.md).
+
+--configurations runs the whole benchmark once per CPU configuration, each in
+a child process with its environment: "default" (this machine as it is),
+"avx2" (what CPUs without AVX-512 get: TensorFlow's Eigen kernels, and oneDNN
+in PyTorch and OpenBLAS in NumPy held to AVX2) and "onednn" (TensorFlow's
+oneDNN kernels switched on). benchmarks/derive_auto_rule.py derives "auto"'s
+rule from the JSON it writes.
 
 Usage: python benchmarks/bench_conv3d_transpose.py [--repeats 20] [--json out.json]
        [--cases 0 2] [--policy mixed_float16] [--data-format channels_first]
+       [--configurations default avx2 onednn] [--skip-scaling]
 """
 
 import argparse
+import ctypes
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -39,7 +53,20 @@ CASES = [
     # "valid" plus a crop (Eigen's gradient is wrong otherwise); the built-in
     # layer shows the unrouted op.
     ((2, 16, 16, 16, 64), 32, 1, 2, "same"),
+    # 3-D U-Net decoder stages.
+    ((2, 32, 32, 32, 64), 32, 2, 2, "valid"),
+    ((1, 64, 64, 64, 32), 16, 3, 2, "same"),
+    ((2, 24, 24, 24, 128), 64, 3, 1, "same"),
 ]
+
+# The environment of each CPU configuration (--configurations).
+CONFIGURATIONS = {
+    "default": {},
+    "avx2": {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "OPENBLAS_CORETYPE": "Haswell"},
+    "onednn": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+}
+LOWERINGS = ("native", "gemm", "subpixel")
 
 
 def forward_flops(shape, filters, kernel):
@@ -112,13 +139,72 @@ def median_ms(fn, repeats, warmup=5):
     return statistics.median(times) * 1e3
 
 
+def interleaved_ms(fns, repeats, warmup=3, slow_s=2.0):
+    """Median milliseconds of each of ``fns`` ({name: fn}), timed in rounds of
+    one call each, so that what else a shared machine runs weighs on all of
+    them alike. Only paths of one library belong together: the worker threads
+    of PyTorch's OpenMP pool spin on after its call, slowing whatever runs
+    next, and a pause between calls would wake every path up cold (+4 ms a
+    call here). Names whose call raises are left out. A path whose first call
+    (the trace) takes over ``slow_s`` (Eigen's Conv3DBackprop* kernels on the
+    large cases: seconds a step) is timed in two rounds only."""
+    slow, failed = set(), set()
+    for name, fn in fns.items():
+        try:
+            start = time.perf_counter()
+            fn()
+            if time.perf_counter() - start > slow_s:
+                slow.add(name)
+                continue
+            for _ in range(warmup - 1):
+                fn()
+        except Exception as error:  # the built-in layer fails on some cases
+            print(f"  {name} failed: {type(error).__name__}", flush=True)
+            failed.add(name)
+    times = {name: [] for name in fns if name not in failed}
+    for round_ in range(repeats):
+        for name in times:
+            if name in slow and round_ >= 2:
+                continue
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def train_peak_mib(index, name, args):
+    """Peak resident-memory growth of one training step of one path, measured
+    in a child process of its own (in this process, memory that allocators
+    kept from earlier paths would hide it), after a first, tracing step."""
+    command = [sys.executable, __file__, "--peak-memory-of", str(index), name,
+               "--policy", args.policy, "--data-format", args.data_format]
+    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _measure_peak_memory(index, name, data_format):
+    paths = {**tf_paths(*CASES[index], data_format=data_format), **torch_paths(*CASES[index])}
+    train_step = paths[name][1]
+    train_step()
+    try:  # hand what the first (tracing) step freed back to the system
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with PeakMemory() as memory:
+        train_step()
+    print(json.dumps(_mib(memory.peak)))
+
+
 def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last"):
     if data_format == "channels_first":
         shape = (shape[0], shape[4], *shape[1:4])
     x = tf.random.normal(shape)
     paths = {}
-    for name, implementation in (("tf_conv3dt auto", "auto"), ("tf_conv3dt native", "native"),
-                                 ("tf_conv3dt gemm", "gemm")):
+    for implementation in ("auto", *LOWERINGS):
+        name = f"tf_conv3dt {implementation}"
         layer = tf_conv3dt.Conv3DTranspose(filters, kernel, stride, padding=padding,
                                            data_format=data_format,
                                            implementation=implementation)
@@ -211,6 +297,61 @@ def scaling(repeats):
     return rows
 
 
+def compare(rows):
+    """Per case: auto against the fastest path and the fastest own lowering,
+    the best GEMM-bound rate, and auto's training peak memory against PyTorch's."""
+    print(f"\n{'case':<38} {'auto':>9} {'fwd/best':>9} {'train/best':>11} "
+          f"{'fwd/own':>8} {'train/own':>10} {'best %sgemm':>12} {'peak/torch':>11}")
+    summary = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        paths = {r["path"]: r for r in rows if r["case"] == case}
+        auto = paths.get("tf_conv3dt auto")
+        if auto is None:
+            continue
+        own = [paths[f"tf_conv3dt {name}"] for name in LOWERINGS
+               if f"tf_conv3dt {name}" in paths]
+        torch_row = paths.get("torch conv_transpose3d")
+        entry = dict(
+            case=case, auto=auto["lowering"],
+            forward_over_best=auto["forward_ms"] / min(r["forward_ms"] for r in paths.values()),
+            train_over_best=auto["train_ms"] / min(r["train_ms"] for r in paths.values()),
+            forward_over_own=auto["forward_ms"] / min(r["forward_ms"] for r in own),
+            train_over_own=auto["train_ms"] / min(r["train_ms"] for r in own),
+            best_percent_sgemm=max(r["percent_sgemm"] for r in own),
+            peak_over_torch=(auto["train_peak_mib"] / torch_row["train_peak_mib"]
+                             if torch_row and auto["train_peak_mib"] is not None
+                             and torch_row["train_peak_mib"] else None))
+        summary.append(entry)
+        peak = "n/a" if entry["peak_over_torch"] is None else f"{entry['peak_over_torch']:.2f}x"
+        print(f"{case:<38} {entry['auto']:>9} {entry['forward_over_best']:8.2f}x "
+              f"{entry['train_over_best']:10.2f}x {entry['forward_over_own']:7.2f}x "
+              f"{entry['train_over_own']:9.2f}x {entry['best_percent_sgemm']:11.0f}% {peak:>11}")
+    return summary
+
+
+def run_configurations(args):
+    """The benchmark once per configuration, each in a child process."""
+    results = {}
+    for name in args.configurations:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = os.path.join(scratch, "rows.json")
+            command = [sys.executable, __file__, "--repeats", str(args.repeats), "--json", path,
+                       "--policy", args.policy, "--data-format", args.data_format]
+            if args.cases is not None:
+                command += ["--cases", *map(str, args.cases)]
+            if args.skip_scaling:
+                command.append("--skip-scaling")
+            print(f"\n=== configuration {name}: "
+                  f"{' '.join(f'{k}={v}' for k, v in CONFIGURATIONS[name].items()) or 'as is'}",
+                  flush=True)
+            subprocess.run(command, env={**os.environ, **CONFIGURATIONS[name]}, check=True)
+            with open(path) as f:
+                results[name] = dict(json.load(f), environment=CONFIGURATIONS[name])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
@@ -221,60 +362,75 @@ def main():
     parser.add_argument("--data-format", default="channels_last",
                         choices=["channels_last", "channels_first"],
                         help="data format of the TensorFlow paths (PyTorch's is NCDHW)")
+    parser.add_argument("--configurations", nargs="+", choices=sorted(CONFIGURATIONS),
+                        help="run once per CPU configuration, each in a child process")
+    parser.add_argument("--skip-scaling", action="store_true",
+                        help="leave out the table of auto's scaling with size")
+    parser.add_argument("--peak-memory-of", nargs=2, metavar=("CASE", "PATH"),
+                        help=argparse.SUPPRESS)  # the child process of train_peak_mib
     args = parser.parse_args()
+    if args.configurations:
+        return run_configurations(args)
     keras.mixed_precision.set_global_policy(args.policy)
-
+    if args.peak_memory_of:
+        return _measure_peak_memory(int(args.peak_memory_of[0]), args.peak_memory_of[1],
+                                    args.data_format)
     peak = sgemm_gflops()
     print(f"{_cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
-          f"(oneDNN {'on' if tf_conv3dt.ops._onednn_enabled() else 'off'}, "
-          f"auto -> {tf_conv3dt.ops.resolve_implementation('auto')}), "
+          f"(oneDNN {'on' if tf_conv3dt.ops._onednn_enabled() else 'off'}), "
           f"Keras {keras.__version__}, {args.policy}, {args.data_format}, "
           f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed"))
     print(f"numpy sgemm: {peak:.1f} GFLOP/s")
     header = (f"{'case':<34} {'path':<24} {'fwd ms':>9} {'GFLOP/s':>8} {'%sgemm':>7} "
-              f"{'train ms':>9} {'GFLOP/s':>8} {'peak MiB fwd/train':>19}")
+              f"{'train ms':>9} {'GFLOP/s':>8} {'train peak MiB':>15}")
     print(header)
     print("-" * len(header))
     rows = []
-    for position, index in enumerate(args.cases if args.cases is not None
-                                     else range(len(CASES))):
+    for index in args.cases if args.cases is not None else range(len(CASES)):
         shape, filters, kernel, stride, padding = CASES[index]
         label = f"{shape}->{filters} k{kernel} s{stride} {padding}"
+        auto = tf_conv3dt.ops.resolve_implementation("auto", (kernel,) * 3, (stride,) * 3)
+
+        def lowering(name):
+            if name == "tf_conv3dt auto":
+                return auto
+            return name.split()[1] if name.startswith("tf_conv3dt") else None
+
         flops = forward_flops(shape, filters, kernel)
-        paths = {**tf_paths(*CASES[index], data_format=args.data_format),
-                 **torch_paths(*CASES[index])}
-        if position == 0:
-            # The process's first measurements pay one-time costs (seen: the
-            # first training step timed ran 50% slower, whichever path it
-            # was): time one path once, untabulated.
-            forward, train_step = next(iter(paths.values()))
-            median_ms(forward, args.repeats)
-            median_ms(train_step, args.repeats)
-        for name, (forward, train_step) in paths.items():
-            try:
-                with PeakMemory() as memory:
-                    fwd = median_ms(forward, args.repeats)
-                with PeakMemory() as train_memory:
-                    train = median_ms(train_step, max(args.repeats // 2, 3))
-            except Exception as error:  # the built-in layer fails on some cases
-                print(f"{label:<34} {name:<24} failed: {type(error).__name__}")
+        forward, train = {}, {}
+        for library in (tf_paths(*CASES[index], data_format=args.data_format),
+                        torch_paths(*CASES[index])):
+            forward.update(interleaved_ms({name: f for name, (f, _) in library.items()},
+                                          args.repeats))
+            train.update(interleaved_ms({name: t for name, (_, t) in library.items()},
+                                        max(args.repeats // 2, 3)))
+        for name in forward:
+            if name not in train:
                 continue
-            row = dict(case=label, path=name, forward_ms=fwd,
+            fwd = forward[name]
+            peak_mib = (train_peak_mib(index, name, args)
+                        if name in ("tf_conv3dt auto", "torch conv_transpose3d") else None)
+            row = dict(case=label, path=name, forward_ms=fwd, lowering=lowering(name),
                        forward_gflops=flops / fwd / 1e6,
                        percent_sgemm=100 * flops / fwd / 1e6 / peak,
-                       train_ms=train, train_gflops=3 * flops / train / 1e6,
-                       peak_mib=_mib(memory.peak), train_peak_mib=_mib(train_memory.peak))
+                       train_ms=train[name], train_gflops=3 * flops / train[name] / 1e6,
+                       train_peak_mib=peak_mib)
             rows.append(row)
-            peak_text = "/".join("n/a" if v is None else f"{v:.0f}"
-                                 for v in (row["peak_mib"], row["train_peak_mib"]))
+            peak_text = "-" if peak_mib is None else f"{peak_mib:.0f}"
             print(f"{label:<34} {name:<24} {fwd:9.2f} {row['forward_gflops']:8.1f} "
-                  f"{row['percent_sgemm']:6.0f}% {train:9.2f} {row['train_gflops']:8.1f} "
-                  f"{peak_text:>19}", flush=True)
-    scaling_rows = scaling(args.repeats)
+                  f"{row['percent_sgemm']:6.0f}% {train[name]:9.2f} "
+                  f"{row['train_gflops']:8.1f} {peak_text:>15}", flush=True)
+    summary = compare(rows)
+    scaling_rows = [] if args.skip_scaling else scaling(args.repeats)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(sgemm_gflops=peak, rows=rows, scaling=scaling_rows), f, indent=1)
+            json.dump(dict(machine=_cpu_name(), cores=os.cpu_count(),
+                           tensorflow=tf.__version__, torch=torch and torch.__version__,
+                           cpu_configuration=tf_conv3dt.ops.cpu_configuration(),
+                           policy=args.policy, data_format=args.data_format,
+                           sgemm_gflops=peak, rows=rows, summary=summary,
+                           scaling=scaling_rows), f, indent=1)
 
 
 if __name__ == "__main__":
