@@ -11,7 +11,7 @@ def pytest_report_header(config):
     return f"tf_conv3dt: {flavour} {keras.__version__}, TensorFlow {tf.__version__}"
 
 
-@pytest.fixture(params=["native", "gemm", "gemm-phase-products"])
+@pytest.fixture(params=["native", "gemm", "gemm-phase-products", "subpixel"])
 def implementation(request):
     """Every numerical test runs once for each lowering, the GEMM one in both
     its forms (one product per tap; one per stride phase, as int8 TFLite uses)."""

@@ -323,11 +323,24 @@ def test_gemm_lowering_graph_uses_matmul_and_small_ranks():
             assert output.shape.rank is None or output.shape.rank <= 6, (op.type, output.shape)
 
 
-def test_auto_follows_the_fast_native_kernels(monkeypatch):
-    """auto = native where oneDNN or a GPU serves it, GEMM on Eigen-only CPUs."""
-    monkeypatch.setattr(tf_conv3dt.ops, "_onednn_enabled", lambda: False)
-    expected = "native" if tf.config.list_logical_devices("GPU") else "gemm"
-    assert tf_conv3dt.ops.resolve_implementation("auto") == expected
-    monkeypatch.setattr(tf_conv3dt.ops, "_onednn_enabled", lambda: True)
-    assert tf_conv3dt.ops.resolve_implementation("auto") == "native"
-    assert tf_conv3dt.ops.resolve_implementation("GEMM") == "gemm"
+@pytest.mark.parametrize("kernel_size, strides, relation", [
+    ((2, 2, 2), (2, 2, 2), "kernel == stride"),
+    ((1, 3, 3), (2, 1, 1), "kernel < stride"),
+    ((3, 3, 3), (1, 1, 1), "stride 1"),
+    ((4, 2, 4), (2, 2, 2), "overlapping"),
+    ((3, 2, 2), (2, 2, 2), "overlapping"),
+], ids=lambda v: str(v))
+def test_auto_follows_the_rule_table(monkeypatch, kernel_size, strides, relation):
+    """auto = native on a GPU; on a CPU, AUTO_RULE's entry for the oneDNN
+    setting and the kernel/stride relation; forced and explicit choices win."""
+    ops = tf_conv3dt.ops
+    assert ops.kernel_relation(kernel_size, strides) == relation
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    for onednn, configuration in ((False, "eigen"), (True, "onednn")):
+        monkeypatch.setattr(ops, "_onednn_enabled", lambda onednn=onednn: onednn)
+        expected = "native" if gpu else ops.AUTO_RULE[configuration][relation]
+        assert ops.resolve_implementation("auto", kernel_size, strides) == expected
+        assert ops.resolve_implementation("GEMM", kernel_size, strides) == "gemm"
+        with ops.forced_implementation("subpixel"):
+            assert ops.resolve_implementation("native", kernel_size, strides) == "subpixel"
+    assert ops.AUTO_RULE["eigen"][relation] != "native"  # Eigen's backprop kernels

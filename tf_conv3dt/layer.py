@@ -42,9 +42,9 @@ class Conv3DTranspose(keras.layers.Layer):
       kernel_regularizer, bias_regularizer, activity_regularizer: regularizers.
       kernel_constraint, bias_constraint: constraints applied by the
         optimizer after each update.
-      implementation: "auto" (``tf.nn.conv3d_transpose`` where a GPU or
-        TensorFlow's oneDNN CPU kernels serve it, the GEMM lowering
-        otherwise), "native" or "gemm".
+      implementation: "auto" (the fastest lowering for this kernel and
+        stride on this device, ``tf_conv3dt.ops.resolve_implementation``),
+        "native" (``tf.nn.conv3d_transpose``), "gemm" or "subpixel".
       quantization: None, or "qat" for quantization-aware training without
         tfmot (``tf_conv3dt.quantization.quantize_model`` sets it): 8-bit fake
         quantization of the kernel (symmetric, per tensor), of the products

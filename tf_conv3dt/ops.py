@@ -1,9 +1,9 @@
-"""3-D transposed convolution as TensorFlow ops: the native op and a GEMM lowering.
+"""3-D transposed convolution as TensorFlow ops: the native op and two lowerings.
 
 Nothing here imports Keras. Kernels use the layout of ``tf.nn.conv3d_transpose``
 and ``keras.layers.Conv3DTranspose``: ``(kd, kh, kw, filters, in_channels)``.
 
-Both implementations compute the same thing. Along one axis, input position
+All implementations compute the same thing. Along one axis, input position
 ``i`` and kernel tap ``j`` write to position ``i * stride + j * dilation`` of
 the *full* output; the result is the window of the full output that
 ``tf.nn.conv3d_transpose`` returns for the requested length (see
@@ -22,6 +22,13 @@ the *full* output; the result is the window of the full output that
   Every intermediate has rank <= 6 and every op is a TFLite builtin, so the
   graph converts to integer-only TFLite, and autodiff through it never
   reaches the slow Conv3DBackprop* CPU kernels.
+* ``"subpixel"`` computes every stride phase as a stride-1 forward
+  ``tf.nn.conv3d`` of the input with that phase's taps and interleaves the
+  phases like the GEMM lowering; its custom gradients are forward
+  convolutions and GEMMs. Dilation goes through the same space-to-batch
+  split as the native op.
+
+``"auto"`` picks one of them per call (:func:`resolve_implementation`).
 """
 
 import contextlib
@@ -50,9 +57,9 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
       data_format: "channels_last" or "channels_first".
       output_shape: optional ``(D', H', W')`` output size, any size legal for
         this input (PyTorch's ``output_size``); overrides ``output_padding``.
-      implementation: "auto" (the native op where a GPU or TensorFlow's
-        oneDNN CPU kernels serve it, the GEMM lowering otherwise), "native"
-        or "gemm"; see :func:`resolve_implementation`.
+      implementation: "auto" (the fastest lowering for this kernel and
+        stride on this device, see :func:`resolve_implementation`), "native",
+        "gemm" or "subpixel".
 
     Returns:
       5-D tensor in ``data_format`` with ``filters`` channels.
@@ -61,7 +68,6 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     dilation = shapes.normalize_tuple(dilation_rate, "dilation_rate")
     padding = shapes.normalize_choice(padding, "padding", shapes.PADDINGS)
     data_format = shapes.normalize_choice(data_format, "data_format", shapes.DATA_FORMATS)
-    implementation = resolve_implementation(implementation)
     if output_padding is not None:
         output_padding = shapes.normalize_tuple(output_padding, "output_padding",
                                                 allow_zero=True)
@@ -79,6 +85,7 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         )
     kernel_size = tuple(kernel.shape[:3])
     shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
+    implementation = resolve_implementation(implementation, kernel_size, strides)
 
     x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
     channels = x.shape[-1]
@@ -98,6 +105,8 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
             x = tf.identity(x)
     if implementation == "native":
         y = _native(x, kernel, plan, strides, padding, dilation)
+    elif implementation == "subpixel":
+        y = _dilated_as_undilated(_subpixel, x, kernel, plan, strides, padding, dilation)
     else:
         y = _gemm(x, kernel, plan, strides, dilation)
     y.set_shape([x.shape[0], *plan.static_out, kernel.shape[3]])
@@ -135,24 +144,59 @@ def forced_implementation(implementation, one_product_per_phase=False):
         _PHASE_PRODUCTS.reset(tokens[1])
 
 
-def resolve_implementation(implementation):
-    """Maps "auto" to the faster path for this process.
+# What "auto" takes on a CPU: the lowering fastest over forward and training step,
+# per CPU configuration and kernel/stride relation (:func:`kernel_relation`),
+# as benchmarks/derive_auto_rule.py derives it from the benchmark runs kept in
+# benchmarks/results/ (a test checks this table against them).
+AUTO_RULE = {
+    "onednn": {"kernel < stride": "native", "kernel == stride": "gemm",
+               "stride 1": "native", "overlapping": "native"},
+    "eigen": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
+              "stride 1": "subpixel", "overlapping": "subpixel"},
+}
 
-    The native op is fast on a GPU (cuDNN) and on CPUs where TensorFlow runs
-    its oneDNN kernels (on by default on CPUs with AVX512_VNNI/BF16 or AMX,
-    or with TF_ENABLE_ONEDNN_OPTS=1). Elsewhere the CPU falls back to Eigen's
-    Conv3DBackprop* kernels, 30-100x slower than the GEMM lowering at batch
-    > 1 (benchmarks/), so "auto" takes the GEMM lowering there.
+
+def kernel_relation(kernel_size, strides):
+    """The class of a kernel/stride pair that :data:`AUTO_RULE` is keyed by:
+    "kernel < stride" on some axis (phases without taps), "kernel == stride"
+    on every axis (no tap overlaps another), "stride 1" (dilated or not), or
+    "overlapping" (strided, some kernel longer than its stride)."""
+    if any(k < s for k, s in zip(kernel_size, strides)):
+        return "kernel < stride"
+    if tuple(kernel_size) == tuple(strides):
+        return "kernel == stride"
+    if all(s == 1 for s in strides):
+        return "stride 1"
+    return "overlapping"
+
+
+def cpu_configuration():
+    """"onednn" where TensorFlow runs its oneDNN CPU kernels (by default on
+    CPUs with AVX512_VNNI/BF16 or AMX, or with TF_ENABLE_ONEDNN_OPTS=1),
+    "eigen" otherwise."""
+    return "onednn" if _onednn_enabled() else "eigen"
+
+
+def resolve_implementation(implementation, kernel_size=(3, 3, 3), strides=(1, 1, 1)):
+    """The lowering a call with this kernel size and stride runs.
+
+    ``forced_implementation`` wins, then an explicit choice. "auto" takes the
+    native op on a GPU (cuDNN; not measured here yet) and on a CPU follows
+    :data:`AUTO_RULE`, which needs only the kernel size and strides: it is
+    decided at trace time whatever the batch and spatial sizes (known or not).
+    Without oneDNN the native op falls back to Eigen's Conv3DBackprop*
+    kernels, 30-100x slower at batch > 1, so the rule never takes it there.
     """
     implementation = shapes.normalize_choice(implementation, "implementation",
                                              shapes.IMPLEMENTATIONS)
     forced = _FORCED_IMPLEMENTATION.get()
     if forced is not None:
         return forced
-    if implementation == "auto":
-        fast_native = tf.config.list_logical_devices("GPU") or _onednn_enabled()
-        return "native" if fast_native else "gemm"
-    return implementation
+    if implementation != "auto":
+        return implementation
+    if tf.config.list_logical_devices("GPU"):
+        return "native"
+    return AUTO_RULE[cpu_configuration()][kernel_relation(kernel_size, strides)]
 
 
 def _onednn_input_gradient_at_risk(input_spatial_shape, strides, filters):
@@ -255,7 +299,7 @@ def _reachable_checks(sizes, out, kernel_size, strides, padding, dilation):
 
 def _native(x, kernel, plan, strides, padding, dilation):
     if dilation != (1, 1, 1):
-        return _native_dilated(x, kernel, plan, padding, dilation)
+        return _dilated_as_undilated(_native_full, x, kernel, plan, strides, padding, dilation)
     batch = tf.shape(x)[0]
     kernel_size = tuple(kernel.shape[:3])
     if padding == "same" and any(k < s for k, s in zip(kernel_size, strides)):
@@ -290,31 +334,41 @@ def _native_same_as_valid(x, kernel, plan, strides):
     return tf.slice(y, [0, *begin, 0], [-1, *plan.out, -1])
 
 
-def _native_dilated(x, kernel, plan, padding, dilation):
+def _dilated_as_undilated(undilated, x, kernel, plan, strides, padding, dilation):
     """Dilation (stride 1) as TensorFlow's atrous convolutions do it.
 
     Tap ``j`` takes input ``i`` to ``i + j * d``, which keeps ``i mod d``: each
     residue class of the input is an undilated transposed convolution of its
-    own. The classes move into the batch (``_space_to_batch``) and the results
-    are interleaved back, giving the full output (and a little more, cut off
-    below). A zero-dilated kernel would cost d**3 times the products, and its
-    explicit zeros turn one Inf or NaN input into NaN on outputs the voxel
-    never reaches (0 * Inf).
+    own. The classes move into the batch (``_space_to_batch``), ``undilated``
+    computes their full outputs and the results are interleaved back, giving
+    the full output (and a little more, cut off below). A zero-dilated kernel
+    would cost d**3 times the products, and its explicit zeros turn one Inf or
+    NaN input into NaN on outputs the voxel never reaches (0 * Inf). Without
+    dilation this is ``undilated(x, kernel, plan, strides)`` itself.
     """
+    if dilation == (1, 1, 1):
+        return undilated(x, kernel, plan, strides)
     kernel_size = tuple(kernel.shape[:3])
     classes = [-(-n // d) for n, d in zip(plan.sizes, dilation)]  # ceil(n / d) per axis
     lattice = tf.pad(x, [[0, 0]] + [[0, m * d - n] for m, n, d in
                                     zip(classes, plan.sizes, dilation)] + [[0, 0]])
     for axis, d in enumerate(dilation):
         lattice = _space_to_batch(lattice, axis, d)
-    lattice_out = [m + k - 1 for m, k in zip(classes, kernel_size)]
-    output_shape = tf.stack([tf.shape(lattice)[0], *lattice_out, kernel.shape[3]])
-    full = _conv3d_transpose_op(lattice, kernel, output_shape, (1, 1, 1, 1, 1), "VALID")
+    lattice.set_shape([None, *(m if isinstance(m, int) else None for m in classes),
+                       x.shape[-1]])
+    lattice_plan, _ = _plan(lattice, kernel_size, (1, 1, 1), "valid", None, (1, 1, 1), None)
+    full = undilated(lattice, kernel, lattice_plan, (1, 1, 1))
     for axis, d in reversed(list(enumerate(dilation))):
         full = _batch_to_space(full, axis, d)
     begin = [shapes.crop_start(n, o, k, 1, padding, d)
              for n, o, k, d in zip(plan.sizes, plan.out, kernel_size, dilation)]
     return tf.slice(full, [0, *begin, 0], [-1, *plan.out, -1])
+
+
+def _native_full(x, kernel, plan, strides):
+    """The op's full ("valid") output for ``plan``."""
+    output_shape = tf.stack([tf.shape(x)[0], *plan.out, kernel.shape[3]])
+    return _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), "VALID")
 
 
 def _space_to_batch(x, axis, d):
@@ -376,10 +430,7 @@ def _gemm(x, kernel, plan, strides, dilation):
         phases = _block_window(phases, plan, (0, 0, 0))
     else:
         phases = _overlap_add(x, kernel, batch, plan, strides, dilation)
-    full = _interleave_phases(phases, batch, plan.blocks(), strides, filters)
-    if plan.whole:
-        return full
-    return tf.slice(full, [0, *plan.begin, 0], [-1, *plan.out, -1])
+    return _interleave_and_crop(phases, batch, plan, strides, filters)
 
 
 def _overlap_add(x, kernel, batch, plan, strides, dilation):
@@ -427,6 +478,94 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation):
     return tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
 
 
+def _subpixel(x, kernel, plan, strides):
+    """Sub-pixel form: every stride phase as a stride-1 forward convolution.
+
+    Along one axis, output block ``b`` of phase ``r`` is ``sum_m x[b - m] *
+    kernel[r + m * s]`` over the phase's ``T_r = ceil((k - r) / s)`` taps: a
+    "full" correlation of the input with that phase's taps, reversed, read
+    from the input padded (or cut) to the plan's window of blocks. When every
+    kernel length is a multiple of its stride, all phases have the same taps
+    and run as one ``tf.nn.conv3d`` with ``s1*s2*s3*F`` output channels;
+    otherwise each phase is its own convolution (padding the short phases
+    with zero taps would cost their products, and turn an Inf input into NaN
+    where 0 * Inf lands). The phases are then interleaved as in the GEMM
+    lowering. Gradients (:func:`_conv3d_valid`) are forward convolutions and
+    one GEMM per tap: training never reaches the Conv3DBackprop* kernels.
+    """
+    kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
+    longest = [-(-k // s) for k, s in zip(kernel_size, strides)]
+    # Block b of the window [first, n + extra) reads inputs b - T + 1 .. b.
+    window = _pad_or_cut(x, [(t - 1 - f, e) for t, f, e in
+                             zip(longest, plan.first_block, plan.extra_blocks)])
+    if all(k % s == 0 for k, s in zip(kernel_size, strides)):
+        # (kd, kh, kw, F, C) -> (T1, s1, T2, s2, T3, s3, F, C) -> (T1, T2, T3, C, s1*s2*s3*F).
+        weights = tf.reshape(kernel, [longest[0], strides[0], longest[1], strides[1],
+                                      longest[2], strides[2], filters, channels])
+        weights = tf.transpose(weights, (0, 2, 4, 7, 1, 3, 5, 6))
+        weights = tf.reverse(tf.reshape(weights, [*longest, channels, -1]), axis=[0, 1, 2])
+        phases = _conv3d_valid(window, weights)
+    else:
+        phases = []
+        for phase in itertools.product(*map(range, strides)):
+            taps = [-(-(k - r) // s) for k, r, s in zip(kernel_size, phase, strides)]
+            if 0 in taps:  # a kernel shorter than its stride: no tap lands here
+                phases.append(tf.zeros(tf.stack([tf.shape(x)[0], *plan.blocks(), filters]),
+                                       x.dtype))
+                continue
+            weights = kernel[phase[0]::strides[0], phase[1]::strides[1], phase[2]::strides[2]]
+            weights = tf.reverse(tf.transpose(weights, (0, 1, 2, 4, 3)), axis=[0, 1, 2])
+            # A phase with fewer taps starts reading T - T_r positions later.
+            phases.append(_conv3d_valid(
+                _pad_or_cut(window, [(t - longest_t, 0) for t, longest_t in
+                                     zip(taps, longest)]), weights))
+        phases = tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
+    return _interleave_and_crop(phases, tf.shape(x)[0], plan, strides, filters)
+
+
+def _pad_or_cut(x, amounts):
+    """Pads (positive) or cuts (negative) ``(before, after)`` positions per spatial axis."""
+    if any(a < 0 for pair in amounts for a in pair):
+        begin = [max(-before, 0) for before, _ in amounts]
+        end = [-max(-after, 0) for _, after in amounts]
+        x = tf.slice(x, [0, *begin, 0], tf.stack(
+            [-1, *[tf.shape(x)[i + 1] - b + e for i, (b, e) in enumerate(zip(begin, end))],
+             -1]))
+    paddings = [[max(before, 0), max(after, 0)] for before, after in amounts]
+    if any(p for pair in paddings for p in pair):
+        x = tf.pad(x, [[0, 0], *paddings, [0, 0]])
+    return x
+
+
+@tf.custom_gradient
+def _conv3d_valid(x, weights):
+    """``tf.nn.conv3d(x, weights)``, stride 1, "VALID", with gradients that
+    never call Conv3DBackprop* (Eigen's run at 2-6 GFLOP/s): the input
+    gradient is the forward convolution of the padded output gradient with
+    the kernel reversed and transposed, the kernel gradient one
+    ``(C, voxels) x (voxels, O)`` GEMM per tap."""
+    taps = tuple(weights.shape[:3])
+    channels, outputs = weights.shape[3], weights.shape[4]
+    y = tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID")
+
+    def gradient(dy):
+        padded = tf.pad(dy, [[0, 0], *[[t - 1, t - 1] for t in taps], [0, 0]])
+        flipped = tf.transpose(tf.reverse(weights, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
+        dx = tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID")
+        rows = tf.reshape(dy, (-1, outputs))
+        window = tf.concat([[-1], tf.shape(dy)[1:4], [-1]], axis=0)
+        per_tap = []
+        for offsets in itertools.product(*map(range, taps)):
+            # One input window at a time: each waits for the previous tap's
+            # product, so the peak holds one window, not taps of them.
+            with tf.control_dependencies(per_tap[-1:]):
+                columns = tf.reshape(tf.slice(x, [0, *offsets, 0], window), (-1, channels))
+            per_tap.append(tf.matmul(columns, rows, transpose_a=True))
+        return dx, tf.reshape(tf.stack(per_tap), weights.shape)
+
+    return y, gradient
+
+
 def _overlaps_window(plan, shifts):
     """Whether blocks [q, q + n) meet the window [first, n + extra) on every
     axis (always so for a run-time n, whose window starts at 0)."""
@@ -455,6 +594,14 @@ def _block_window(blocks, plan, shifts):
     if any(p for pair in paddings for p in pair):
         blocks = tf.pad(blocks, [[0, 0], *paddings, [0, 0]])
     return blocks
+
+
+def _interleave_and_crop(phases, batch, plan, strides, filters):
+    """The output: the phases interleaved, then the plan's window of them."""
+    full = _interleave_phases(phases, batch, plan.blocks(), strides, filters)
+    if plan.whole:
+        return full
+    return tf.slice(full, [0, *plan.begin, 0], [-1, *plan.out, -1])
 
 
 def _interleave_phases(phases, batch, blocks, strides, filters):

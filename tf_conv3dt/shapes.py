@@ -18,7 +18,7 @@ from collections.abc import Iterable
 SPATIAL_DIMS = 3
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
-IMPLEMENTATIONS = ("auto", "native", "gemm")
+IMPLEMENTATIONS = ("auto", "native", "gemm", "subpixel")
 
 
 def normalize_tuple(value, name, allow_zero=False):

@@ -1,0 +1,116 @@
+"""Derives "auto"'s CPU rule (tf_conv3dt.ops.AUTO_RULE) from benchmark runs.
+
+Reads the JSON files that ``bench_conv3d_transpose.py --configurations ...
+--json FILE`` writes (default: every float32 run in benchmarks/results/).
+Each configuration in them records whether TensorFlow ran its oneDNN
+kernels. For each of the two CPU configurations and each kernel/stride
+relation (``ops.kernel_relation``), every lowering gets a score: the
+geometric mean, over that relation's cases and runs, of
+``sqrt(forward / fastest lowering's forward * training step / fastest
+lowering's training step)``, so the forward and the training step weigh
+the same. The lowest score wins, except that the native op is not eligible
+without oneDNN: Eigen's Conv3DBackprop* kernels collapse at batch > 1 (50x
+slower than the lowerings on the benchmark's batch-4 case), and the rule must
+hold for batch sizes unknown at trace time.
+
+Usage: python benchmarks/derive_auto_rule.py [FILE ...] [--check]
+  --check: exit 1 when the derived table differs from ops.AUTO_RULE.
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+from collections import defaultdict
+
+LOWERINGS = ("native", "gemm", "subpixel")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def kernel_relation(kernel, stride):
+    # The benchmark's cases are cubic: the same classes as ops.kernel_relation.
+    if kernel < stride:
+        return "kernel < stride"
+    if kernel == stride:
+        return "kernel == stride"
+    return "stride 1" if stride == 1 else "overlapping"
+
+
+def load_runs(paths):
+    """The float32 runs of these files, one per configuration."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            for run in json.load(f).values():
+                if run.get("policy", "float32") == "float32":
+                    runs.append(run)
+    return runs
+
+
+def scores(runs):
+    """{cpu configuration: {relation: {lowering: score}}}."""
+    ratios = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run in runs:
+        by_case = defaultdict(dict)
+        for row in run["rows"]:
+            name = row["path"].split()
+            if name[0] == "tf_conv3dt" and name[1] in LOWERINGS:
+                by_case[row["case"]][name[1]] = row
+        for case, rows in by_case.items():
+            if set(rows) != set(LOWERINGS):
+                continue  # a lowering failed or was not run: no fair comparison
+            kernel, stride = map(int, re.search(r" k(\d+) s(\d+) ", case).groups())
+            fastest_forward = min(r["forward_ms"] for r in rows.values())
+            fastest_train = min(r["train_ms"] for r in rows.values())
+            for lowering, r in rows.items():
+                ratio = math.sqrt(r["forward_ms"] / fastest_forward
+                                  * r["train_ms"] / fastest_train)
+                ratios[run["cpu_configuration"]][kernel_relation(kernel, stride)][
+                    lowering].append(ratio)
+    return {configuration: {relation: {lowering: math.exp(sum(map(math.log, values))
+                                                         / len(values))
+                                       for lowering, values in by_lowering.items()}
+                            for relation, by_lowering in by_relation.items()}
+            for configuration, by_relation in ratios.items()}
+
+
+def eligible(configuration):
+    return [name for name in LOWERINGS if configuration == "onednn" or name != "native"]
+
+
+def derive(runs):
+    """{cpu configuration: {relation: the eligible lowering with the lowest score}}."""
+    return {configuration: {relation: min(eligible(configuration), key=by_lowering.get)
+                            for relation, by_lowering in by_relation.items()}
+            for configuration, by_relation in scores(runs).items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", help="benchmark JSON files "
+                        "(default: benchmarks/results/*.json)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when the result differs from ops.AUTO_RULE")
+    args = parser.parse_args()
+    runs = load_runs(args.files or sorted(glob.glob(os.path.join(RESULTS, "*.json"))))
+    table = scores(runs)
+    rule = derive(runs)
+    for configuration, by_relation in sorted(table.items()):
+        for relation, by_lowering in sorted(by_relation.items()):
+            print(f"{configuration:<7} {relation:<17} -> {rule[configuration][relation]:<9} "
+                  + "  ".join(f"{name} {score:.2f}" for name, score in sorted(by_lowering.items())))
+    if args.check:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from tf_conv3dt import ops
+        if rule != ops.AUTO_RULE:
+            print(f"ops.AUTO_RULE differs: {ops.AUTO_RULE}")
+            return 1
+        print("ops.AUTO_RULE agrees.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
