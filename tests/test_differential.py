@@ -32,7 +32,7 @@ from tf_conv3dt._keras import LEGACY_KERAS
 import reference
 
 # The ops never touch Keras: the tf_keras run draws fewer configurations.
-CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 16 if LEGACY_KERAS else 52))
+CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 10 if LEGACY_KERAS else 44))
 SEED = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_SEED", "20261127"))
 IMPLEMENTATIONS = ["native", "gemm", "gemm-phase-products", "subpixel", "auto"]
 

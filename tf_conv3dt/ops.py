@@ -543,15 +543,21 @@ def _conv3d_valid(x, weights):
     never call Conv3DBackprop* (Eigen's run at 2-6 GFLOP/s): the input
     gradient is the forward convolution of the padded output gradient with
     the kernel reversed and transposed, the kernel gradient one
-    ``(C, voxels) x (voxels, O)`` GEMM per tap."""
+    ``(C, voxels) x (voxels, O)`` GEMM per tap.
+
+    With an empty batch, oneDNN's conv3d returns a wrong spatial shape (e.g.
+    (0, 3, 7, 11, 2) for (0, 2, 7, 11, 2); TF 2.21): both convolutions'
+    results are reshaped to the shape they must have, exact since they hold
+    no element then, and a no-op otherwise."""
     taps = tuple(weights.shape[:3])
     channels, outputs = weights.shape[3], weights.shape[4]
-    y = tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID")
+    out_shape = tf.concat([tf.shape(x)[:1], tf.shape(x)[1:4] - taps + 1, [outputs]], axis=0)
+    y = tf.reshape(tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID"), out_shape)
 
     def gradient(dy):
         padded = tf.pad(dy, [[0, 0], *[[t - 1, t - 1] for t in taps], [0, 0]])
         flipped = tf.transpose(tf.reverse(weights, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
-        dx = tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID")
+        dx = tf.reshape(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"), tf.shape(x))
         rows = tf.reshape(dy, (-1, outputs))
         window = tf.concat([[-1], tf.shape(dy)[1:4], [-1]], axis=0)
         per_tap = []
