@@ -232,7 +232,7 @@ def test_under_the_other_onednn_setting():
     run a share of this suite again in a process with the other setting."""
     onednn = ops._onednn_enabled()
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0" if onednn else "1",
-               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="20",
+               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="16",
                TF_CPP_MIN_LOG_LEVEL="2")
     probe = subprocess.run(
         [sys.executable, "-c", "from tf_conv3dt import ops; print(ops._onednn_enabled())"],

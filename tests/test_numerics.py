@@ -81,7 +81,7 @@ def test_sweep_against_numpy_reference(case, implementation, rng):
     spatial=st.tuples(*[st.integers(1, 5)] * 3),
     padding=st.sampled_from(["valid", "same"]),
     channels_first=st.booleans(),
-    implementation=st.sampled_from(["native", "gemm", "gemm-phase-products"]),
+    implementation=st.sampled_from(["native", "gemm", "gemm-phase-products", "subpixel"]),
     data=st.data(),
 )
 def test_property_matches_reference_at_every_legal_output_size(
