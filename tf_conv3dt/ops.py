@@ -177,7 +177,7 @@ def cpu_configuration():
     return "onednn" if _onednn_enabled() else "eigen"
 
 
-def resolve_implementation(implementation, kernel_size=(3, 3, 3), strides=(1, 1, 1)):
+def resolve_implementation(implementation, kernel_size, strides):
     """The lowering a call with this kernel size and stride runs.
 
     ``forced_implementation`` wins, then an explicit choice. "auto" takes the
