@@ -169,37 +169,6 @@ class TestComposition:
             assert parameter.default == layer[name].default, name
 
 
-@pytest.mark.parametrize(
-    "kwargs,error,fragment",
-    [
-        (dict(filters=0, kernel_size=3), ValueError, "filters=0"),
-        (dict(filters=2.0, kernel_size=3), ValueError, "filters=2.0"),
-        (dict(filters=2, kernel_size=(3, 3)), ValueError, "kernel_size=(3, 3)"),
-        (dict(filters=2, kernel_size=3, strides=-1), ValueError, "strides=-1"),
-        (dict(filters=2, kernel_size=3, padding="full"), ValueError, "padding='full'"),
-        (dict(filters=2, kernel_size=3, data_format="NDHWC"), ValueError, "data_format='NDHWC'"),
-        (dict(filters=2, kernel_size=3, strides=2, output_padding=2), ValueError,
-         "output_padding=(2, 2, 2)"),
-        (dict(filters=2, kernel_size=3, strides=2, dilation_rate=2), ValueError, "incompatible"),
-        (dict(filters=2, kernel_size=3, implementation="fast"), ValueError,
-         "implementation='fast'"),
-    ],
-)
-def test_bad_arguments_name_argument_and_value(kwargs, error, fragment):
-    with pytest.raises(error) as info:
-        tf_conv3dt.Conv3DTranspose(**kwargs)
-    assert fragment in str(info.value)
-
-
-def test_bad_input_rank_and_channels():
-    layer = tf_conv3dt.Conv3DTranspose(2, 3)
-    with pytest.raises(ValueError, match=r"5-D inputs.*input_shape=\(2, 4, 4, 3\)"):
-        layer(tf.zeros((2, 4, 4, 3)))
-    layer(tf.zeros((1, 3, 3, 3, 4)))
-    with pytest.raises(ValueError, match=r"built for 4 input channels.*\(1, 3, 3, 3, 5\)"):
-        layer(tf.zeros((1, 3, 3, 3, 5)))
-
-
 def test_bad_requested_output_shape(implementation):
     layer = tf_conv3dt.Conv3DTranspose(2, 3, 2, implementation=implementation)
     x = tf.zeros((1, 4, 4, 4, 1))

@@ -73,7 +73,11 @@ def test_normalize_tuple_forms():
         ((2, "3", 1), TypeError, "kernel_size=(2, '3', 1)"),
         (True, TypeError, "kernel_size=True"),
         ("3", TypeError, "kernel_size='3'"),
+        ({1, 2, 3}, TypeError, "kernel_size={1, 2, 3}"),
+        (2**31, ValueError, "at most 2147483647"),
     ],
+    ids=["two values", "zero", "negative", "float", "a string element", "bool", "a string",
+         "a set", "beyond int32"],
 )
 def test_normalize_tuple_errors_name_argument_and_value(value, error, fragment):
     with pytest.raises(error, match="kernel_size") as info:
@@ -93,7 +97,10 @@ def test_normalize_choice_is_case_insensitive_and_strict():
         (((3, 3, 3), (2, 1, 1), "valid", (1, 2, 1), None), "incompatible"),
         (((3, 3, 3), (2, 2, 2), "valid", (1, 1, 1), (0, 2, 0)), "smaller than its stride"),
         (((2, 3, 3), (2, 2, 2), "same", (1, 1, 1), (0, 1, 1)), "at least 1"),
+        (((3, 3, 3), (1, 1, 1), "valid", (2**30, 1, 1), None), "spans"),
     ],
+    ids=["strides and dilation", "output_padding not below stride",
+         "same, even kernel, no output_padding", "dilated span beyond int32"],
 )
 def test_check_conv_arguments(args, fragment):
     with pytest.raises(ValueError, match=fragment):

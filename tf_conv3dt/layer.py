@@ -1,7 +1,5 @@
 """The Conv3DTranspose Keras layer and its composition function."""
 
-import contextlib
-
 import numpy as np
 import tensorflow as tf
 import wrapt
@@ -83,7 +81,8 @@ class Conv3DTranspose(keras.layers.Layer):
                  kernel_constraint=None, bias_constraint=None, implementation="auto",
                  quantization=None, **kwargs):
         super().__init__(
-            activity_regularizer=keras.regularizers.get(activity_regularizer), **kwargs
+            activity_regularizer=_regularizer(activity_regularizer, "activity_regularizer"),
+            **kwargs
         )
         if not shapes.is_int(filters) or filters <= 0:
             raise ValueError(
@@ -109,11 +108,14 @@ class Conv3DTranspose(keras.layers.Layer):
             implementation, "implementation", shapes.IMPLEMENTATIONS
         )
         self.activation = keras.activations.get(activation)
+        if not isinstance(use_bias, (bool, np.bool_)):
+            raise TypeError(f"The `use_bias` argument must be True or False. "
+                            f"Received: use_bias={use_bias!r}")
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_regularizer = _regularizer(kernel_regularizer, "kernel_regularizer")
+        self.bias_regularizer = _regularizer(bias_regularizer, "bias_regularizer")
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.quantization = shapes.normalize_choice(
@@ -127,35 +129,59 @@ class Conv3DTranspose(keras.layers.Layer):
         return -1 if self.data_format == "channels_last" else 1
 
     def _check_input_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 5:
+        """Rank and channels of a shape given to build or compute_output_shape
+        (calls are checked by the InputSpec that build sets)."""
+        input_shape = tf.TensorShape(input_shape)
+        if input_shape.rank != 5:
             raise ValueError(
                 f"Layer {self.name!r} expects 5-D inputs ({self.data_format}: "
                 "batch, 3 spatial dims and channels). Received: "
                 f"input_shape={input_shape}"
             )
-        channels = input_shape[self._channel_axis]
-        if channels is None:
+        input_shape = tuple(input_shape.as_list())
+        if input_shape[self._channel_axis] is None:
             raise ValueError(
                 f"Layer {self.name!r} needs the channel dimension of its input "
                 f"to be known. Received: input_shape={input_shape}"
             )
-        built_channels = getattr(self, "_input_channels", None)
-        if built_channels is not None and channels != built_channels:
-            raise ValueError(
-                f"Layer {self.name!r} was built for {built_channels} input "
-                f"channels. Received: input_shape={input_shape}"
-            )
         return input_shape
+
+    def __call__(self, *args, **kwargs):
+        # Checked before Keras converts or inspects them: its own errors for
+        # these inputs are TensorFlow internals.
+        self._check_inputs(args[0] if args else kwargs.get("inputs"))
+        return super().__call__(*args, **kwargs)
+
+    def _check_inputs(self, inputs):
+        """Refuses inputs the layer cannot compute with: ragged and sparse
+        tensors, an unknown rank or channel count, and complex, bool or string
+        dtypes (a cast would drop or invent values). Integer inputs are cast to the compute
+        dtype in call (voxel data is often uint8 or int16)."""
+        if isinstance(inputs, (tf.RaggedTensor, tf.SparseTensor)):
+            raise TypeError(f"Layer {self.name!r} takes dense 5-D tensors. "
+                            f"Received: {type(inputs).__name__}")
+        dtype = getattr(inputs, "dtype", None)
+        if dtype is not None:
+            dtype = tf.as_dtype(dtype)
+            if not (dtype.is_floating or dtype.is_integer):
+                raise TypeError(
+                    f"Layer {self.name!r} computes in {self.compute_dtype} and takes "
+                    f"floating-point or integer inputs. Received: dtype={dtype.name}")
+        shape = getattr(inputs, "shape", ())
+        if shape is None or tf.TensorShape(shape).rank is None:
+            raise ValueError(f"Layer {self.name!r} expects 5-D inputs; their rank is "
+                             "unknown. Received: input_shape=<unknown>")
+        if len(shape) == 5:  # other ranks: the InputSpec's (or build's) error
+            self._check_input_shape(shape)  # the kernel needs the channel count
 
     def _spatial(self, input_shape):
         return input_shape[1:4] if self.data_format == "channels_last" else input_shape[2:]
 
     def build(self, input_shape):
-        input_shape = self._check_input_shape(
-            tf.TensorShape(input_shape).as_list()
-        )
+        input_shape = self._check_input_shape(input_shape)
         self._input_channels = int(input_shape[self._channel_axis])
+        self.input_spec = keras.layers.InputSpec(
+            ndim=5, axes={self._channel_axis: self._input_channels})
         if self._keras_quantization_mode() == "int8":  # a .keras file of a quantized model
             self._add_int8_kernel()
         else:
@@ -185,7 +211,6 @@ class Conv3DTranspose(keras.layers.Layer):
 
     def call(self, inputs, output_shape=None, training=None):
         """Applies the layer; ``output_shape=(D, H, W)`` picks a legal output size."""
-        self._check_input_shape(inputs.shape.as_list())
         inputs = tf.cast(inputs, self.compute_dtype)
         kernel = tf.cast(self.kernel, self.compute_dtype)
         if self.quantization == "qat":
@@ -198,7 +223,6 @@ class Conv3DTranspose(keras.layers.Layer):
         largest magnitude (Keras's Dense quantizes its input per row; here the
         overlap-add mixes voxels, so one scale serves the whole input). The
         rounding passes gradients straight through."""
-        self._check_input_shape(inputs.shape.as_list())
         inputs = tf.cast(inputs, self.compute_dtype)
         scale = 127.0 / tf.maximum(tf.reduce_max(tf.abs(inputs)), 1e-12)
         inputs += tf.stop_gradient(tf.round(inputs * scale) / scale - inputs)
@@ -211,20 +235,19 @@ class Conv3DTranspose(keras.layers.Layer):
         # A quantized layer is meant for integer TFLite, whichever converter
         # traces it: the GEMM lowering, each stride phase one product
         # (accumulated in int32), never the float-only CONV_3D_TRANSPOSE.
-        quantized = self._ranges or self._keras_quantization_mode() == "int8"
-        with (ops.forced_implementation("gemm", one_product_per_phase=True)
-              if quantized else contextlib.nullcontext()):
-            outputs = ops.conv3d_transpose(
-                inputs,
-                kernel,
-                strides=self.strides,
-                padding=self.padding,
-                output_padding=self.output_padding,
-                dilation_rate=self.dilation_rate,
-                data_format=self.data_format,
-                output_shape=output_shape,
-                implementation=self.implementation,
-            )
+        quantized = bool(self._ranges) or self._keras_quantization_mode() == "int8"
+        outputs = ops.conv3d_transpose(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+            output_shape=output_shape,
+            implementation="gemm" if quantized else self.implementation,
+            one_product_per_phase=quantized,
+        )
         outputs = self._fake_quantize("conv_output", outputs, training)
         if self.use_bias:
             bias = tf.cast(self.bias, self.compute_dtype)
@@ -304,7 +327,7 @@ class Conv3DTranspose(keras.layers.Layer):
                     for end, value in (("min", low), ("max", high)))
 
     def compute_output_shape(self, input_shape, output_shape=None):
-        input_shape = self._check_input_shape(tf.TensorShape(input_shape).as_list())
+        input_shape = self._check_input_shape(input_shape)
         spatial = self._spatial(input_shape)
         if output_shape is None:
             spatial = shapes.output_spatial_shape(
@@ -340,6 +363,19 @@ class Conv3DTranspose(keras.layers.Layer):
         """None: tfmot's default clustering, which takes any kernel shape."""
         return None
 
+    @classmethod
+    def from_config(cls, config):
+        """Keras's, except that an invalid argument raises its own error, which
+        names the argument and value, rather than Keras 3's TypeError that
+        repeats the whole config around it."""
+        try:
+            return super().from_config(config)
+        except TypeError as error:
+            cause = error.__context__
+            if str(error).startswith("Error when deserializing") and cause is not None:
+                raise cause from None
+            raise
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -367,6 +403,16 @@ class Conv3DTranspose(keras.layers.Layer):
             }
         )
         return config
+
+
+def _regularizer(value, name):
+    """``keras.regularizers.get(value)``, refusing what tf_keras passes
+    through uninterpreted (an unknown name comes back as the string)."""
+    regularizer = keras.regularizers.get(value)
+    if regularizer is not None and not callable(regularizer):
+        raise ValueError(f"Could not interpret the `{name}` argument as a regularizer. "
+                         f"Received: {name}={value!r}")
+    return regularizer
 
 
 def _register_with_tfmot(module):
@@ -411,4 +457,7 @@ def layer_conv_3d_transpose(object, filters, kernel_size, strides=(1, 1, 1),
         return object
     if isinstance(object, np.ndarray):
         object = tf.convert_to_tensor(object)
+    if not (hasattr(object, "shape") and hasattr(object, "dtype")):  # tensor, KerasTensor
+        raise TypeError("`object` must be None, a Sequential model, a tensor, a KerasTensor "
+                        f"or a NumPy array. Received: object of type {type(object).__name__}")
     return layer(object)

@@ -35,6 +35,8 @@ import contextlib
 import contextvars
 import functools
 import itertools
+import math
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -43,14 +45,14 @@ from tf_conv3dt import shapes
 
 def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=None,
                      dilation_rate=1, data_format="channels_last", output_shape=None,
-                     implementation="auto"):
+                     implementation="auto", one_product_per_phase=False):
     """Transposed 3-D convolution of ``inputs`` with ``kernel`` (no bias).
 
     Args:
-      inputs: 5-D tensor, ``(N, D, H, W, C)`` for "channels_last" or
-        ``(N, C, D, H, W)`` for "channels_first". Batch and spatial sizes may
-        be unknown until run time.
-      kernel: ``(kd, kh, kw, filters, C)`` tensor.
+      inputs: 5-D floating-point tensor, ``(N, D, H, W, C)`` for
+        "channels_last" or ``(N, C, D, H, W)`` for "channels_first". Batch and
+        spatial sizes may be unknown until run time.
+      kernel: ``(kd, kh, kw, filters, C)`` tensor of the inputs' dtype.
       strides, dilation_rate: int or 1 or 3 ints.
       padding: "valid" or "same" (case-insensitive).
       output_padding: None, or int / 1 or 3 ints, each smaller than its stride.
@@ -60,9 +62,22 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
       implementation: "auto" (the fastest lowering for this kernel and
         stride on this device, see :func:`resolve_implementation`), "native",
         "gemm" or "subpixel".
+      one_product_per_phase: the GEMM lowering's int8-oriented form: each
+        stride phase's taps summed inside one matmul (the shifted input
+        windows side by side) instead of one product per tap. TensorFlow runs
+        it up to 2x slower, but an int8 TFLite model then accumulates every
+        output in int32 once instead of requantizing after each tap's
+        addition: its largest error drops from 2-4.5% of the output range to
+        about 1% for overlapping kernels. Such a call always takes the GEMM
+        lowering, whatever :func:`forced_implementation` says.
 
     Returns:
       5-D tensor in ``data_format`` with ``filters`` channels.
+
+    Raises:
+      TypeError: non-floating inputs, or a kernel of another dtype.
+      ValueError: an argument outside its domain, or an output too large
+        (``shapes.MAX_LENGTH``).
     """
     strides = shapes.normalize_tuple(strides, "strides")
     dilation = shapes.normalize_tuple(dilation_rate, "dilation_rate")
@@ -71,7 +86,12 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     if output_padding is not None:
         output_padding = shapes.normalize_tuple(output_padding, "output_padding",
                                                 allow_zero=True)
-    inputs = tf.convert_to_tensor(inputs)
+    inputs = _floating_tensor(inputs)
+    if isinstance(kernel, (tf.Tensor, tf.Variable)) and kernel.dtype != inputs.dtype:
+        raise TypeError(
+            f"`kernel` has dtype {kernel.dtype.name} and `inputs` {inputs.dtype.name}; "
+            "they must match."
+        )
     kernel = tf.convert_to_tensor(kernel, dtype=inputs.dtype)
     if inputs.shape.rank != 5:
         raise ValueError(
@@ -85,7 +105,15 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         )
     kernel_size = tuple(kernel.shape[:3])
     shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
-    implementation = resolve_implementation(implementation, kernel_size, strides)
+    if one_product_per_phase:
+        if implementation not in ("auto", "gemm"):
+            raise ValueError("one_product_per_phase=True is a form of the GEMM lowering. "
+                             f"Received: implementation={implementation!r}")
+        implementation = "gemm"
+        shapes.check_unrolled(kernel_size, strides, implementation)
+    else:
+        implementation, one_product_per_phase = _forced_or(implementation)
+        implementation = resolve_implementation(implementation, kernel_size, strides)
 
     x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
     channels = x.shape[-1]
@@ -100,6 +128,7 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         implementation = "gemm"
     plan, checks = _plan(x, kernel_size, strides, padding, output_padding, dilation,
                          output_shape)
+    shapes.check_output_size(plan.static_output_lengths, kernel.shape[3])
     if checks:
         with tf.control_dependencies(checks):
             x = tf.identity(x)
@@ -108,40 +137,57 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     elif implementation == "subpixel":
         y = _dilated_as_undilated(_subpixel, x, kernel, plan, strides, padding, dilation)
     else:
-        y = _gemm(x, kernel, plan, strides, dilation)
-    y.set_shape([x.shape[0], *plan.static_out, kernel.shape[3]])
+        y = _gemm(x, kernel, plan, strides, dilation, one_product_per_phase)
+    y.set_shape([x.shape[0], *plan.static_output_lengths, kernel.shape[3]])
     return tf.transpose(y, (0, 4, 1, 2, 3)) if data_format == "channels_first" else y
 
 
-_FORCED_IMPLEMENTATION = contextvars.ContextVar("tf_conv3dt_implementation", default=None)
-_PHASE_PRODUCTS = contextvars.ContextVar("tf_conv3dt_phase_products", default=False)
+def _floating_tensor(inputs):
+    """``inputs`` as a dense floating-point tensor, or a TypeError naming what it is."""
+    if isinstance(inputs, (tf.RaggedTensor, tf.SparseTensor)):
+        raise TypeError(f"`inputs` must be a dense tensor. Received: {type(inputs).__name__}")
+    try:
+        inputs = tf.convert_to_tensor(inputs)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`inputs` must be a floating-point tensor; it could not be "
+                        f"converted: {str(error).splitlines()[0]}") from None
+    if not inputs.dtype.is_floating:
+        raise TypeError(
+            "`inputs` must be floating-point (float16, bfloat16, float32 or float64). "
+            f"Received: dtype={inputs.dtype.name}"
+        )
+    return inputs
+
+
+# (implementation, one_product_per_phase) while forced_implementation is active.
+_FORCED = contextvars.ContextVar("tf_conv3dt_forced_implementation", default=None)
 
 
 @contextlib.contextmanager
 def forced_implementation(implementation, one_product_per_phase=False):
-    """Traces every transposed convolution in the block with ``implementation``.
+    """Traces every transposed convolution in the block with ``implementation``
+    (and, for "gemm", ``one_product_per_phase``, see :func:`conv3d_transpose`).
 
     Export uses it to put one lowering into an artifact whatever each layer
     was configured with: the GEMM lowering for TFLite (integer kernels exist
     for matmul, not for CONV_3D_TRANSPOSE) and for SavedModels that may be
-    served on CPUs without oneDNN.
-
-    ``one_product_per_phase`` makes the GEMM lowering sum each stride phase's
-    taps inside one matmul (the shifted input windows side by side) instead
-    of adding one product per tap. TensorFlow runs it up to 2x slower, but an
-    int8 TFLite model then accumulates every output in int32 once, instead of
-    requantizing after each tap's addition: its largest error drops from 2-4.5%
-    of the output range to about 1% for overlapping kernels.
+    served on CPUs without oneDNN. "auto" lets each call choose again.
     """
     implementation = shapes.normalize_choice(implementation, "implementation",
                                              shapes.IMPLEMENTATIONS)
-    tokens = (_FORCED_IMPLEMENTATION.set(None if implementation == "auto" else implementation),
-              _PHASE_PRODUCTS.set(bool(one_product_per_phase)))
+    token = _FORCED.set(None if implementation == "auto"
+                        else (implementation, bool(one_product_per_phase)))
     try:
         yield
     finally:
-        _FORCED_IMPLEMENTATION.reset(tokens[0])
-        _PHASE_PRODUCTS.reset(tokens[1])
+        _FORCED.reset(token)
+
+
+def _forced_or(implementation):
+    """The forced (implementation, one_product_per_phase), else ``(implementation, False)``."""
+    implementation = shapes.normalize_choice(implementation, "implementation",
+                                             shapes.IMPLEMENTATIONS)
+    return _FORCED.get() or (implementation, False)
 
 
 # What "auto" takes on a CPU: the lowering fastest over forward and training step,
@@ -186,17 +232,19 @@ def resolve_implementation(implementation, kernel_size, strides):
     decided at trace time whatever the batch and spatial sizes (known or not).
     Without oneDNN the native op falls back to Eigen's Conv3DBackprop*
     kernels, 30-100x slower at batch > 1, so the rule never takes it there.
+    Beyond ``shapes.MAX_UNROLLED`` stride phases or kernel taps "auto" takes
+    the native op, and an explicit "gemm" or "subpixel" is refused.
     """
-    implementation = shapes.normalize_choice(implementation, "implementation",
-                                             shapes.IMPLEMENTATIONS)
-    forced = _FORCED_IMPLEMENTATION.get()
-    if forced is not None:
-        return forced
-    if implementation != "auto":
-        return implementation
-    if tf.config.list_logical_devices("GPU"):
-        return "native"
-    return AUTO_RULE[cpu_configuration()][kernel_relation(kernel_size, strides)]
+    implementation, _ = _forced_or(implementation)
+    if implementation == "auto":
+        if tf.config.list_logical_devices("GPU"):
+            return "native"
+        implementation = AUTO_RULE[cpu_configuration()][kernel_relation(kernel_size, strides)]
+        if max(math.prod(kernel_size), math.prod(strides)) > shapes.MAX_UNROLLED:
+            return "native"
+    if implementation != "native":
+        shapes.check_unrolled(kernel_size, strides, implementation)
+    return implementation
 
 
 def _onednn_input_gradient_at_risk(input_spatial_shape, strides, filters):
@@ -229,24 +277,35 @@ def _onednn_enabled():
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-class _Plan:
-    """What one call computes, per spatial axis.
+class Plan(NamedTuple):
+    """What one call computes, per spatial axis (3-tuples or lists).
 
-    The GEMM lowering produces output blocks of ``stride`` positions; the
-    output needs blocks ``first_block`` to ``n + extra_blocks`` (n, the input
-    length, may be a tensor; the two offsets are static), from which it keeps
-    ``out`` positions starting at ``begin``. ``whole`` says that window is
-    exactly the output, so no final slice is needed.
+    The GEMM and sub-pixel lowerings produce output *blocks* of ``stride``
+    positions: input position ``i`` and tap ``j`` land in block
+    ``i + (j * d) // s``. A call needs the window of blocks ``first_block``
+    to ``n + extra_blocks`` (``n`` its input length), from which the output
+    is ``output_lengths`` positions starting at ``crop_begin``.
     """
 
-    def __init__(self, sizes, out, static_out, first_block, extra_blocks, begin, whole):
-        self.sizes, self.out, self.static_out = sizes, out, static_out
-        self.first_block, self.extra_blocks = first_block, extra_blocks
-        self.begin, self.whole = begin, whole
+    input_lengths: list
+    """Input length per axis: an int, or a scalar tensor when unknown until run time."""
+    output_lengths: tuple
+    """Output length per axis, an int or a scalar tensor."""
+    static_output_lengths: tuple
+    """``output_lengths`` where known at trace time, else None."""
+    first_block: list
+    """Index of the window's first block (static)."""
+    extra_blocks: list
+    """Blocks the window extends past the input length (static; may be negative)."""
+    crop_begin: list
+    """Position in the interleaved window at which the output starts."""
+    window_is_output: bool
+    """Whether the window is exactly the output, so no final slice is needed."""
 
     def blocks(self):
         """Blocks per axis in the window: ``n + extra_blocks - first_block``."""
-        return [n + e - f for n, e, f in zip(self.sizes, self.extra_blocks, self.first_block)]
+        return [n + e - f for n, e, f in
+                zip(self.input_lengths, self.extra_blocks, self.first_block)]
 
 
 def _plan(x, kernel_size, strides, padding, output_padding, dilation, output_shape):
@@ -282,7 +341,7 @@ def _plan(x, kernel_size, strides, padding, output_padding, dilation, output_sha
     checks = []
     if output_shape is not None and None in static_in:
         checks = _reachable_checks(sizes, out, kernel_size, strides, padding, dilation)
-    return _Plan(sizes, out, static_out, first, extra, begin, whole), checks
+    return Plan(sizes, out, static_out, first, extra, begin, whole), checks
 
 
 def _reachable_checks(sizes, out, kernel_size, strides, padding, dilation):
@@ -304,7 +363,7 @@ def _native(x, kernel, plan, strides, padding, dilation):
     kernel_size = tuple(kernel.shape[:3])
     if padding == "same" and any(k < s for k, s in zip(kernel_size, strides)):
         return _native_same_as_valid(x, kernel, plan, strides)
-    output_shape = tf.stack([batch, *plan.out, kernel.shape[3]])
+    output_shape = tf.stack([batch, *plan.output_lengths, kernel.shape[3]])
     return _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), padding.upper())
 
 
@@ -323,7 +382,7 @@ def _native_same_as_valid(x, kernel, plan, strides):
     """
     kernel_size = tuple(kernel.shape[:3])
     begin, lengths = [], []
-    for n, out, k, s in zip(plan.sizes, plan.out, kernel_size, strides):
+    for n, out, k, s in zip(plan.input_lengths, plan.output_lengths, kernel_size, strides):
         full = shapes.full_length(n, k, s)
         start = shapes.crop_start(n, out, k, s, "same")
         begin.append(start)
@@ -331,7 +390,7 @@ def _native_same_as_valid(x, kernel, plan, strides):
                        else max(full, start + out))
     output_shape = tf.stack([tf.shape(x)[0], *lengths, kernel.shape[3]])
     y = _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), "VALID")
-    return tf.slice(y, [0, *begin, 0], [-1, *plan.out, -1])
+    return tf.slice(y, [0, *begin, 0], [-1, *plan.output_lengths, -1])
 
 
 def _dilated_as_undilated(undilated, x, kernel, plan, strides, padding, dilation):
@@ -349,9 +408,9 @@ def _dilated_as_undilated(undilated, x, kernel, plan, strides, padding, dilation
     if dilation == (1, 1, 1):
         return undilated(x, kernel, plan, strides)
     kernel_size = tuple(kernel.shape[:3])
-    classes = [-(-n // d) for n, d in zip(plan.sizes, dilation)]  # ceil(n / d) per axis
+    classes = [-(-n // d) for n, d in zip(plan.input_lengths, dilation)]  # ceil(n / d) per axis
     lattice = tf.pad(x, [[0, 0]] + [[0, m * d - n] for m, n, d in
-                                    zip(classes, plan.sizes, dilation)] + [[0, 0]])
+                                    zip(classes, plan.input_lengths, dilation)] + [[0, 0]])
     for axis, d in enumerate(dilation):
         lattice = _space_to_batch(lattice, axis, d)
     lattice.set_shape([None, *(m if isinstance(m, int) else None for m in classes),
@@ -361,13 +420,13 @@ def _dilated_as_undilated(undilated, x, kernel, plan, strides, padding, dilation
     for axis, d in reversed(list(enumerate(dilation))):
         full = _batch_to_space(full, axis, d)
     begin = [shapes.crop_start(n, o, k, 1, padding, d)
-             for n, o, k, d in zip(plan.sizes, plan.out, kernel_size, dilation)]
-    return tf.slice(full, [0, *begin, 0], [-1, *plan.out, -1])
+             for n, o, k, d in zip(plan.input_lengths, plan.output_lengths, kernel_size, dilation)]
+    return tf.slice(full, [0, *begin, 0], [-1, *plan.output_lengths, -1])
 
 
 def _native_full(x, kernel, plan, strides):
     """The op's full ("valid") output for ``plan``."""
-    output_shape = tf.stack([tf.shape(x)[0], *plan.out, kernel.shape[3]])
+    output_shape = tf.stack([tf.shape(x)[0], *plan.output_lengths, kernel.shape[3]])
     return _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), "VALID")
 
 
@@ -416,7 +475,7 @@ def _conv3d_transpose_op(x, kernel, output_shape, strides, padding):
                                   strides=strides, padding=padding, data_format="NDHWC")
 
 
-def _gemm(x, kernel, plan, strides, dilation):
+def _gemm(x, kernel, plan, strides, dilation, one_product_per_phase):
     kd, kh, kw, filters, channels = kernel.shape
     kernel_size = (kd, kh, kw)
     batch = tf.shape(x)[0]
@@ -426,14 +485,15 @@ def _gemm(x, kernel, plan, strides, dilation):
         matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
         phases = tf.matmul(tf.reshape(x, (-1, channels)), matrix)
         # The channel count spelled out: -1 is ambiguous for an empty batch.
-        phases = tf.reshape(phases, [batch, *plan.sizes, kd * kh * kw * filters])
+        phases = tf.reshape(phases, [batch, *plan.input_lengths, kd * kh * kw * filters])
         phases = _block_window(phases, plan, (0, 0, 0))
     else:
-        phases = _overlap_add(x, kernel, batch, plan, strides, dilation)
+        phases = _overlap_add(x, kernel, batch, plan, strides, dilation,
+                              one_product_per_phase)
     return _interleave_and_crop(phases, batch, plan, strides, filters)
 
 
-def _overlap_add(x, kernel, batch, plan, strides, dilation):
+def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phase):
     """Sums the taps of each stride phase, each shifted by its block offset.
 
     Tap ``j`` lands at ``i * s + j * d = (i + q) * s + r`` with ``q, r =
@@ -441,9 +501,9 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation):
     tap is its own ``(voxels, C) x (C, F)`` product, moved straight into the
     output's block window: one product with all taps side by side would
     materialise a tensor kd*kh*kw times the input's voxels by F and copy every
-    tap out of it (2-2.5x slower here, with the memory peak to match). Under
-    ``forced_implementation(..., one_product_per_phase=True)`` each phase is
-    one product of its taps' shifted input windows instead. Returns the phases
+    tap out of it (2-2.5x slower here, with the memory peak to match). With
+    ``one_product_per_phase`` each phase is one product of its taps' shifted
+    input windows instead. Returns the phases
     concatenated on the channel axis in (rd, rh, rw) order.
     """
     kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
@@ -459,7 +519,7 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation):
         taps = taps_by_phase.get(phase)
         if not taps:
             phases.append(tf.zeros(tf.stack([batch, *plan.blocks(), filters]), x.dtype))
-        elif _PHASE_PRODUCTS.get():
+        elif one_product_per_phase:
             windows = [_block_window(x, plan, shifts) for _, shifts in taps]
             windows = tf.concat(windows, axis=-1) if len(windows) > 1 else windows[0]
             weights = tf.concat([kernel[offsets] for offsets, _ in taps], axis=1)
@@ -471,7 +531,7 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation):
             for offsets, shifts in taps:
                 # kernel[offsets] is (F, C): FULLY_CONNECTED's own weight layout.
                 product = tf.matmul(rows, kernel[offsets], transpose_b=True)
-                product = tf.reshape(product, [batch, *plan.sizes, filters])
+                product = tf.reshape(product, [batch, *plan.input_lengths, filters])
                 contributions.append(_block_window(product, plan, shifts))
             # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
             phases.append(functools.reduce(tf.add, contributions))
@@ -577,7 +637,7 @@ def _overlaps_window(plan, shifts):
     axis (always so for a run-time n, whose window starts at 0)."""
     return all(
         not isinstance(n, int) or (q + n > first and q < n + extra)
-        for q, n, first, extra in zip(shifts, plan.sizes, plan.first_block,
+        for q, n, first, extra in zip(shifts, plan.input_lengths, plan.first_block,
                                       plan.extra_blocks))
 
 
@@ -595,7 +655,7 @@ def _block_window(blocks, plan, shifts):
     if any(cut):
         # tf.slice, not Python slicing: StridedSlice's gradient is far slower
         # than Slice's (a Pad) on CPU.
-        sizes = [-1] + [n - c for n, c in zip(plan.sizes, cut)] + [-1]
+        sizes = [-1] + [n - c for n, c in zip(plan.input_lengths, cut)] + [-1]
         blocks = tf.slice(blocks, [0, *begin, 0], sizes)
     if any(p for pair in paddings for p in pair):
         blocks = tf.pad(blocks, [[0, 0], *paddings, [0, 0]])
@@ -605,9 +665,9 @@ def _block_window(blocks, plan, shifts):
 def _interleave_and_crop(phases, batch, plan, strides, filters):
     """The output: the phases interleaved, then the plan's window of them."""
     full = _interleave_phases(phases, batch, plan.blocks(), strides, filters)
-    if plan.whole:
+    if plan.window_is_output:
         return full
-    return tf.slice(full, [0, *plan.begin, 0], [-1, *plan.out, -1])
+    return tf.slice(full, [0, *plan.crop_begin, 0], [-1, *plan.output_lengths, -1])
 
 
 def _interleave_phases(phases, batch, blocks, strides, filters):

@@ -12,26 +12,35 @@ arguments maps back to ``n``; TF then keeps ``L`` positions of the full output
 starting at ``padding_before`` (see :func:`crop_start`).
 """
 
+import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
 
 SPATIAL_DIMS = 3
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
 IMPLEMENTATIONS = ("auto", "native", "gemm", "subpixel")
+# Lengths and shapes travel as int32 tensors (TensorFlow's shape arguments and
+# TFLite's), so no length may exceed this, nor may one example's output hold
+# more elements (8 GiB of float32).
+MAX_LENGTH = 2**31 - 1
+# The GEMM and sub-pixel lowerings build a few ops per stride phase and per
+# kernel tap; beyond this many of either the graph itself would not fit.
+MAX_UNROLLED = 4096
 
 
 def normalize_tuple(value, name, allow_zero=False):
     """Returns ``value`` as a tuple of 3 ints, from an int or 1 or 3 ints.
 
     Raises:
-      TypeError: when ``value`` or an element of it is not an integer.
+      TypeError: when ``value`` or an element of it is not an integer, or
+        ``value`` is unordered (a set or a mapping).
       ValueError: when the sequence has another length, or an element is
-        negative (or zero, unless ``allow_zero``).
+        negative (or zero, unless ``allow_zero``) or above ``MAX_LENGTH``.
     """
     if is_int(value):
         values = (value,) * SPATIAL_DIMS
-    elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+    elif isinstance(value, Iterable) and not isinstance(value, (str, bytes, Set, Mapping)):
         value = tuple(value)  # lists, TensorShapes, NumPy arrays
         if len(value) not in (1, SPATIAL_DIMS) or not all(is_int(v) for v in value):
             raise (ValueError if all(is_int(v) for v in value) else TypeError)(
@@ -52,6 +61,11 @@ def normalize_tuple(value, name, allow_zero=False):
             f"The `{name}` argument must contain only {kind} integers. "
             f"Received: {name}={value!r}"
         )
+    if max(values) > MAX_LENGTH:
+        raise ValueError(
+            f"The `{name}` argument must contain integers of at most {MAX_LENGTH} "
+            f"(lengths are int32). Received: {name}={value!r}"
+        )
     return values
 
 
@@ -67,6 +81,13 @@ def normalize_choice(value, name, choices):
 
 def check_conv_arguments(kernel_size, strides, padding, dilation_rate, output_padding):
     """Checks the rules that tie arguments together, once each."""
+    spans = [effective_kernel_size(k, d) for k, d in zip(kernel_size, dilation_rate)]
+    if max(spans) > MAX_LENGTH:
+        raise ValueError(
+            f"The dilated kernel spans {tuple(spans)} positions; each must be at most "
+            f"{MAX_LENGTH}. Received: kernel_size={kernel_size}, "
+            f"dilation_rate={dilation_rate}"
+        )
     if max(strides) > 1 and max(dilation_rate) > 1:
         raise ValueError(
             "`strides > 1` is incompatible with `dilation_rate > 1`. "
@@ -190,6 +211,31 @@ def check_requested_shape(requested, input_spatial_shape, kernel_size, strides,
                 f"padding={padding!r})."
             )
     return requested
+
+
+def check_output_size(spatial_shape, channels):
+    """Refuses outputs whose lengths or per-example size exceed ``MAX_LENGTH``
+    (known lengths only; None is unknown until run time)."""
+    known = [n for n in spatial_shape if n is not None]
+    if any(n > MAX_LENGTH for n in known) or math.prod(known) * channels > MAX_LENGTH:
+        raise ValueError(
+            f"The output would have spatial shape {tuple(spatial_shape)} and {channels} "
+            f"channels: more than {MAX_LENGTH} elements per example, or a length "
+            "beyond int32. Use smaller strides, kernel_size, dilation_rate or output_shape."
+        )
+
+
+def check_unrolled(kernel_size, strides, implementation):
+    """Refuses the GEMM and sub-pixel lowerings for more than ``MAX_UNROLLED``
+    stride phases or kernel taps (``"native"`` has no such limit)."""
+    for name, value in (("strides", strides), ("kernel_size", kernel_size)):
+        if math.prod(value) > MAX_UNROLLED:
+            raise ValueError(
+                f"implementation={implementation!r} builds ops for each of the "
+                f"{math.prod(value)} {'stride phases' if name == 'strides' else 'kernel taps'}"
+                f" (at most {MAX_UNROLLED}); use implementation='native' or 'auto'. "
+                f"Received: {name}={value}"
+            )
 
 
 def is_int(value):
