@@ -200,8 +200,13 @@ FROM_CONFIG = [
 ]
 
 
-@pytest.mark.parametrize("make,error,words",
-                         CONSTRUCTOR + CALL + OP + COMPOSITION + FROM_CONFIG)
+TABLE = [pytest.param(*row.values, id=f"{group}: {row.id}")
+         for group, rows in [("layer", CONSTRUCTOR), ("call", CALL), ("op", OP),
+                             ("composition", COMPOSITION), ("from_config", FROM_CONFIG)]
+         for row in rows]
+
+
+@pytest.mark.parametrize("make,error,words", TABLE)
 def test_bad_input_is_a_clear_error(make, error, words):
     with pytest.raises(error) as info:
         make()
