@@ -4,7 +4,10 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +18,7 @@ import tensorflow as tf
 
 import tf_conv3dt
 from tf_conv3dt import export
-from tf_conv3dt.export import serving, tflite
+from tf_conv3dt.export import serving, staging, tflite
 from tf_conv3dt._keras import keras
 from reference import assert_close, np_conv3d_transpose
 
@@ -39,18 +42,38 @@ def exported(tmp_path_factory):
     return model, out, report
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_every_artifact_written_and_within_tolerance(exported):
     model, out, report = exported
-    assert report["all_within_tolerance"], export.format_report(report)
+    assert report["all_within_tolerance"] and report["published"], export.format_report(report)
     assert json.load(open(os.path.join(out, "report.json"))) == json.loads(json.dumps(report))
     labels = [row["artifact"] for row in report["artifacts"]]
     assert labels == ["keras", "saved_model", "tfsm_layer", "tflite float32",
                       "tflite float16", "tflite dynamic_range", "tflite int8"]
     for row in report["artifacts"]:
         assert os.path.exists(row["path"]) and row["size_bytes"] > 0
+        assert row["error"]["relative"] <= row["error"]["tolerance"]
+    assert {row["error"]["scale"] for row in report["artifacts"]} == {"max |output|",
+                                                                      "output range"}
     for mode in tflite.MODES:
         assert os.path.isfile(os.path.join(out, "tflite", f"model_{mode}.tflite"))
     assert not glob.glob(os.path.join(out, "**", ".writing-*"), recursive=True)
+
+
+def test_artifacts_have_the_umask_permissions(exported):
+    """A serving user other than the exporter can read every file."""
+    _, out, _ = exported
+    for directory, _, files in os.walk(out):
+        if directory != out:  # pytest's own, private
+            assert stat.S_IMODE(os.stat(directory).st_mode) == 0o777 & ~_umask(), directory
+        for name in files:
+            mode = stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode)
+            assert mode == 0o666 & ~_umask(), (directory, name)
 
 
 def test_keras_file_reloads_without_custom_objects(exported, rng):
@@ -143,11 +166,12 @@ def _tree_digest(path):
     return digest.hexdigest()
 
 
-def test_versions_are_never_overwritten(exported):
+def test_versions_are_never_overwritten(exported, tmp_path):
     model, out, _ = exported
-    base = os.path.join(out, "serving")
+    base = str(tmp_path / "serving")
+    shutil.copytree(os.path.join(out, "serving"), base)
     before = _tree_digest(os.path.join(base, "conv3dt", "1"))
-    with pytest.raises(export.ExportError, match="Version 1 already exists"):
+    with pytest.raises(export.ExportError, match="version=1: already exists"):
         export.write_serving_version(model, base, "conv3dt", version=1)
     second = export.write_serving_version(model, base, "conv3dt")
     assert second == os.path.join(base, "conv3dt", "2")
@@ -180,86 +204,248 @@ def test_custom_model_with_dilation_and_channels_first(tmp_path, rng):
     assert_close(signature(volume=tf.constant(x))["up"], expected)
 
 
-class TestCommandLine:
-    def _run(self, capsys, *argv):
-        from importlib.machinery import SourceFileLoader
+def _cli(capsys, *argv):
+    """Runs the README's script in this process: (exit status, stdout, stderr)."""
+    from importlib.machinery import SourceFileLoader
 
-        cli = SourceFileLoader("export_model", CLI).load_module()
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    def test_help_documents_every_flag(self, capsys):
-        with pytest.raises(SystemExit) as exit_info:
-            self._run(capsys, "--help")
-        assert exit_info.value.code == 0
-        text = capsys.readouterr().out
-        for flag in ("--out", "--model", "--name", "--version", "--formats",
-                     "--calibration-data", "--batch-size", "--implementation", "--quiet"):
-            assert flag in text
-
-    @pytest.mark.parametrize("argv,fragment", [
-        (["--model", "missing.keras"], "does not exist"),
-        (["--model", "MODEL.txt"], "unknown format"),
-        (["--model", "BROKEN.keras"], "could not be loaded"),
-        (["--name", "../escape"], "Model name '../escape'"),
-        (["--formats", "keras,onnx"], "Unknown format"),
-        (["--calibration-data", "missing.npy"], "could not be read"),
-    ])
-    def test_errors_are_one_line_without_traceback(self, capsys, tmp_path, argv, fragment):
-        (tmp_path / "MODEL.txt").write_text("not a model")
-        (tmp_path / "BROKEN.keras").write_bytes(b"not a zip")
-        argv = [a.replace("MODEL.txt", str(tmp_path / "MODEL.txt"))
-                 .replace("BROKEN.keras", str(tmp_path / "BROKEN.keras")) for a in argv]
-        out = tmp_path / "out"
-        code, _, err = self._run(capsys, "--out", str(out), "--quiet", *argv)
-        assert code == 2
-        assert err.startswith("error: ") and fragment in err and "Traceback" not in err
-        assert len(err.strip().splitlines()) == 1
-        assert not glob.glob(os.path.join(out, "serving", "*", "[0-9]*"))
-
-    def test_relative_out_directory(self, capsys, tmp_path, monkeypatch):
-        """The main job as the README types it: a relative --out."""
-        monkeypatch.chdir(tmp_path)
-        code, out, _ = self._run(capsys, "--out", "out", "--formats", "keras,savedmodel")
-        assert code == 0, out
-        assert "all artifacts within tolerance" in out
-        assert os.path.isfile(tmp_path / "out" / "serving" / "conv3dt" / "1" / "saved_model.pb")
-        assert json.load(open(tmp_path / "out" / "report.json"))["all_within_tolerance"]
-
-    def test_out_is_a_file(self, capsys, tmp_path):
-        target = tmp_path / "file"
-        target.write_text("x")
-        code, _, err = self._run(capsys, "--out", str(target))
-        assert code == 2 and "is a file" in err
+    script = SourceFileLoader("export_model", CLI).load_module()
+    try:
+        code = script.main(list(argv))
+    except SystemExit as exit_info:  # argparse's --help and bad flags
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def test_sigkill_mid_export_leaves_no_version(exported, tmp_path):
-    """Kill the CLI while the SavedModel is being written: TF Serving finds no
-    new numeric version, and the earlier one is intact."""
-    model, out, _ = exported
-    base = tmp_path / "serving" / "conv3dt"
-    base.mkdir(parents=True)
-    os.rename(os.path.join(out, "serving", "conv3dt", "1"), base / "1")
-    before = _tree_digest(base / "1")
-    for _ in range(3):  # retry if the write outran the poll
-        process = subprocess.Popen([sys.executable, CLI, "--out", str(tmp_path), "--quiet",
-                                    "--formats", "savedmodel"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_help_states_every_flag_and_exit_status(capsys):
+    code, text, _ = _cli(capsys, "--help")
+    assert code == 0
+    for flag in ("--out", "--model", "--name", "--version", "--formats",
+                 "--calibration-data", "--batch-size", "--implementation", "--quiet"):
+        assert flag in text
+    for status in ("0 ", "1 ", "2 ", "70 ", "130 "):
+        assert f"\n  {status}" in text, status
+
+
+def _bad_cli_files(root):
+    """The files the bad-flag rows refer to, under ``root``."""
+    (root / "MODEL.txt").write_text("not a model")
+    (root / "BROKEN.keras").write_bytes(b"not a zip")
+    (root / "A_FILE").write_text("x")
+    rng = np.random.default_rng(0)
+    good = rng.uniform(size=(3, 10, 8, 12, 128)).astype("float32")
+    for name, array in [("NAN.npy", np.where(np.arange(3)[:, None, None, None, None] == 1,
+                                             np.nan, good)),
+                        ("INF.npy", np.where(good > 0.999, np.inf, good)),
+                        ("HUGE.npy", good.astype("float64") * 1e300),
+                        ("EMPTY.npy", good[:0]), ("SHAPE.npy", good[..., :64]),
+                        ("TEXT.npy", np.array(["a", "b"]))]:
+        np.save(root / name, array)
+    (root / "PICKLE.npy").write_bytes(b"\x93NUMPY garbage")
+
+
+CLI_ERRORS = [
+    pytest.param(argv, fragment, id=id) for id, argv, fragment in [
+        ("model missing", ["--model", "missing.keras"], "--model 'missing.keras': does not exist"),
+        ("model not .keras", ["--model", "{}/MODEL.txt"], "unknown format"),
+        ("model corrupt", ["--model", "{}/BROKEN.keras"], "could not be loaded"),
+        ("name with ..", ["--name", "../escape"], "--name '../escape': must be"),
+        ("name of 300 characters", ["--name", "n" * 300], "1 to 200 letters"),
+        ("name empty", ["--name", ""], "--name '': must be"),
+        ("formats unknown", ["--formats", "keras,onnx"], "--formats 'keras,onnx': choose"),
+        ("formats empty", ["--formats", ","], "--formats ',': choose"),
+        ("version 0", ["--version", "0"], "--version 0: must be an integer from 1"),
+        ("version beyond int64", ["--version", str(10**30)], "9223372036854775807"),
+        ("version negative", ["--version", "-1"], "ASCII digits"),
+        ("version in Arabic-Indic digits", ["--version", "\u0661"], "ASCII digits"),
+        ("version not a number", ["--version", "two"], "ASCII digits"),
+        ("batch size 0", ["--batch-size", "0"], "--batch-size 0: must be a positive integer"),
+        ("batch size beyond int32 values", ["--batch-size", "10000000"], "at most 17476"),
+        ("batch size 2.5", ["--batch-size", "2.5"], "ASCII digits"),
+        ("implementation unknown", ["--implementation", "cuda"], "invalid choice: 'cuda'"),
+        ("calibration missing", ["--calibration-data", "missing.npy"], "could not be read"),
+        ("calibration not .npy", ["--calibration-data", "{}/PICKLE.npy"], "could not be read"),
+        ("calibration with NaN", ["--calibration-data", "{}/NAN.npy"], "non-finite"),
+        ("calibration with Inf", ["--calibration-data", "{}/INF.npy"], "non-finite"),
+        ("calibration beyond float32", ["--calibration-data", "{}/HUGE.npy"], "non-finite"),
+        ("calibration empty", ["--calibration-data", "{}/EMPTY.npy"], "holds no sample"),
+        ("calibration of another shape", ["--calibration-data", "{}/SHAPE.npy"],
+         "must have shape (n, 10, 8, 12, 128)"),
+        ("calibration of strings", ["--calibration-data", "{}/TEXT.npy"], "must be numeric"),
+        ("out empty", ["--out", ""], "--out '': must be a directory path"),
+        ("out a file", ["--out", "{}/A_FILE"], "is a file"),
+        ("out under a file", ["--out", "{}/A_FILE/out"], "Not a directory"),
+        ("out on a filesystem refusing it", ["--out", "/proc/tf_conv3dt_out"], "cannot be written"),
+        ("unknown flag", ["--output", "x"], "unrecognized arguments"),
+    ]
+]
+
+
+@pytest.mark.parametrize("argv,fragment", CLI_ERRORS)
+def test_bad_flag_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, fragment):
+    _bad_cli_files(tmp_path)
+    out = tmp_path / "out"
+    argv = [a.replace("{}", str(tmp_path)) for a in argv]
+    if "--out" not in argv:
+        argv = ["--out", str(out)] + argv
+    code, _, err = _cli(capsys, "--quiet", *argv)
+    assert code == 2, err
+    assert err.startswith("error: ") and fragment in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def _signal_when(argv, pattern, signum, attempts=3):
+    """Runs the CLI and sends ``signum`` once ``pattern`` globs a path; retried
+    if the export outran the poll. Returns the finished process."""
+    for _ in range(attempts):
+        process = subprocess.Popen([sys.executable, CLI, "--quiet", *argv],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if glob.glob(str(base / ".writing-*" / "*")):
-                process.send_signal(signal.SIGKILL)
+            if glob.glob(pattern):
+                process.send_signal(signum)
                 break
             time.sleep(0.002)
-        process.wait()
-        if process.returncode == -signal.SIGKILL:
+        process.out, process.err = process.communicate()
+        if process.returncode in (-signal.SIGKILL, 130):
             break
-        for finished in sorted(os.listdir(base)):  # outran us: undo and retry
-            if finished.isdigit() and finished != "1":
-                import shutil
-                shutil.rmtree(base / finished)
-    assert process.returncode == -signal.SIGKILL
+    return process
+
+
+def test_killed_then_interrupted_exports_publish_nothing_and_leave_nothing(exported, tmp_path):
+    """SIGKILL while the SavedModel is written: TF Serving finds no new
+    version, the earlier one is intact. The next export removes the dead
+    one's staging directory; Ctrl-C during its TFLite conversion ends it
+    with status 130, nothing published and nothing left behind."""
+    _, out, _ = exported
+    base = tmp_path / "serving" / "conv3dt"
+    shutil.copytree(os.path.join(out, "serving", "conv3dt", "1"), base / "1")
+    before = _tree_digest(base / "1")
+
+    killed = _signal_when(["--out", str(tmp_path), "--formats", "savedmodel"],
+                          str(tmp_path / ".writing-*" / "saved_model" / "*"), signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
     assert sorted(e for e in os.listdir(base) if e.isdigit()) == ["1"]
     assert _tree_digest(base / "1") == before
-    os.rename(base / "1", os.path.join(out, "serving", "conv3dt", "1"))
+    assert glob.glob(str(tmp_path / f".writing-{killed.pid}-*"))  # what the next one cleans
+
+    interrupted = _signal_when(["--out", str(tmp_path), "--formats", "keras,tflite"],
+                               str(tmp_path / ".writing-*" / "tflite" / "*"), signal.SIGINT)
+    assert interrupted.returncode == 130, interrupted.err
+    assert interrupted.err.strip().splitlines()[-1] == (
+        "error: interrupted; nothing was published")
+    assert sorted(os.listdir(tmp_path)) == ["serving", "tflite"]
+    assert os.listdir(tmp_path / "tflite") == [] and os.listdir(base) == ["1"]
+
+
+def test_stale_staging_of_a_dead_process_is_removed_only(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    names = {f".writing-{dead.stdout.strip()}-{host}-abc": False,   # dead here: removed
+             f".writing-{os.getpid()}-{host}-abc": True,            # alive: kept
+             f".writing-{dead.stdout.strip()}-elsewhere-abc": True,  # another host's: kept
+             ".writing-abc": True, "1": True}
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text("x")
+    staging.remove_stale(str(tmp_path))
+    assert {name: (tmp_path / name).exists() for name in names} == names
+
+
+def test_concurrent_exports_each_get_their_own_version(tmp_path, monkeypatch):
+    """Two exports see the same latest version; the one that renames second
+    takes the next number instead of failing or replacing the first's."""
+    model_dir = str(tmp_path / "serving" / "m")
+    os.makedirs(os.path.join(model_dir, "4"))
+    open(os.path.join(model_dir, "4", "saved_model.pb"), "w").close()
+    first, second = staging.Staging(model_dir), staging.Staging(model_dir)
+    for staged in (first, second):
+        os.makedirs(staged.path_of(os.path.join("version", "variables")))
+    looks = iter([[4], [4], [4, 5]])  # both look before either renames
+    monkeypatch.setattr(staging, "versions", lambda _: next(looks))
+    with first, second:
+        assert first.publish_version("version", model_dir) == os.path.join(model_dir, "5")
+        assert second.publish_version("version", model_dir) == os.path.join(model_dir, "6")
+        with staging.Staging(model_dir) as third, pytest.raises(FileExistsError):
+            os.makedirs(third.path_of("version"))
+            third.publish_version("version", model_dir, version=5)
+    assert sorted(os.listdir(model_dir)) == ["4", "5", "6"]
+
+
+def test_versions_are_directories_named_by_ascii_digits_within_int64(tmp_path):
+    for name in ["1", "7", "0", "\u0663", "12a", str(2**63), ".writing-1-h-x"]:
+        (tmp_path / name).mkdir()
+    (tmp_path / "9").write_text("a file")
+    assert staging.versions(str(tmp_path)) == [1, 7]
+
+
+def test_destination_conflicts_are_refused_before_writing(capsys, tmp_path):
+    """A refused --version leaves model.keras and report.json as they were."""
+    (tmp_path / "serving" / "conv3dt" / "1").mkdir(parents=True)
+    (tmp_path / "model.keras").write_bytes(b"earlier")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "tflite").write_text("a file")
+    (tmp_path / "third" / "serving").mkdir(parents=True)
+    (tmp_path / "third" / "serving" / "conv3dt").write_text("a file")
+    for argv, fragment in [
+        (["--out", str(tmp_path), "--version", "1"], "--version 1: already exists"),
+        (["--out", str(tmp_path / "other")], "File exists"),
+        (["--out", str(tmp_path / "third")], "File exists"),
+    ]:
+        code, _, err = _cli(capsys, "--quiet", *argv)
+        assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "model.keras").read_bytes() == b"earlier"
+    assert sorted(os.listdir(tmp_path)) == ["model.keras", "other", "serving", "third"]
+    assert not glob.glob(str(tmp_path / "**" / ".writing-*"), recursive=True)
+
+
+def test_relative_out_directory(capsys, tmp_path, monkeypatch):
+    """The main job as the README types it: a relative --out."""
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _cli(capsys, "--out", "out", "--formats", "keras,savedmodel")
+    assert code == 0, out
+    assert "all artifacts within tolerance" in out
+    assert os.path.isfile(tmp_path / "out" / "serving" / "conv3dt" / "1" / "saved_model.pb")
+    assert json.load(open(tmp_path / "out" / "report.json"))["published"]
+
+
+def test_any_batch_size_and_dynamic_batch_files(tmp_path, rng):
+    """batch_size=3: 2 calibration samples and 2 verification inputs fill
+    batches of 3. dynamic_batch: files with shape signature -1 that LiteRT
+    resizes to any batch, int8 included, right at another batch."""
+    model = export.reference_model()
+    calibration = rng.uniform(size=(2, 10, 8, 12, 128)).astype("float32")
+    report = export.export_model(model, str(tmp_path), formats=("tflite",), batch_size=3,
+                                 dynamic_batch=True, calibration=calibration)
+    assert report["published"], export.format_report(report)
+    assert {row["latency_runtime"] for row in report["artifacts"]} == {
+        "LiteRT+XNNPACK, batch 3 of any"}
+    x = rng.uniform(size=(5, 10, 8, 12, 128)).astype("float32")
+    expected = _reference_output(model, x)
+    for mode in ("float32", "int8"):
+        flatbuffer = (tmp_path / "tflite" / f"model_{mode}.tflite").read_bytes()
+        (inp,) = tflite.interpreter(flatbuffer, batch=5).get_input_details()
+        assert list(inp["shape_signature"]) == [-1, 10, 8, 12, 128]
+        assert list(inp["shape"]) == [5, 10, 8, 12, 128]
+        error = np.abs(tflite.run(flatbuffer, x, batch=5) - expected).max()
+        assert error <= tflite.MODES[mode]["tolerance"] * (expected.max() - expected.min())
+    for name, inputs, outputs in tflite.op_list(flatbuffer):  # int8: integer end to end
+        assert {d for d in inputs + outputs if d != "int32"} <= {"int8"}, name
+
+
+def test_a_tolerance_miss_publishes_nothing(capsys, tmp_path, monkeypatch):
+    """An int8 file over its tolerance (0 here) publishes nothing, exit
+    status 1, and report.json says why."""
+    monkeypatch.setitem(tflite.MODES, "int8", {"tolerance": 0.0, "scale": "output range"})
+    code, out, _ = _cli(capsys, "--out", str(tmp_path / "out"), "--formats", "keras,tflite")
+    assert code == 1, out
+    assert "nothing was published" in out
+    report = json.load(open(tmp_path / "out" / "report.json"))
+    assert not report["published"]
+    ok = {row["artifact"]: row["within_tolerance"] for row in report["artifacts"]}
+    assert ok == {"keras": True, "tflite float32": True, "tflite float16": True,
+                  "tflite dynamic_range": True, "tflite int8": False}
+    assert sorted(os.listdir(tmp_path / "out")) == ["report.json", "tflite"]
+    assert os.listdir(tmp_path / "out" / "tflite") == []

@@ -2,13 +2,16 @@
 
 Under ``out_dir`` it writes ``model.keras``, a TF Serving version under
 ``serving/<name>/<version>/``, ``tflite/model_<mode>.tflite`` for each TFLite
-mode and ``report.json``; every file appears under its final name only once
-complete. The report holds, for each artifact, its size, its largest error
-against the Keras model on the same inputs, its latency, and for TFLite its
-op list with tensor dtypes.
+mode and ``report.json``. Every argument, and the destination, is checked
+before anything is written; the artifacts are written and verified in a
+staging directory (``staging.Staging``) and published by rename only when
+every one is within its tolerance. The report holds, for each artifact, its
+size, its largest error against the Keras model on the same inputs, its
+latency, and for TFLite its op list with tensor dtypes.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,18 +21,19 @@ import warnings
 
 import numpy as np
 
-from tf_conv3dt.export import serving, tflite
+from tf_conv3dt import shapes
+from tf_conv3dt.export import serving, staging, tflite
 from tf_conv3dt.export.serving import ExportError
 from tf_conv3dt.layer import Conv3DTranspose
 from tf_conv3dt._keras import keras
 
 FORMATS = ("keras", "savedmodel", "tflite")
+IMPLEMENTATIONS = ("gemm", "native", "auto")
 REFERENCE_INPUT_SHAPE = (10, 8, 12, 128)
 SYNTHETIC_CALIBRATION_SAMPLES = 128
-# Stated tolerances: relative to the Keras output's largest magnitude, or
-# (int8) to its range.
-TOLERANCES = {"saved_model": 1e-5, "tfsm_layer": 1e-5, "tflite float32": 1e-5,
-              "tflite float16": 1e-2, "tflite dynamic_range": 1e-2, "tflite int8": 2e-2}
+VERIFICATION_SAMPLES = 4
+# Relative to the Keras output's largest magnitude (TFLite modes: tflite.MODES).
+EXACT = {"tolerance": 1e-5, "scale": "max |output|"}
 
 
 def reference_model():
@@ -41,134 +45,243 @@ def reference_model():
 
 def load_model(path):
     """Loads a .keras model in safe mode, with errors meant for the user."""
-    if not os.path.isfile(path):
-        raise ExportError(f"--model {path!r} does not exist or is not a file.")
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise ExportError("does not exist or is not a file", "model", path)
     if not path.endswith(".keras"):
-        raise ExportError(f"--model {path!r}: unknown format; expected a .keras file.")
+        raise ExportError("unknown format; expected a .keras file", "model", path)
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # corrupt zip, bad config, unsafe lambda, ...
-        raise ExportError(f"--model {path!r} could not be loaded: "
-                          f"{type(error).__name__}: {str(error).splitlines()[0]}") from None
+        raise ExportError(f"could not be loaded: {type(error).__name__}: "
+                          f"{(str(error).strip().splitlines() or [''])[0]}", "model", path) from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ExportError(f"--model {path!r} must have one input and one output.")
+        raise ExportError("must have one input and one output", "model", path)
     return model
 
 
 def check_formats(formats):
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ExportError(f"Unknown format(s) {unknown or formats!r}; choose from "
-                          f"{', '.join(FORMATS)}.")
+        raise ExportError(f"choose one or more of {', '.join(FORMATS)}", "formats",
+                          tuple(formats))
     return tuple(formats)
 
 
 def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
-                 calibration=None, batch_size=1, implementation="gemm", log=None):
-    """Writes and verifies every artifact of ``model`` under ``out_dir``.
+                 calibration=None, batch_size=1, implementation="gemm", dynamic_batch=False,
+                 log=None):
+    """Writes, verifies and publishes every artifact of ``model`` under ``out_dir``.
 
     Args:
       model: a Keras model with one input and one output.
-      out_dir: the output directory (created; a file there is an error).
-      name, version: the TF Serving model name and version (None: next free).
-      formats: a subset of ``FORMATS``.
-      calibration: int8 calibration samples ``(n, *input_shape)``; None uses
-        synthetic uniform [0, 1) data, with a warning.
-      batch_size: the TFLite files' static batch size.
+      out_dir: the output directory (created; it must be writable).
+      name, version: the TF Serving model name and version (None: the next
+        free one, retried if a concurrent export takes it first).
+      formats: a subset of ``FORMATS`` (or a comma-separated string).
+      calibration: int8 calibration samples ``(n, *input_shape)``, finite;
+        None uses synthetic uniform [0, 1) data, with a warning.
+      batch_size: the TFLite files' static batch size, or with
+        ``dynamic_batch`` the batch they are verified and timed at.
       implementation: the lowering traced into the SavedModel and TFLite
         files ("gemm" by default: integer-quantizable, and fast on CPUs where
         the native op has no oneDNN kernel).
-      log: callable taking one line of progress, or None.
+      dynamic_batch: TFLite files that take any batch (shape signature -1;
+        ``interpreter.resize_tensor_input`` before ``allocate_tensors``).
+      log: callable taking one line of progress, or None. It may raise (a
+        KeyboardInterrupt, say) to abort: it is called before publishing,
+        and nothing is published after an exception.
 
     Returns:
-      The report (also written to ``out_dir/report.json``).
+      The report (also written to ``out_dir/report.json``). When an artifact
+      exceeds its tolerance, ``report["published"]`` is False and no
+      artifact is written (the report is).
+
+    Raises:
+      ExportError: a bad argument (``argument`` and ``value`` name it), an
+        unwritable destination, or a model that cannot be exported. Nothing
+        is written then.
     """
     log = log or (lambda line: None)
     formats = check_formats(formats)
     serving.check_model_name(name)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ExportError(f"--batch-size must be a positive integer. Received: {batch_size!r}")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ExportError(f"--out {out_dir!r} is a file; it must be a directory.")
-    os.makedirs(out_dir, exist_ok=True)
+    serving.check_version(version)
+    if implementation not in IMPLEMENTATIONS:
+        raise ExportError(f"choose one of {', '.join(IMPLEMENTATIONS)}", "implementation",
+                          implementation)
+    input_shape = tuple(model.inputs[0].shape[1:])
+    if None in input_shape:
+        raise ExportError(f"The model's input shape {input_shape} must be static "
+                          "for TFLite and verification.")
+    _check_batch_size(batch_size, input_shape)
+    if not isinstance(dynamic_batch, bool):
+        raise ExportError("must be True or False", "dynamic_batch", dynamic_batch)
+    samples = _calibration_samples(calibration, input_shape)
+    paths = _prepare_destination(out_dir, name, version, formats)
     started = time.perf_counter()
 
     def step(text):
         log(f"[{time.perf_counter() - started:6.1f}s] {text}")
 
-    input_shape = tuple(model.inputs[0].shape[1:])
-    if None in input_shape:
-        raise ExportError(f"The model's input shape {input_shape} must be static "
-                          "for TFLite and verification.")
-    samples = _calibration_samples(calibration, input_shape, step)
+    if calibration is None:
+        warnings.warn("No calibration data given: int8 TFLite is calibrated on synthetic "
+                      "uniform [0, 1) inputs; pass calibration data for real ranges.",
+                      stacklevel=2)
+        step("calibration: synthetic uniform [0, 1) samples (no calibration data given)")
+    else:
+        step(f"calibration: {len(samples)} samples")
     # Verify on inputs the int8 calibration has not seen, when they are ours to draw.
-    x = (samples[:4] if calibration is not None else
-         np.random.default_rng(1).uniform(size=(4, *input_shape)).astype(np.float32))
+    x = (samples[:VERIFICATION_SAMPLES] if calibration is not None else
+         np.random.default_rng(1).uniform(
+             size=(VERIFICATION_SAMPLES, *input_shape)).astype(np.float32))
     expected = np.asarray(model(x, training=False))
     report = {"model": model.name, "input_shape": list(input_shape), "artifacts": []}
-
-    if "keras" in formats:
-        step("writing model.keras")
-        path = os.path.join(out_dir, "model.keras")
-        _atomic_write(path, model.save, suffix=".keras")
-        report["artifacts"].append(_row("keras", path))
-
-    if "savedmodel" in formats:
-        step(f"writing TF Serving SavedModel serving/{name}/ (lowering: {implementation})")
-        path = serving.write_serving_version(
-            model, os.path.join(out_dir, "serving"), name, version,
-            warmup_batches=[x[:1], x], implementation=implementation)
-        found = serving.serving_ops(path)
-        step(f"  {path}: {len(found['ops'])} op types, all in the model server")
-        examples = serving.request_examples(path, name)
-        report["serving"] = {"path": path, "version": int(os.path.basename(path)),
-                             "ops": found["ops"], "ops_missing_in_server": found["missing_in_server"],
-                             "warmup_records": len(serving.read_warmup_requests(path)),
-                             "rest_request": examples["rest"], "grpc_request": examples["grpc"]}
-        step("  running it in a fresh process without tf_conv3dt (tf.saved_model.load, TFSMLayer)")
-        outputs = run_in_fresh_process(path, x)
-        for label in ("saved_model", "tfsm_layer"):
-            report["artifacts"].append(_row(
-                label, path, error=_error(outputs[label], expected, label),
-                latency_ms=float(outputs["latency_ms"]) if label == "saved_model" else None,
-                latency_runtime="TF, batch 1" if label == "saved_model" else None))
-
-    if "tflite" in formats:
-        tflite_dir = os.path.join(out_dir, "tflite")
-        os.makedirs(tflite_dir, exist_ok=True)
-        shape = (batch_size, *input_shape)
-        step("converting the native-op baseline (CONV_3D_TRANSPOSE, as keras.layers."
-             "Conv3DTranspose converts)")
-        baseline = tflite.convert(model, "float32", shape, implementation="native")
-        baseline_ms = tflite.latency_ms(baseline)
-        report["tflite_baseline"] = {"latency_ms": baseline_ms,
-                                     "ops": _op_summary(tflite.op_list(baseline))}
-        for mode in tflite.MODES:
-            step(f"converting TFLite {mode}")
-            flatbuffer = tflite.convert(model, mode, shape, samples, implementation)
-            path = os.path.join(tflite_dir, f"model_{mode}.tflite")
-            _atomic_write(path, lambda p, fb=flatbuffer: _write_bytes(p, fb))
-            latency = tflite.latency_ms(flatbuffer)
-            label = f"tflite {mode}"
-            report["artifacts"].append(_row(
-                label, path, error=_error(tflite.run(flatbuffer, x), expected, label),
-                latency_ms=latency, latency_runtime=f"LiteRT+XNNPACK, batch {batch_size}",
-                speedup_vs_native_tflite=baseline_ms / latency,
-                ops=_op_summary(tflite.op_list(flatbuffer))))
-
-    report["all_within_tolerance"] = all(
-        row.get("within_tolerance", True) for row in report["artifacts"])
-    step("writing report.json")
-    _atomic_write(os.path.join(out_dir, "report.json"),
-                  lambda p: _write_bytes(p, json.dumps(report, indent=1).encode()))
+    with staging.Staging(out_dir) as staged:
+        if "keras" in formats:
+            _stage_keras(model, staged, x, expected, report, step)
+        if "savedmodel" in formats:
+            _stage_saved_model(model, staged, name, implementation, x, expected, report, step)
+        if "tflite" in formats:
+            _stage_tflite(model, staged, batch_size, dynamic_batch, input_shape, samples,
+                          implementation, x, expected, report, step)
+        report["all_within_tolerance"] = all(
+            row.get("within_tolerance", True) for row in report["artifacts"])
+        report["published"] = report["all_within_tolerance"]
+        if report["published"]:
+            step("publishing")  # the caller's last chance to abort
+            for row in report["artifacts"]:
+                if row["staged"] is not None:
+                    staged.publish(row["staged"], row["path"])
+            if "savedmodel" in formats:
+                final = serving.publish_version(staged, "saved_model", paths["model_dir"],
+                                                version)
+                report["serving"].update(path=final, version=int(os.path.basename(final)))
+                for row in report["artifacts"]:
+                    if row["artifact"] in ("saved_model", "tfsm_layer"):
+                        row["path"] = final
+        else:
+            step("an artifact exceeds its tolerance: nothing is published")
+        for row in report["artifacts"]:
+            del row["staged"]
+        step("writing report.json")
+        with open(staged.path_of("report.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        staged.publish("report.json", paths["report"])
     step("done")
     return report
 
 
-def run_in_fresh_process(saved_model_dir, x):
-    """Outputs of the SavedModel and TFSMLayer in a process without tf_conv3dt."""
+def _check_batch_size(batch_size, input_shape):
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+            or batch_size * math.prod(input_shape) > shapes.MAX_LENGTH):
+        raise ExportError(
+            "must be a positive integer, at most "
+            f"{shapes.MAX_LENGTH // math.prod(input_shape)} for this input shape "
+            f"(a batch of at most {shapes.MAX_LENGTH} values)", "batch_size", batch_size)
+
+
+def _prepare_destination(out_dir, name, version, formats):
+    """Creates ``out_dir`` (and the model's serving directory) and checks that
+    every artifact can be published there; returns the destination paths."""
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
+        raise ExportError("must be a directory path", "out_dir", out_dir)
+    out_dir = os.fspath(out_dir)
+    paths = {"keras": os.path.join(out_dir, "model.keras"),
+             "tflite": os.path.join(out_dir, "tflite"),
+             "model_dir": os.path.join(out_dir, "serving", name),
+             "report": os.path.join(out_dir, "report.json")}
+    try:
+        if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+            raise ExportError("is a file; it must be a directory", "out_dir", out_dir)
+        for label, path in paths.items():
+            if label in ("keras", "report") and os.path.isdir(path):
+                raise ExportError(f"{path} is a directory; it must be a file or absent",
+                                  "out_dir", out_dir)
+        if "savedmodel" in formats:
+            serving.check_version_free(paths["model_dir"], version)
+        os.makedirs(out_dir, exist_ok=True)
+        if "tflite" in formats:
+            os.makedirs(paths["tflite"], exist_ok=True)
+        if "savedmodel" in formats:
+            os.makedirs(paths["model_dir"], exist_ok=True)
+        for directory in {out_dir, paths["tflite"], paths["model_dir"]}:
+            if os.path.isdir(directory) and not os.access(directory, os.W_OK | os.X_OK):
+                raise ExportError(f"{directory} is not writable", "out_dir", out_dir)
+        staging.remove_stale(paths["tflite"], paths["model_dir"])
+    except OSError as error:
+        raise ExportError(f"cannot be written: {error.strerror or error}"
+                          f"{': ' + error.filename if error.filename else ''}",
+                          "out_dir", out_dir) from None
+    return paths
+
+
+def _stage_keras(model, staged, x, expected, report, step):
+    step("writing model.keras and reloading it (safe mode)")
+    model.save(staged.path_of("model.keras"))
+    reloaded = keras.models.load_model(staged.path_of("model.keras"), safe_mode=True,
+                                       compile=False)
+    report["artifacts"].append(_row(
+        "keras", staged, "model.keras", os.path.join(os.path.dirname(staged.path), "model.keras"),
+        error=_error(reloaded(x, training=False), expected, **EXACT)))
+
+
+def _stage_saved_model(model, staged, name, implementation, x, expected, report, step):
+    step(f"writing TF Serving SavedModel (lowering: {implementation})")
+    path = staged.path_of("saved_model")
+    found = serving.write_version(model, path, name, warmup_batches=[x[:1], x],
+                                  implementation=implementation)
+    step(f"  {len(found['ops'])} op types, all in the model server")
+    examples = serving.request_examples(path, name)
+    report["serving"] = {"path": None, "version": None,
+                         "ops": found["ops"], "ops_missing_in_server": found["missing_in_server"],
+                         "warmup_records": len(serving.read_warmup_requests(path)),
+                         "rest_request": examples["rest"], "grpc_request": examples["grpc"]}
+    step("  running it in a fresh process without tf_conv3dt (tf.saved_model.load, TFSMLayer)")
+    outputs = run_in_fresh_process(path, x, scratch_dir=staged.path)
+    # Published as a version, by its own rename (serving.publish_version).
+    report["artifacts"].append(_row(
+        "saved_model", staged, "saved_model", None, publish=False,
+        error=_error(outputs["saved_model"], expected, **EXACT),
+        latency_ms=float(outputs["latency_ms"]), latency_runtime="TF, batch 1"))
+    report["artifacts"].append(_row(
+        "tfsm_layer", staged, "saved_model", None, publish=False,
+        error=_error(outputs["tfsm_layer"], expected, **EXACT)))
+
+
+def _stage_tflite(model, staged, batch_size, dynamic_batch, input_shape, samples,
+                  implementation, x, expected, report, step):
+    shape = (None if dynamic_batch else batch_size, *input_shape)
+    runtime = f"LiteRT+XNNPACK, batch {batch_size}{' of any' if dynamic_batch else ''}"
+    step("converting the native-op baseline (CONV_3D_TRANSPOSE, as keras.layers."
+         "Conv3DTranspose converts)")
+    baseline = tflite.convert(model, "float32", shape, implementation="native",
+                              scratch_dir=staged.path)
+    baseline_ms = tflite.latency_ms(baseline, batch=batch_size)
+    report["tflite_baseline"] = {"latency_ms": baseline_ms,
+                                 "ops": _op_summary(tflite.op_list(baseline))}
+    out_dir = os.path.dirname(staged.path)
+    for mode, verification in tflite.MODES.items():
+        step(f"converting TFLite {mode}")
+        flatbuffer = tflite.convert(model, mode, shape, samples, implementation,
+                                    scratch_dir=staged.path)
+        name = os.path.join("tflite", f"model_{mode}.tflite")
+        with open(staged.path_of(name), "wb") as f:
+            f.write(flatbuffer)
+        latency = tflite.latency_ms(flatbuffer, batch=batch_size)
+        report["artifacts"].append(_row(
+            f"tflite {mode}", staged, name, os.path.join(out_dir, name),
+            error=_error(tflite.run(flatbuffer, x, batch=batch_size), expected, **verification),
+            latency_ms=latency, latency_runtime=runtime,
+            speedup_vs_native_tflite=baseline_ms / latency,
+            ops=_op_summary(tflite.op_list(flatbuffer))))
+
+
+def run_in_fresh_process(saved_model_dir, x, scratch_dir=None):
+    """Outputs of the SavedModel and TFSMLayer in a process without tf_conv3dt
+    (its files in a temporary directory under ``scratch_dir``)."""
     script = os.path.join(os.path.dirname(__file__), "fresh_process_check.py")
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
         inputs, outputs = os.path.join(scratch, "x.npy"), os.path.join(scratch, "y.npz")
         np.save(inputs, x)
         env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
@@ -205,47 +318,68 @@ def format_report(report):
                              f"faster than the baseline; ops: {', '.join(row['ops'])}")
     if "serving" in report:
         s = report["serving"]
-        lines += [f"TF Serving: {s['path']} ({s['warmup_records']} warmup records; "
+        lines += [f"TF Serving: {s['path'] or 'not published'} ({s['warmup_records']} warmup records; "
                   f"ops the server lacks: {', '.join(s['ops_missing_in_server']) or 'none'})",
                   "REST:", s["rest_request"], "gRPC:", s["grpc_request"]]
     lines.append("all artifacts within tolerance" if report["all_within_tolerance"]
-                 else "SOME ARTIFACTS EXCEED THEIR TOLERANCE")
+                 else "SOME ARTIFACTS EXCEED THEIR TOLERANCE: nothing was published")
     return "\n".join(lines)
 
 
-def _calibration_samples(calibration, input_shape, step):
+def _calibration_samples(calibration, input_shape):
+    """The int8 calibration samples: ``calibration`` checked (shape, finite),
+    or synthetic uniform [0, 1) data when it is None."""
     if calibration is None:
-        warnings.warn("No calibration data given: int8 TFLite is calibrated on synthetic "
-                      "uniform [0, 1) inputs; pass --calibration-data for real ranges.",
-                      stacklevel=3)
-        step("calibration: synthetic uniform [0, 1) samples (no --calibration-data)")
         # Min/max calibration: enough samples that unseen inputs rarely exceed the range.
         return np.random.default_rng(0).uniform(
             size=(SYNTHETIC_CALIBRATION_SAMPLES, *input_shape)).astype(np.float32)
-    samples = np.asarray(calibration, np.float32)
-    if samples.shape[1:] != input_shape or len(samples) < 1:
-        raise ExportError(f"Calibration data must have shape (n, {', '.join(map(str, input_shape))})."
-                          f" Received: {samples.shape}")
-    step(f"calibration: {len(samples)} samples")
+    try:
+        samples = np.asarray(calibration, np.float32)
+    except (TypeError, ValueError) as error:
+        raise ExportError(f"must be numeric: {error}", "calibration",
+                          _describe(calibration)) from None
+    if samples.ndim != len(input_shape) + 1 or samples.shape[1:] != input_shape:
+        raise ExportError(f"must have shape (n, {', '.join(map(str, input_shape))}), the "
+                          "model's input with a leading sample axis", "calibration",
+                          _describe(samples))
+    if len(samples) == 0:
+        raise ExportError("holds no sample", "calibration", _describe(samples))
+    bad = int(np.size(samples) - np.count_nonzero(np.isfinite(samples)))
+    if bad:
+        raise ExportError(f"holds {bad} non-finite values (NaN or Inf; also values beyond "
+                          "float32's range); int8 ranges need finite samples", "calibration",
+                          _describe(samples))
     return samples
 
 
-def _error(actual, expected, label):
+def _describe(array):
+    """A short stand-in for an array in messages (never its values)."""
+    shape = getattr(array, "shape", None)
+    return f"<array of shape {tuple(shape)}>" if shape is not None else type(array).__name__
+
+
+def _error(actual, expected, tolerance, scale):
+    """Largest error of ``actual``, relative to ``scale`` of ``expected``:
+    "max |output|" or "output range" (how int8 quantization is judged)."""
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
     max_abs = float(np.abs(actual - expected).max())
-    # int8 is judged against the output range, the others against its magnitude.
-    scale = (expected.max() - expected.min()) if label.endswith("int8") else np.abs(expected).max()
-    relative = max_abs / max(float(scale), 1e-30)
-    return {"max_abs": max_abs, "relative": relative, "tolerance": TOLERANCES[label],
-            "scale": "output range" if label.endswith("int8") else "max |output|"}
+    size = (expected.max() - expected.min()) if scale == "output range" else np.abs(expected).max()
+    relative = max_abs / max(float(size), 1e-30)
+    if not np.isfinite(relative):
+        relative = float("inf")
+    return {"max_abs": max_abs, "relative": relative, "tolerance": tolerance, "scale": scale}
 
 
-def _row(label, path, error=None, **extra):
-    size = (os.path.getsize(path) if os.path.isfile(path)
+def _row(label, staged, name, path, publish=True, error=None, **extra):
+    """One report row for the staged file or directory ``name``, to be
+    published to ``path`` if ``publish``."""
+    source = staged.path_of(name)
+    size = (os.path.getsize(source) if os.path.isfile(source)
             else sum(os.path.getsize(os.path.join(d, f))
-                     for d, _, files in os.walk(path) for f in files))
-    row = {"artifact": label, "path": path, "size_bytes": size, **extra}
+                     for d, _, files in os.walk(source) for f in files))
+    row = {"artifact": label, "path": path, "size_bytes": size,
+           "staged": name if publish else None, **extra}
     if error is not None:
         row["error"] = error
         row["within_tolerance"] = error["relative"] <= error["tolerance"]
@@ -262,25 +396,6 @@ def _op_summary(op_list):
         if text not in seen:
             seen.append(text)
     return seen
-
-
-def _atomic_write(path, write, suffix=""):
-    """``write(tmp)`` beside ``path``, then an atomic rename onto it."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".writing-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_bytes(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def _fmt(value, spec):

@@ -1,48 +1,73 @@
 """SavedModels for TF Serving: versioned, written atomically, with warmup records.
 
 TF Serving watches ``<base>/<name>/<integer version>/`` and loads a version as
-soon as its directory appears, so a version is written under a non-numeric
-temporary name (which the server ignores) and renamed into place only once
-complete and checked. An existing version is never touched.
+soon as its directory appears, so a version is written in a staging directory
+(``staging.Staging``, a name the server ignores) and renamed into place only
+once complete and checked. An existing version is never touched.
 """
 
 import inspect
 import os
 import re
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from tf_conv3dt import ops
 from tf_conv3dt._keras import keras
+from tf_conv3dt.export import staging
 
 SIGNATURE = "serving_default"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # Python callbacks cannot run in the model server; neither can custom ops.
 SERVER_MISSING_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+# TF Serving's ModelSpec addresses versions as int64.
+LAST_VERSION = 2**63 - 1
 
 
 class ExportError(ValueError):
-    """An export that cannot go ahead; the message is meant for the user."""
+    """An export that cannot go ahead; the message is meant for the user.
+
+    ``argument`` and ``value`` name the argument of ``export_model`` at fault
+    (None when the problem is not one argument's), ``problem`` says what is
+    wrong with it.
+    """
+
+    def __init__(self, problem, argument=None, value=None):
+        self.problem, self.argument, self.value = problem, argument, value
+        super().__init__(problem if argument is None else f"{argument}={value!r}: {problem}")
 
 
 def check_model_name(name):
     if not isinstance(name, str) or not _MODEL_NAME.match(name) or ".." in name:
         raise ExportError(
-            f"Model name {name!r} must be letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit (it becomes a directory name)."
-        )
+            "must be 1 to 200 letters, digits, '_', '-' or '.', starting with a letter or "
+            "digit, without '..' (it becomes a directory name)", "name", name)
     return name
 
 
-def versions(model_dir):
-    """The integer versions present under ``model_dir``, ascending."""
-    if not os.path.isdir(model_dir):
-        return []
-    return sorted(int(entry) for entry in os.listdir(model_dir) if entry.isdigit())
+def check_version(version):
+    """None (the next free version) or an int TF Serving can address."""
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or not 1 <= version <= LAST_VERSION):
+        raise ExportError(f"must be an integer from 1 to {LAST_VERSION} (TF Serving's "
+                          "int64 versions), or None for the next free one", "version", version)
+    return version
+
+
+def check_version_free(model_dir, version):
+    """Refuses a ``version`` present under ``model_dir``, and a next version
+    beyond ``LAST_VERSION``."""
+    final = os.path.join(model_dir, str(version))
+    if version is not None and os.path.lexists(final):
+        raise ExportError(f"already exists at {final}; a version is never overwritten "
+                          "(choose another or let the export take the next one)",
+                          "version", version)
+    if version is None and (staging.versions(model_dir) or [0])[-1] == LAST_VERSION:
+        raise ExportError(f"{model_dir} already holds the last version TF Serving addresses, "
+                          f"{LAST_VERSION}; give an unused version explicitly",
+                          "version", version)
 
 
 def serving_spec(model, fixed_axes=None):
@@ -73,41 +98,44 @@ def write_serving_version(model, base_dir, name, version=None, warmup_batches=()
       implementation: the lowering traced for tf_conv3dt layers.
 
     Raises:
-      ExportError: a bad name, an existing version, or a graph that uses ops
-        the model server does not have. Nothing is left under a numeric name.
+      ExportError: a bad name or version, an existing version, or a graph
+        that uses ops the model server does not have. Nothing is left under
+        a numeric name.
     """
     model_dir = os.path.join(base_dir, check_model_name(name))
+    check_version_free(model_dir, check_version(version))
     os.makedirs(model_dir, exist_ok=True)
-    if version is None:
-        version = (versions(model_dir) or [0])[-1] + 1
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ExportError(f"--version must be a positive integer. Received: {version!r}")
-    final = os.path.join(model_dir, str(version))
-    if os.path.exists(final):
-        raise ExportError(f"Version {version} already exists at {final}; it is never "
-                          "overwritten. Choose another --version or omit it.")
-    staging = tempfile.mkdtemp(prefix=".writing-", dir=model_dir)
-    # mkdtemp makes it private (0700); the server may run as another user.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    with staging.Staging(model_dir) as staged:
+        write_version(model, staged.path_of("version"), name, warmup_batches, implementation)
+        return publish_version(staged, "version", model_dir, version)
+
+
+def write_version(model, path, name, warmup_batches=(), implementation="gemm"):
+    """Writes the SavedModel of one version at ``path`` (not yet served):
+    signature, warmup records, and a check that the model server has every
+    op. Returns ``serving_ops(path)``."""
+    spec = _traceable_spec(model, implementation)
+    save_signature(model, path, spec, implementation)
+    found = serving_ops(path)
+    if found["missing_in_server"]:
+        raise ExportError("The SavedModel uses ops TF Serving's model server does not have: "
+                          + ", ".join(found["missing_in_server"]))
+    if warmup_batches:
+        write_warmup_requests(path, name, spec.name, warmup_batches)
+    return found
+
+
+def publish_version(staged, staged_name, model_dir, version):
+    """Publishes a staged version directory (``staging.Staging.publish_version``),
+    with the user's errors as ExportError."""
     try:
-        spec = _traceable_spec(model, implementation)
-        save_signature(model, staging, spec, implementation)
-        found = serving_ops(staging)
-        if found["missing_in_server"]:
-            raise ExportError(
-                "The SavedModel uses ops TF Serving's model server does not have: "
-                + ", ".join(found["missing_in_server"]))
-        if warmup_batches:
-            write_warmup_requests(staging, name, spec.name, warmup_batches)
-        if os.path.exists(final):  # another export took it meanwhile
-            raise ExportError(f"Version {version} appeared at {final} during export.")
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
+        return staged.publish_version(staged_name, model_dir, version, LAST_VERSION)
+    except FileExistsError:
+        raise ExportError(f"appeared at {os.path.join(model_dir, str(version))} during "
+                          "the export; it is never overwritten", "version", version) from None
+    except OverflowError:
+        raise ExportError(f"no version is left in {model_dir} after {LAST_VERSION}",
+                          "version", version) from None
 
 
 def _traceable_spec(model, implementation):
@@ -120,9 +148,10 @@ def _traceable_spec(model, implementation):
             with ops.forced_implementation(implementation):
                 tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
             return spec
-        except (ValueError, TypeError, tf.errors.OpError):
-            continue
-    raise ExportError(f"The model cannot be traced with input {spec}.")
+        except (ValueError, TypeError) as error:  # what shape checks raise while tracing
+            failure = error
+    raise ExportError(f"The model cannot be traced with input {spec}: "
+                      f"{type(failure).__name__}: {str(failure).splitlines()[0]}") from failure
 
 
 def save_signature(model, path, spec, implementation="gemm", one_product_per_phase=False):

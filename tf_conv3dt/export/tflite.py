@@ -15,28 +15,41 @@ import tensorflow as tf
 
 from tf_conv3dt.export import serving
 
-MODES = ("float32", "float16", "dynamic_range", "int8")
+# Each mode and how export verifies it: the largest error relative to the
+# Keras output's largest magnitude, or (int8) to its range.
+MODES = {
+    "float32": {"tolerance": 1e-5, "scale": "max |output|"},
+    "float16": {"tolerance": 1e-2, "scale": "max |output|"},
+    "dynamic_range": {"tolerance": 1e-2, "scale": "max |output|"},
+    "int8": {"tolerance": 2e-2, "scale": "output range"},
+}
 
 
-def convert(model, mode, input_shape, calibration=None, implementation="gemm"):
+def convert(model, mode, input_shape, calibration=None, implementation="gemm",
+            scratch_dir=None):
     """Converts ``model`` to a TFLite flatbuffer for a static ``input_shape``.
 
     Args:
       model: a Keras model with one input.
       mode: one of ``MODES``. "int8" is full-integer: int8 inputs, outputs
         and kernels, calibrated on ``calibration``.
-      input_shape: the full static input shape, batch included.
+      input_shape: the full input shape, batch included: a static batch, or
+        None for a file that takes any batch (shape signature -1, resized
+        with ``interpreter.resize_tensor_input``; int8 is then calibrated one
+        sample at a time).
       calibration: array of samples ``(n, *input_shape[1:])`` for "int8".
       implementation: the lowering traced for tf_conv3dt layers.
+      scratch_dir: where the intermediate SavedModel's temporary directory
+        goes (None: the system's).
 
     Returns:
       The flatbuffer as bytes.
     """
     if mode not in MODES:
-        raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {MODES}.")
+        raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {tuple(MODES)}.")
     spec = serving.serving_spec(model)
     spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
         # Through a SavedModel, as Keras's own LiteRT export does: the
         # converter freezes its variables into constants. int8 sums each
         # stride phase inside one product (int32 accumulation) rather than
@@ -56,12 +69,11 @@ def _convert(converter, mode, input_shape, calibration):
     elif mode == "int8":
         if calibration is None:
             raise ValueError("mode='int8' needs calibration samples.")
-        batch = input_shape[0]
         samples = np.asarray(calibration, np.float32)
 
         def representative_dataset():
-            for start in range(0, len(samples) - batch + 1, batch):
-                yield [samples[start:start + batch]]
+            for batch in full_batches(samples, input_shape[0] or 1):
+                yield [batch]
 
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -72,36 +84,49 @@ def _convert(converter, mode, input_shape, calibration):
         return converter.convert()
 
 
-def interpreter(flatbuffer, num_threads=2, delegates=True):
+def interpreter(flatbuffer, num_threads=2, delegates=True, batch=None):
     """A LiteRT interpreter with tensors allocated; XNNPACK is applied unless
-    ``delegates`` is False (which keeps the model's own op list visible)."""
+    ``delegates`` is False (which keeps the model's own op list visible). A
+    file with a dynamic batch is resized to ``batch`` (None: its default, 1)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = (OpResolverType.AUTO if delegates
                 else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     runner = Interpreter(model_content=flatbuffer, num_threads=num_threads,
                          experimental_op_resolver_type=resolver)
+    (inp,) = runner.get_input_details()
+    if batch is not None and inp["shape_signature"][0] == -1:
+        runner.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]])
     runner.allocate_tensors()
     return runner
 
 
-def run(flatbuffer, x, num_threads=2):
+def full_batches(x, batch):
+    """``x`` in batches of exactly ``batch`` samples, the last one completed
+    with samples from the start (cycling when ``x`` has fewer than ``batch``)."""
+    return [np.take(x, range(start, start + batch), axis=0, mode="wrap")
+            for start in range(0, len(x), batch)]
+
+
+def run(flatbuffer, x, num_threads=2, batch=None):
     """Runs ``x`` (float) through the model, batch by batch of its static batch
-    size, quantizing and dequantizing int8 inputs and outputs."""
-    runner = interpreter(flatbuffer, num_threads)
+    size, or of ``batch`` for a dynamic-batch file (a last partial batch
+    completed, its extra outputs dropped), quantizing and dequantizing int8
+    inputs and outputs."""
+    runner = interpreter(flatbuffer, num_threads, batch=batch)
     (inp,), (out,) = runner.get_input_details(), runner.get_output_details()
-    batch = inp["shape"][0]
     results = []
-    for start in range(0, len(x), batch):
-        runner.set_tensor(inp["index"], _quantize(x[start:start + batch], inp))
+    for batch in full_batches(x, inp["shape"][0]):
+        runner.set_tensor(inp["index"], _quantize(batch, inp))
         runner.invoke()
         results.append(_dequantize(runner.get_tensor(out["index"]), out))
-    return np.concatenate(results)
+    return np.concatenate(results)[:len(x)]
 
 
-def latency_ms(flatbuffer, num_threads=2, repeats=30):
-    """Median milliseconds of one invoke on zeros."""
-    runner = interpreter(flatbuffer, num_threads)
+def latency_ms(flatbuffer, num_threads=2, repeats=30, batch=None):
+    """Median milliseconds of one invoke on zeros (of ``batch`` samples for a
+    dynamic-batch file)."""
+    runner = interpreter(flatbuffer, num_threads, batch=batch)
     (inp,) = runner.get_input_details()
     runner.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
     runner.invoke()

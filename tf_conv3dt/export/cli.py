@@ -1,0 +1,192 @@
+"""Export a Keras model (default: the reference example) to every deployment artifact.
+
+Writes under --out: model.keras, a TF Serving SavedModel version under
+serving/<name>/<version>/ (with warmup records), TFLite files (float32,
+float16, dynamic-range, full-integer int8) and report.json, then prints the
+verification report. Every flag and the destination are checked before
+anything is written; the artifacts are verified before they are published,
+each under its final name only when complete; an existing serving version
+is never touched.
+
+exit status:
+  0    every artifact written and within its tolerance
+  1    an artifact exceeded its tolerance: nothing published (report.json says which)
+  2    a bad flag or input file, or a destination that cannot be written
+  70   an internal error (a defect; the traceback is printed)
+  130  interrupted (Ctrl-C): nothing published
+"""
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+import traceback
+import warnings
+
+# The library's argument names, as (flag, attribute of the parsed arguments).
+FLAGS = {"out_dir": ("--out", "out"), "model": ("--model", "model"),
+         "name": ("--name", "name"), "version": ("--version", "version"),
+         "formats": ("--formats", "formats"),
+         "calibration": ("--calibration-data", "calibration_data"),
+         "batch_size": ("--batch-size", "batch_size"),
+         "implementation": ("--implementation", "implementation")}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, the exit status of every user error
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _ascii_integer(text):
+    """An int from ASCII digits only (no sign, no other script's digits);
+    its range is the library's to check."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a positive integer in ASCII digits, "
+                                         f"got {text!r}")
+    return int(text)
+
+
+def parse_args(argv):
+    parser = _Parser(prog="tf-conv3dt-export", description=__doc__.splitlines()[0],
+                     epilog=__doc__.split("\n\n", 1)[1],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory (created if missing; must be writable)")
+    parser.add_argument("--model", metavar="PATH",
+                        help="a .keras model, loaded in safe mode (default: the reference "
+                             "example, Input (10, 8, 12, 128) -> Conv3DTranspose(32, 2, 2, relu))")
+    parser.add_argument("--name", default="conv3dt",
+                        help="TF Serving model name, a directory name (default: conv3dt)")
+    parser.add_argument("--version", type=_ascii_integer, metavar="N",
+                        help="serving version to write, 1 to 2**63-1; refused if it exists "
+                             "(default: the next free integer)")
+    parser.add_argument("--formats", default="keras,savedmodel,tflite",
+                        help="comma-separated subset of keras,savedmodel,tflite (default: all)")
+    parser.add_argument("--calibration-data", metavar="FILE.npy",
+                        help="int8 calibration samples, shape (n, *input_shape), finite; "
+                             "default: synthetic uniform [0, 1) data, with a warning")
+    parser.add_argument("--batch-size", type=_ascii_integer, default=1, metavar="N",
+                        help="static batch size of the TFLite files, or with --dynamic-batch "
+                             "the batch they are verified and timed at (default: 1)")
+    parser.add_argument("--dynamic-batch", action="store_true",
+                        help="TFLite files that take any batch (shape signature -1: "
+                             "interpreter.resize_tensor_input, then allocate_tensors)")
+    parser.add_argument("--implementation", default="gemm", choices=("gemm", "native", "auto"),
+                        help="lowering traced into the SavedModel and TFLite files (default: gemm)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print nothing but errors (TensorFlow's own start-up lines, "
+                             "printed while it is imported, come before this flag is read)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Runs the export; returns the exit status (see the module docstring)."""
+    args = parse_args(argv)
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    def say(line):
+        # TensorFlow can swallow a KeyboardInterrupt raised inside its own
+        # calls; every progress line (the last one comes before publishing)
+        # raises it again.
+        if interrupted:
+            raise KeyboardInterrupt
+        if not args.quiet:
+            print(line, flush=True)
+
+    started = time.perf_counter()
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        with _native_output_silenced(args.quiet):
+            report = _export(args, say)
+    except KeyboardInterrupt:
+        interrupted.append(signal.SIGINT)
+    except Exception as error:  # noqa: BLE001 - each class has its exit status
+        if not interrupted:
+            return _fail(error, args)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print("error: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    say(f"finished in {time.perf_counter() - started:.1f}s; report: "
+        f"{os.path.join(args.out, 'report.json')}")
+    return 0 if report["published"] else 1
+
+
+def _export(args, say):
+    """Runs the export and prints its report; returns the report."""
+    say("importing TensorFlow and tf_conv3dt")
+    import numpy as np
+
+    from tf_conv3dt import export
+
+    calibration = None
+    if args.calibration_data:
+        try:
+            calibration = np.load(args.calibration_data, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise export.ExportError(f"could not be read as a .npy array: {error}",
+                                     "calibration", args.calibration_data) from None
+    if args.model:
+        say(f"loading {args.model} (safe mode)")
+        model = export.load_model(args.model)
+    else:
+        say("building the reference model")
+        model = export.reference_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        report = export.export_model(
+            model, args.out, name=args.name, version=args.version, formats=args.formats,
+            calibration=calibration, batch_size=args.batch_size,
+            implementation=args.implementation, dynamic_batch=args.dynamic_batch, log=say)
+    say(export.format_report(report))
+    return report
+
+
+def _fail(error, args):
+    """Exit status 2 and ``error: <flag> <value>: <problem>`` for the
+    library's errors (the value as typed), or the error's own text for a
+    filesystem error; 70 and the traceback for anything else (a defect)."""
+    from tf_conv3dt.export import ExportError
+
+    if isinstance(error, ExportError) and error.argument in FLAGS:
+        flag, attribute = FLAGS[error.argument]
+        value = getattr(args, attribute)
+        message = f"{flag}{'' if value is None else ' ' + repr(value)}: {error.problem}"
+    elif isinstance(error, (ExportError, OSError)):
+        message = str(error)
+    else:
+        traceback.print_exception(error)
+        return 70
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+@contextlib.contextmanager
+def _native_output_silenced(silenced):
+    """With --quiet, TensorFlow's and LiteRT's C++ logging (which ignores
+    TF_CPP_MIN_LOG_LEVEL before absl is initialised) goes to /dev/null too."""
+    if not silenced:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
