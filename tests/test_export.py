@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -227,8 +228,10 @@ def test_help_states_every_flag_and_exit_status(capsys):
         assert f"\n  {status}" in text, status
 
 
-def _bad_cli_files(root):
-    """The files the bad-flag rows refer to, under ``root``."""
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """The files the bad-flag rows refer to, as {}/NAME."""
+    root = tmp_path_factory.mktemp("bad_files")
     (root / "MODEL.txt").write_text("not a model")
     (root / "BROKEN.keras").write_bytes(b"not a zip")
     (root / "A_FILE").write_text("x")
@@ -242,6 +245,19 @@ def _bad_cli_files(root):
                         ("TEXT.npy", np.array(["a", "b"]))]:
         np.save(root / name, array)
     (root / "PICKLE.npy").write_bytes(b"\x93NUMPY garbage")
+    # A .keras file whose layer config asks for strides beyond int32 (which
+    # aborted the process inside oneDNN): rewritten inside a valid archive.
+    inputs = keras.Input((2, 2, 2, 1))
+    keras.Model(inputs, tf_conv3dt.Conv3DTranspose(1, 2, 2)(inputs)).save(root / "valid.keras")
+    with zipfile.ZipFile(root / "valid.keras") as valid, \
+            zipfile.ZipFile(root / "HOSTILE.keras", "w") as hostile:
+        for item in valid.infolist():
+            data = valid.read(item)
+            if item.filename == "config.json":
+                data = data.replace(b'"strides": [2, 2, 2]', b'"strides": [2147483648, 1, 1]')
+                assert b"2147483648" in data
+            hostile.writestr(item, data)
+    return root
 
 
 CLI_ERRORS = [
@@ -249,6 +265,8 @@ CLI_ERRORS = [
         ("model missing", ["--model", "missing.keras"], "--model 'missing.keras': does not exist"),
         ("model not .keras", ["--model", "{}/MODEL.txt"], "unknown format"),
         ("model corrupt", ["--model", "{}/BROKEN.keras"], "could not be loaded"),
+        ("model with strides beyond int32", ["--model", "{}/HOSTILE.keras"],
+         "at most 2147483647"),
         ("name with ..", ["--name", "../escape"], "--name '../escape': must be"),
         ("name of 300 characters", ["--name", "n" * 300], "1 to 200 letters"),
         ("name empty", ["--name", ""], "--name '': must be"),
@@ -282,10 +300,10 @@ CLI_ERRORS = [
 
 
 @pytest.mark.parametrize("argv,fragment", CLI_ERRORS)
-def test_bad_flag_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, argv, fragment):
-    _bad_cli_files(tmp_path)
+def test_bad_flag_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, bad_files, argv,
+                                                        fragment):
     out = tmp_path / "out"
-    argv = [a.replace("{}", str(tmp_path)) for a in argv]
+    argv = [a.replace("{}", str(bad_files)) for a in argv]
     if "--out" not in argv:
         argv = ["--out", str(out)] + argv
     code, _, err = _cli(capsys, "--quiet", *argv)
@@ -399,6 +417,31 @@ def test_destination_conflicts_are_refused_before_writing(capsys, tmp_path):
     assert (tmp_path / "model.keras").read_bytes() == b"earlier"
     assert sorted(os.listdir(tmp_path)) == ["model.keras", "other", "serving", "third"]
     assert not glob.glob(str(tmp_path / "**" / ".writing-*"), recursive=True)
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory this user cannot create entries in: read-only, or for root
+    (whom permissions do not stop) immutable."""
+    path = tmp_path / "locked"
+    path.mkdir()
+    path.chmod(0o555)
+    immutable = os.access(path, os.W_OK) and subprocess.run(
+        ["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    if os.access(path, os.W_OK) and not immutable:
+        pytest.skip("neither permissions nor chattr +i can stop this user writing here")
+    yield path
+    if immutable:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    path.chmod(0o755)
+
+
+def test_unwritable_destination_is_exit_2_naming_out(capsys, unwritable_dir):
+    for out in (unwritable_dir, unwritable_dir / "out"):
+        code, _, err = _cli(capsys, "--quiet", "--out", str(out))
+        assert code == 2 and err.startswith(f"error: --out {str(out)!r}: "), err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert os.listdir(unwritable_dir) == []
 
 
 def test_relative_out_directory(capsys, tmp_path, monkeypatch):

@@ -137,7 +137,11 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
              size=(VERIFICATION_SAMPLES, *input_shape)).astype(np.float32))
     expected = np.asarray(model(x, training=False))
     report = {"model": model.name, "input_shape": list(input_shape), "artifacts": []}
-    with staging.Staging(out_dir) as staged:
+    try:
+        staged = staging.Staging(out_dir)
+    except OSError as error:  # e.g. an immutable directory, which root cannot write either
+        raise _unwritable(out_dir, error) from None
+    with staged:
         if "keras" in formats:
             _stage_keras(model, staged, x, expected, report, step)
         if "savedmodel" in formats:
@@ -210,10 +214,13 @@ def _prepare_destination(out_dir, name, version, formats):
                 raise ExportError(f"{directory} is not writable", "out_dir", out_dir)
         staging.remove_stale(paths["tflite"], paths["model_dir"])
     except OSError as error:
-        raise ExportError(f"cannot be written: {error.strerror or error}"
-                          f"{': ' + error.filename if error.filename else ''}",
-                          "out_dir", out_dir) from None
+        raise _unwritable(out_dir, error) from None
     return paths
+
+
+def _unwritable(out_dir, error):
+    return ExportError(f"cannot be written: {error.strerror or error}"
+                       f"{': ' + error.filename if error.filename else ''}", "out_dir", out_dir)
 
 
 def _stage_keras(model, staged, x, expected, report, step):
