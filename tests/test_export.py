@@ -249,6 +249,8 @@ def bad_files(tmp_path_factory):
     # aborted the process inside oneDNN): rewritten inside a valid archive.
     inputs = keras.Input((2, 2, 2, 1))
     keras.Model(inputs, tf_conv3dt.Conv3DTranspose(1, 2, 2)(inputs)).save(root / "valid.keras")
+    dynamic = keras.Input((None, None, None, 1))
+    keras.Model(dynamic, tf_conv3dt.Conv3DTranspose(1, 2, 2)(dynamic)).save(root / "DYNAMIC.keras")
     with zipfile.ZipFile(root / "valid.keras") as valid, \
             zipfile.ZipFile(root / "HOSTILE.keras", "w") as hostile:
         for item in valid.infolist():
@@ -267,6 +269,8 @@ CLI_ERRORS = [
         ("model corrupt", ["--model", "{}/BROKEN.keras"], "could not be loaded"),
         ("model with strides beyond int32", ["--model", "{}/HOSTILE.keras"],
          "at most 2147483647"),
+        ("model with a dynamic input shape", ["--model", "{}/DYNAMIC.keras"],
+         "input shape (None, None, None, 1) must be static"),
         ("name with ..", ["--name", "../escape"], "--name '../escape': must be"),
         ("name of 300 characters", ["--name", "n" * 300], "1 to 200 letters"),
         ("name empty", ["--name", ""], "--name '': must be"),

@@ -112,8 +112,8 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
                           implementation)
     input_shape = tuple(model.inputs[0].shape[1:])
     if None in input_shape:
-        raise ExportError(f"The model's input shape {input_shape} must be static "
-                          "for TFLite and verification.")
+        raise ExportError(f"its input shape {input_shape} must be static for TFLite and "
+                          "verification", "model", model.name)
     _check_batch_size(batch_size, input_shape)
     if not isinstance(dynamic_batch, bool):
         raise ExportError("must be True or False", "dynamic_batch", dynamic_batch)
@@ -154,16 +154,18 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
         report["published"] = report["all_within_tolerance"]
         if report["published"]:
             step("publishing")  # the caller's last chance to abort
-            for row in report["artifacts"]:
-                if row["staged"] is not None:
-                    staged.publish(row["staged"], row["path"])
             if "savedmodel" in formats:
+                # First: the one rename that can still be refused (a given
+                # version that appeared meanwhile), before any file is replaced.
                 final = serving.publish_version(staged, "saved_model", paths["model_dir"],
                                                 version)
                 report["serving"].update(path=final, version=int(os.path.basename(final)))
                 for row in report["artifacts"]:
                     if row["artifact"] in ("saved_model", "tfsm_layer"):
                         row["path"] = final
+            for row in report["artifacts"]:
+                if row["staged"] is not None:
+                    staged.publish(row["staged"], row["path"])
         else:
             step("an artifact exceeds its tolerance: nothing is published")
         for row in report["artifacts"]:
