@@ -35,7 +35,6 @@ import contextlib
 import contextvars
 import functools
 import itertools
-import math
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -105,15 +104,14 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         )
     kernel_size = tuple(kernel.shape[:3])
     shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
-    if one_product_per_phase:
+    if one_product_per_phase:  # never overridden: a quantized layer's int8 form
         if implementation not in ("auto", "gemm"):
             raise ValueError("one_product_per_phase=True is a form of the GEMM lowering. "
                              f"Received: implementation={implementation!r}")
         implementation = "gemm"
-        shapes.check_unrolled(kernel_size, strides, implementation)
     else:
         implementation, one_product_per_phase = _forced_or(implementation)
-        implementation = resolve_implementation(implementation, kernel_size, strides)
+    implementation = _resolve(implementation, kernel_size, strides)
 
     x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
     channels = x.shape[-1]
@@ -235,13 +233,17 @@ def resolve_implementation(implementation, kernel_size, strides):
     Beyond ``shapes.MAX_UNROLLED`` stride phases or kernel taps "auto" takes
     the native op, and an explicit "gemm" or "subpixel" is refused.
     """
-    implementation, _ = _forced_or(implementation)
+    return _resolve(_forced_or(implementation)[0], kernel_size, strides)
+
+
+def _resolve(implementation, kernel_size, strides):
+    """:func:`resolve_implementation` for a normalized, already forced choice."""
     if implementation == "auto":
         if tf.config.list_logical_devices("GPU"):
             return "native"
-        implementation = AUTO_RULE[cpu_configuration()][kernel_relation(kernel_size, strides)]
-        if max(math.prod(kernel_size), math.prod(strides)) > shapes.MAX_UNROLLED:
+        if shapes.unrolled_excess(kernel_size, strides):
             return "native"
+        return AUTO_RULE[cpu_configuration()][kernel_relation(kernel_size, strides)]
     if implementation != "native":
         shapes.check_unrolled(kernel_size, strides, implementation)
     return implementation

@@ -225,17 +225,27 @@ def check_output_size(spatial_shape, channels):
         )
 
 
+def unrolled_excess(kernel_size, strides):
+    """``(argument, count)`` of the first of strides (stride phases) and
+    kernel_size (taps) beyond ``MAX_UNROLLED``, else None."""
+    for name, value in (("strides", strides), ("kernel_size", kernel_size)):
+        if math.prod(value) > MAX_UNROLLED:
+            return name, math.prod(value)
+    return None
+
+
 def check_unrolled(kernel_size, strides, implementation):
     """Refuses the GEMM and sub-pixel lowerings for more than ``MAX_UNROLLED``
     stride phases or kernel taps (``"native"`` has no such limit)."""
-    for name, value in (("strides", strides), ("kernel_size", kernel_size)):
-        if math.prod(value) > MAX_UNROLLED:
-            raise ValueError(
-                f"implementation={implementation!r} builds ops for each of the "
-                f"{math.prod(value)} {'stride phases' if name == 'strides' else 'kernel taps'}"
-                f" (at most {MAX_UNROLLED}); use implementation='native' or 'auto'. "
-                f"Received: {name}={value}"
-            )
+    excess = unrolled_excess(kernel_size, strides)
+    if excess:
+        name, count = excess
+        value = strides if name == "strides" else kernel_size
+        raise ValueError(
+            f"implementation={implementation!r} builds ops for each of the {count} "
+            f"{'stride phases' if name == 'strides' else 'kernel taps'} (at most "
+            f"{MAX_UNROLLED}); use implementation='native' or 'auto'. Received: {name}={value}"
+        )
 
 
 def is_int(value):

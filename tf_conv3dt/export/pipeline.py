@@ -143,12 +143,12 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
         raise _unwritable(out_dir, error) from None
     with staged:
         if "keras" in formats:
-            _stage_keras(model, staged, x, expected, report, step)
+            _stage_keras(model, staged, paths["keras"], x, expected, report, step)
         if "savedmodel" in formats:
             _stage_saved_model(model, staged, name, implementation, x, expected, report, step)
         if "tflite" in formats:
-            _stage_tflite(model, staged, batch_size, dynamic_batch, input_shape, samples,
-                          implementation, x, expected, report, step)
+            _stage_tflite(model, staged, paths["tflite"], batch_size, dynamic_batch,
+                          input_shape, samples, implementation, x, expected, report, step)
         report["all_within_tolerance"] = all(
             row.get("within_tolerance", True) for row in report["artifacts"])
         report["published"] = report["all_within_tolerance"]
@@ -225,13 +225,13 @@ def _unwritable(out_dir, error):
                        f"{': ' + error.filename if error.filename else ''}", "out_dir", out_dir)
 
 
-def _stage_keras(model, staged, x, expected, report, step):
+def _stage_keras(model, staged, path, x, expected, report, step):
     step("writing model.keras and reloading it (safe mode)")
     model.save(staged.path_of("model.keras"))
     reloaded = keras.models.load_model(staged.path_of("model.keras"), safe_mode=True,
                                        compile=False)
     report["artifacts"].append(_row(
-        "keras", staged, "model.keras", os.path.join(os.path.dirname(staged.path), "model.keras"),
+        "keras", staged, "model.keras", path,
         error=_error(reloaded(x, training=False), expected, **EXACT)))
 
 
@@ -258,8 +258,8 @@ def _stage_saved_model(model, staged, name, implementation, x, expected, report,
         error=_error(outputs["tfsm_layer"], expected, **EXACT)))
 
 
-def _stage_tflite(model, staged, batch_size, dynamic_batch, input_shape, samples,
-                  implementation, x, expected, report, step):
+def _stage_tflite(model, staged, tflite_dir, batch_size, dynamic_batch, input_shape,
+                  samples, implementation, x, expected, report, step):
     shape = (None if dynamic_batch else batch_size, *input_shape)
     runtime = f"LiteRT+XNNPACK, batch {batch_size}{' of any' if dynamic_batch else ''}"
     step("converting the native-op baseline (CONV_3D_TRANSPOSE, as keras.layers."
@@ -269,7 +269,6 @@ def _stage_tflite(model, staged, batch_size, dynamic_batch, input_shape, samples
     baseline_ms = tflite.latency_ms(baseline, batch=batch_size)
     report["tflite_baseline"] = {"latency_ms": baseline_ms,
                                  "ops": _op_summary(tflite.op_list(baseline))}
-    out_dir = os.path.dirname(staged.path)
     for mode, verification in tflite.MODES.items():
         step(f"converting TFLite {mode}")
         flatbuffer = tflite.convert(model, mode, shape, samples, implementation,
@@ -279,7 +278,7 @@ def _stage_tflite(model, staged, batch_size, dynamic_batch, input_shape, samples
             f.write(flatbuffer)
         latency = tflite.latency_ms(flatbuffer, batch=batch_size)
         report["artifacts"].append(_row(
-            f"tflite {mode}", staged, name, os.path.join(out_dir, name),
+            f"tflite {mode}", staged, name, os.path.join(tflite_dir, os.path.basename(name)),
             error=_error(tflite.run(flatbuffer, x, batch=batch_size), expected, **verification),
             latency_ms=latency, latency_runtime=runtime,
             speedup_vs_native_tflite=baseline_ms / latency,
