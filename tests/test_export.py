@@ -19,7 +19,7 @@ import tensorflow as tf
 
 import tf_conv3dt
 from tf_conv3dt import export
-from tf_conv3dt.export import serving, staging, tflite
+from tf_conv3dt.export import pipeline, serving, staging, tflite
 from tf_conv3dt._keras import keras
 from reference import assert_close, np_conv3d_transpose
 
@@ -167,6 +167,22 @@ def _tree_digest(path):
     return digest.hexdigest()
 
 
+def test_a_model_that_fixes_its_output_size_gets_a_signature_of_its_input_size(tmp_path, rng):
+    """A decoder asking for its skip's size traces with any input size, but
+    only its own concatenates: the signature takes that size, not any."""
+    inputs = keras.Input((5, 5, 5, 2), name="volume")
+    down = keras.layers.Conv3D(4, 3, strides=2, padding="same")(inputs)
+    up = tf_conv3dt.Conv3DTranspose(2, 3, 2, padding="same")(down, output_shape=(5, 5, 5))
+    model = keras.Model(inputs, keras.layers.Concatenate()([up, inputs]))
+    path = serving.write_serving_version(model, str(tmp_path), "fixed")
+    signature = tf.saved_model.load(path).signatures[serving.SIGNATURE]
+    (spec,) = signature.structured_input_signature[1].values()
+    assert spec.shape.as_list() == [None, 5, 5, 5, 2]
+    x = rng.uniform(size=(3, 5, 5, 5, 2)).astype("float32")
+    (output,) = signature(volume=tf.constant(x)).values()
+    assert_close(output.numpy(), model(x).numpy())
+
+
 def test_versions_are_never_overwritten(exported, tmp_path):
     model, out, _ = exported
     base = str(tmp_path / "serving")
@@ -298,6 +314,13 @@ CLI_ERRORS = [
         ("out a file", ["--out", "{}/A_FILE"], "is a file"),
         ("out under a file", ["--out", "{}/A_FILE/out"], "Not a directory"),
         ("out on a filesystem refusing it", ["--out", "/proc/tf_conv3dt_out"], "cannot be written"),
+        ("tolerance of an unknown mode", ["--tolerance", "int9=0.1"],
+         "--tolerance 'int9=0.1': 'int9' is not a TFLite mode; choose among float32"),
+        ("tolerance negative", ["--tolerance", "int8=0.1", "--tolerance", "float16=-1"],
+         "--tolerance 'int8=0.1 float16=-1': the tolerance of float16 must be a finite"),
+        ("tolerance NaN", ["--tolerance", "int8=nan"], "must be a finite number >= 0"),
+        ("tolerance without a mode", ["--tolerance", "0.1"], "expected MODE=NUMBER"),
+        ("tolerance not a number", ["--tolerance", "int8=loose"], "expected MODE=NUMBER"),
         ("unknown flag", ["--output", "x"], "unrecognized arguments"),
     ]
 ]
@@ -497,5 +520,27 @@ def test_a_tolerance_miss_publishes_nothing(capsys, tmp_path, monkeypatch):
     ok = {row["artifact"]: row["within_tolerance"] for row in report["artifacts"]}
     assert ok == {"keras": True, "tflite float32": True, "tflite float16": True,
                   "tflite dynamic_range": True, "tflite int8": False}
+    tolerance = {row["artifact"]: row["error"]["tolerance"] for row in report["artifacts"]}
+    assert tolerance == {"keras": 1e-5, "tflite float32": 1e-5, "tflite float16": 0.5,
+                         "tflite dynamic_range": 1e-2, "tflite int8": 0.0}
     assert sorted(os.listdir(tmp_path / "out")) == ["report.json", "tflite"]
     assert os.listdir(tmp_path / "out" / "tflite") == []
+
+
+@pytest.mark.parametrize("tolerances,fragment", [
+    (0.1, "must be a dict"), ({"int8": True}, "finite number"), ({"int8": "0.1"}, "finite number"),
+    ({"int8": float("inf")}, "finite number"), ({"conv": 0.1}, "'conv' is not a TFLite mode"),
+])
+def test_bad_tolerances_are_refused_before_anything_is_written(tmp_path, tolerances, fragment):
+    with pytest.raises(export.ExportError, match="tolerances=") as raised:
+        export.export_model(export.reference_model(), str(tmp_path / "out"),
+                            tolerances=tolerances)
+    assert fragment in str(raised.value) and raised.value.argument == "tolerances"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tolerance_accepts_any_real_number():
+    verifications = pipeline.check_tolerances({"int8": np.float32(0.25), "float16": 1})
+    assert verifications["int8"] == {"tolerance": 0.25, "scale": "output range"}
+    assert verifications["float16"]["tolerance"] == 1.0
+    assert verifications["float32"] == tflite.MODES["float32"]

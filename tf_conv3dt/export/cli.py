@@ -31,7 +31,8 @@ FLAGS = {"out_dir": ("--out", "out"), "model": ("--model", "model"),
          "formats": ("--formats", "formats"),
          "calibration": ("--calibration-data", "calibration_data"),
          "batch_size": ("--batch-size", "batch_size"),
-         "implementation": ("--implementation", "implementation")}
+         "implementation": ("--implementation", "implementation"),
+         "tolerances": ("--tolerance", "tolerance")}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +47,21 @@ def _ascii_integer(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer in ASCII digits, "
                                          f"got {text!r}")
     return int(text)
+
+
+def _mode_tolerance(text):
+    """``MODE=NUMBER`` as (mode, float); the library checks both."""
+    mode, _, number = text.partition("=")
+    try:
+        return mode, float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MODE=NUMBER (int8=0.25), got {text!r}") \
+            from None
+
+
+def _typed_tolerance(text):
+    _mode_tolerance(text)
+    return text
 
 
 def parse_args(argv):
@@ -75,6 +91,13 @@ def parse_args(argv):
                              "interpreter.resize_tensor_input, then allocate_tensors)")
     parser.add_argument("--implementation", default="gemm", choices=("gemm", "native", "auto"),
                         help="lowering traced into the SavedModel and TFLite files (default: gemm)")
+    from tf_conv3dt.export.tflite import MODES
+
+    parser.add_argument("--tolerance", type=_typed_tolerance, action="append", metavar="MODE=X",
+                        help="replace a TFLite mode's tolerance (relative, as in the report), "
+                             "e.g. int8=0.25 for a deep network judged by its task metric; "
+                             "repeatable (defaults: " + ", ".join(
+                                 f"{mode}={v['tolerance']:g}" for mode, v in MODES.items()) + ")")
     parser.add_argument("--quiet", action="store_true",
                         help="print nothing but errors (TensorFlow's own start-up lines, "
                              "printed while it is imported, come before this flag is read)")
@@ -144,7 +167,10 @@ def _export(args, say):
         report = export.export_model(
             model, args.out, name=args.name, version=args.version, formats=args.formats,
             calibration=calibration, batch_size=args.batch_size,
-            implementation=args.implementation, dynamic_batch=args.dynamic_batch, log=say)
+            implementation=args.implementation, dynamic_batch=args.dynamic_batch,
+            tolerances=None if args.tolerance is None else dict(map(_mode_tolerance,
+                                                                      args.tolerance)),
+            log=say)
     say(export.format_report(report))
     return report
 
@@ -158,6 +184,8 @@ def _fail(error, args):
     if isinstance(error, ExportError) and error.argument in FLAGS:
         flag, attribute = FLAGS[error.argument]
         value = getattr(args, attribute)
+        if isinstance(value, list):  # a repeated flag: its values as typed
+            value = " ".join(value)
         message = f"{flag}{'' if value is None else ' ' + repr(value)}: {error.problem}"
     elif isinstance(error, (ExportError, OSError)):
         message = str(error)

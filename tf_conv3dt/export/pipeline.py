@@ -12,6 +12,7 @@ latency, and for TFLite its op list with tensor dtypes.
 
 import json
 import math
+import numbers
 import os
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def check_formats(formats):
 
 def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
                  calibration=None, batch_size=1, implementation="gemm", dynamic_batch=False,
-                 log=None):
+                 tolerances=None, log=None):
     """Writes, verifies and publishes every artifact of ``model`` under ``out_dir``.
 
     Args:
@@ -89,6 +90,12 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
         the native op has no oneDNN kernel).
       dynamic_batch: TFLite files that take any batch (shape signature -1;
         ``interpreter.resize_tensor_input`` before ``allocate_tensors``).
+      tolerances: ``{TFLite mode: tolerance}`` replacing the defaults of
+        ``tflite.MODES`` for those modes (same scale). The int8 default, 2%
+        of the output range, holds for a few layers; a deep network's
+        rounding adds up, and a sigmoid output turns small differences near
+        0.5 into large ones: judge such a file by its task metric, then
+        state the error you accept, e.g. ``{"int8": 0.25}``.
       log: callable taking one line of progress, or None. It may raise (a
         KeyboardInterrupt, say) to abort: it is called before publishing,
         and nothing is published after an exception.
@@ -117,6 +124,7 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
     _check_batch_size(batch_size, input_shape)
     if not isinstance(dynamic_batch, bool):
         raise ExportError("must be True or False", "dynamic_batch", dynamic_batch)
+    verifications = check_tolerances(tolerances)
     samples = _calibration_samples(calibration, input_shape)
     paths = _prepare_destination(out_dir, name, version, formats)
     started = time.perf_counter()
@@ -148,7 +156,8 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
             _stage_saved_model(model, staged, name, implementation, x, expected, report, step)
         if "tflite" in formats:
             _stage_tflite(model, staged, paths["tflite"], batch_size, dynamic_batch,
-                          input_shape, samples, implementation, x, expected, report, step)
+                          input_shape, samples, implementation, verifications, x, expected,
+                          report, step)
         report["all_within_tolerance"] = all(
             row.get("within_tolerance", True) for row in report["artifacts"])
         report["published"] = report["all_within_tolerance"]
@@ -176,6 +185,25 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
         staged.publish("report.json", paths["report"])
     step("done")
     return report
+
+
+def check_tolerances(tolerances):
+    """``tflite.MODES`` with ``tolerances`` ({mode: tolerance}) applied."""
+    if tolerances is None:
+        return dict(tflite.MODES)
+    if not isinstance(tolerances, dict):
+        raise ExportError("must be a dict {TFLite mode: tolerance}", "tolerances", tolerances)
+    verifications = dict(tflite.MODES)
+    for mode, tolerance in tolerances.items():
+        if mode not in tflite.MODES:
+            raise ExportError(f"{mode!r} is not a TFLite mode; choose among "
+                              f"{', '.join(tflite.MODES)}", "tolerances", tolerances)
+        if (isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real)
+                or not math.isfinite(tolerance) or tolerance < 0):
+            raise ExportError(f"the tolerance of {mode} must be a finite number >= 0",
+                              "tolerances", tolerances)
+        verifications[mode] = dict(tflite.MODES[mode], tolerance=float(tolerance))
+    return verifications
 
 
 def _check_batch_size(batch_size, input_shape):
@@ -259,7 +287,7 @@ def _stage_saved_model(model, staged, name, implementation, x, expected, report,
 
 
 def _stage_tflite(model, staged, tflite_dir, batch_size, dynamic_batch, input_shape,
-                  samples, implementation, x, expected, report, step):
+                  samples, implementation, verifications, x, expected, report, step):
     shape = (None if dynamic_batch else batch_size, *input_shape)
     runtime = f"LiteRT+XNNPACK, batch {batch_size}{' of any' if dynamic_batch else ''}"
     step("converting the native-op baseline (CONV_3D_TRANSPOSE, as keras.layers."
@@ -269,7 +297,7 @@ def _stage_tflite(model, staged, tflite_dir, batch_size, dynamic_batch, input_sh
     baseline_ms = tflite.latency_ms(baseline, batch=batch_size)
     report["tflite_baseline"] = {"latency_ms": baseline_ms,
                                  "ops": _op_summary(tflite.op_list(baseline))}
-    for mode, verification in tflite.MODES.items():
+    for mode, verification in verifications.items():
         step(f"converting TFLite {mode}")
         flatbuffer = tflite.convert(model, mode, shape, samples, implementation,
                                     scratch_dir=staged.path)

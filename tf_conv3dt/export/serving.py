@@ -140,18 +140,33 @@ def publish_version(staged, staged_name, model_dir, version):
 
 def _traceable_spec(model, implementation):
     """Dynamic spatial dims where the model traces with them (channels last,
-    then channels first), else the model's own shape with a dynamic batch."""
+    then channels first) and its output size follows them, else the model's
+    own shape with a dynamic batch."""
     rank = len(model.inputs[0].shape)
     for fixed_axes in ((rank - 1,), (1,), None):
         spec = serving_spec(model, fixed_axes)
         try:
             with ops.forced_implementation(implementation):
-                tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-            return spec
+                traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
         except (ValueError, TypeError) as error:  # what shape checks raise while tracing
             failure = error
+            continue
+        if fixed_axes is not None and _output_size_is_fixed(traced, rank, fixed_axes):
+            return serving_spec(model)
+        return spec
     raise ExportError(f"The model cannot be traced with input {spec}: "
                       f"{type(failure).__name__}: {str(failure).splitlines()[0]}") from failure
+
+
+def _output_size_is_fixed(traced, rank, fixed_axes):
+    """Whether every output axis that the input's dynamic axes would size is
+    static: a model asking for fixed sizes (``output_shape=``) traces with
+    any input size but computes only with its own (its skips would not
+    concatenate), so a signature taking any size would promise too much."""
+    outputs = tf.nest.flatten(traced.structured_outputs)
+    free = [axis for axis in range(1, rank) if axis not in fixed_axes]
+    return all(output.shape.rank == rank and all(output.shape[axis] is not None for axis in free)
+               for output in outputs)
 
 
 def save_signature(model, path, spec, implementation="gemm", one_product_per_phase=False):
