@@ -83,7 +83,14 @@ def np_conv3d_transpose_with_gradients(x, kernel, cotangent, strides=(1, 1, 1),
     """The NumPy loop reference's output and the gradients of
     ``sum(output * cotangent)``: the cotangent is placed into the full output
     (zero outside TF's window) and gathered back tap by tap, the adjoint of
-    the scatter in :func:`np_conv3d_transpose`."""
+    the scatter in :func:`np_conv3d_transpose`.
+
+    ``cotangent`` None skips the gradients (returns the output alone), as
+    :func:`torch_conv3d_transpose_with_gradients` does.
+    """
+    if cotangent is None:
+        return np_conv3d_transpose(x, kernel, None, strides, padding, output_padding,
+                                   dilation_rate, data_format, output_shape)
     args = (strides, padding, output_padding, dilation_rate, "channels_last", output_shape)
     x = np.asarray(x, np.float64)
     g = np.asarray(cotangent, np.float64)
