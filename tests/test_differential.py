@@ -158,6 +158,7 @@ def check_config(config, seed):
                 _assert_matches(dkernel, expected[2], f"kernel gradient ({where})")
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("seed", [SEED + i for i in range(CONFIGS)],
                          ids=lambda seed: f"seed={seed}")
 def test_random_configuration_matches_reference(seed):
@@ -207,6 +208,7 @@ REGRESSIONS = [
 ]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("config", REGRESSIONS)
 def test_regression(config):
     check_config(config, seed=0)

@@ -49,6 +49,7 @@ def _umask():
     return mask
 
 
+@pytest.mark.smoke
 def test_every_artifact_written_and_within_tolerance(exported):
     model, out, report = exported
     assert report["all_within_tolerance"] and report["published"], export.format_report(report)
@@ -125,6 +126,7 @@ def test_saved_model_cli_runs_it_in_a_fresh_process(exported, tmp_path):
     assert_close(np.load(tmp_path / "upsampled.npy"), _reference_output(model, x))
 
 
+@pytest.mark.smoke
 def test_tfsm_layer_in_a_process_without_tf_conv3dt(exported, rng):
     model, out, _ = exported
     x = rng.uniform(size=(2, 10, 8, 12, 128)).astype("float32")

@@ -10,6 +10,10 @@ import tf_conv3dt
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from reference import assert_close, np_conv3d_transpose
 
+# In the oldest-TensorFlow job too (README, "Supported versions").
+pytestmark = pytest.mark.smoke
+
+
 FULL_ARGS = dict(
     filters=3, kernel_size=(3, 3, 1), strides=(2, 1, 1), padding="same",
     data_format="channels_first", output_padding=(1, 0, 0), dilation_rate=1,

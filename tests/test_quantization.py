@@ -142,6 +142,7 @@ def test_qat_converts_to_integer_tflite_with_the_standard_converter(rng):
     _assert_follows(tflite.run(flatbuffer, x[:8]), np.asarray(qat(x[:8])), (high - low) / 255)
 
 
+@pytest.mark.smoke
 def test_post_training_int8_with_the_users_converter(rng, tmp_path):
     """A plain float model, the user's own converter with a representative
     dataset, traced inside tf_conv3dt.forced_implementation: all int8, close to

@@ -4,6 +4,9 @@ import pytest
 
 from tf_conv3dt import shapes
 
+# In the oldest-TensorFlow job too (README, "Supported versions").
+pytestmark = pytest.mark.smoke
+
 # (input, kernel, stride, padding, output_padding, dilation) -> length, each
 # row worked out on paper from the definition in the module docstring.
 OUTPUT_LENGTH_ROWS = [
