@@ -32,7 +32,7 @@ from tf_conv3dt._keras import LEGACY_KERAS
 import reference
 
 # The ops never touch Keras: the tf_keras run draws fewer configurations.
-CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 10 if LEGACY_KERAS else 44))
+CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 4 if LEGACY_KERAS else 44))
 SEED = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_SEED", "20261127"))
 IMPLEMENTATIONS = ["native", "gemm", "gemm-phase-products", "subpixel", "auto"]
 
@@ -234,7 +234,7 @@ def test_under_the_other_onednn_setting():
     run a share of this suite again in a process with the other setting."""
     onednn = ops._onednn_enabled()
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0" if onednn else "1",
-               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="16",
+               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="8",
                TF_CPP_MIN_LOG_LEVEL="2")
     probe = subprocess.run(
         [sys.executable, "-c", "from tf_conv3dt import ops; print(ops._onednn_enabled())"],
