@@ -28,11 +28,10 @@ import tensorflow as tf
 
 import tf_conv3dt
 from tf_conv3dt import ops, shapes
-from tf_conv3dt._keras import LEGACY_KERAS
 import reference
+from markers import op_only
 
-# The ops never touch Keras: the tf_keras run draws fewer configurations.
-CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 4 if LEGACY_KERAS else 44))
+CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 16))
 SEED = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_SEED", "20261127"))
 IMPLEMENTATIONS = ["native", "gemm", "gemm-phase-products", "subpixel", "auto"]
 
@@ -158,6 +157,7 @@ def check_config(config, seed):
                 _assert_matches(dkernel, expected[2], f"kernel gradient ({where})")
 
 
+@op_only
 @pytest.mark.smoke
 @pytest.mark.parametrize("seed", [SEED + i for i in range(CONFIGS)],
                          ids=lambda seed: f"seed={seed}")
@@ -208,6 +208,7 @@ REGRESSIONS = [
 ]
 
 
+@op_only
 @pytest.mark.smoke
 @pytest.mark.parametrize("config", REGRESSIONS)
 def test_regression(config):
@@ -227,14 +228,13 @@ def test_one_nan_voxel_reaches_only_its_footprint():
 
 @pytest.mark.skipif(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CHILD") == "1",
                     reason="already the run under the other oneDNN setting")
-@pytest.mark.skipif(LEGACY_KERAS, reason="the ops never touch Keras: the Keras 3 run "
-                    "covers the other oneDNN setting once per CI run")
+@op_only
 def test_under_the_other_onednn_setting():
     """The native path depends on whether TensorFlow runs its oneDNN kernels:
     run a share of this suite again in a process with the other setting."""
     onednn = ops._onednn_enabled()
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0" if onednn else "1",
-               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="8",
+               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="4",
                TF_CPP_MIN_LOG_LEVEL="2")
     probe = subprocess.run(
         [sys.executable, "-c", "from tf_conv3dt import ops; print(ops._onednn_enabled())"],

@@ -9,7 +9,8 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import tf_conv3dt
-from tf_conv3dt._keras import LEGACY_KERAS, keras
+from tf_conv3dt._keras import keras
+from markers import op_only
 from reference import assert_close, np_conv3d_transpose
 
 
@@ -156,12 +157,6 @@ def test_matches_keras_builtin_with_swapped_weights(kernel, strides, padding,
     assert_close(ours(x), expected)
     builtin.set_weights([w * 2 for w in ours.get_weights()])
     assert_close(builtin(x), 2 * np.asarray(ours(x)))
-
-
-# The op never touches Keras: its finite-difference gradient checks run once
-# per CI run, in the Keras 3 run.
-op_only = pytest.mark.skipif(LEGACY_KERAS, reason="the op never touches Keras: the Keras 3 "
-                             "run checks it once per CI run")
 
 
 @op_only
