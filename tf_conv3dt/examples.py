@@ -69,9 +69,11 @@ def unet(size, filters=(8, 16, 32), name="unet"):
     """A U-Net for ``(size, size, size, 1)`` volumes, one sigmoid mask out.
 
     The encoder halves the size at each level after the first with a
-    strided Conv3D ("same" padding rounds up: 19 -> 10 -> 5); the decoder
-    doubles it back with Conv3DTranspose, asking for the skip tensor's size
-    (5 -> 10 -> 19), concatenates the skip and mixes with a Conv3D.
+    kernel-2, stride-2 Conv3D ("same" padding rounds up: 19 -> 10 -> 5; on
+    CPUs TensorFlow's kernel-3 strided Conv3D trains several times slower);
+    the decoder doubles it back with Conv3DTranspose, asking for the skip
+    tensor's size (5 -> 10 -> 19), concatenates the skip and mixes with a
+    Conv3D.
     """
     inputs = keras.Input((size, size, size, 1), name="volume")
     x, skips = inputs, []
