@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import functools
 import itertools
+import math
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -462,19 +463,38 @@ def _conv3d_transpose_op(x, kernel, output_shape, strides, padding):
     """``tf.nn.conv3d_transpose`` on NDHWC, with an input gradient of x's shape.
 
     With an empty batch, oneDNN's gradient of the op with respect to its
-    input comes back with the *output's* shape, e.g. (0, 3, 7, 4, 2) for an
-    input of (0, 3, 3, 3, 2) (TF 2.21; right without oneDNN): a replica that
-    tf.distribute hands an empty batch then fails to all-reduce. Both shapes
-    hold no element, so reshaping the gradient to x's shape is exact, and a
-    no-op for every other batch.
+    input comes back with the *output's* shape, e.g. (0, 4, 4, 4, 2) for an
+    input of (0, 2, 2, 2, 3) (TF 2.21; right without oneDNN): a replica that
+    tf.distribute hands an empty batch then fails to all-reduce.
+    :func:`_empty_batch_safe` gives it x's shape.
     """
 
     @tf.custom_gradient
     def input_shaped_gradient(x):
-        return tf.identity(x), lambda dy: tf.reshape(dy, tf.shape(x))
+        return tf.identity(x), lambda dy: _empty_batch_safe(dy, tf.shape(x))
 
     return tf.nn.conv3d_transpose(input_shaped_gradient(x), kernel, output_shape,
                                   strides=strides, padding=padding, data_format="NDHWC")
+
+
+def _empty_batch_safe(result, shape):
+    """``result`` of an oneDNN convolution, which must have ``shape`` (1-D int
+    tensor): the result itself, or an empty tensor of ``shape`` when the batch
+    is empty, where oneDNN's conv3d (forward and as a gradient) may give a
+    wrong shape (TF 2.21).
+
+    A ``tf.cond``, not a reshape to ``shape``: Grappler's arithmetic optimizer
+    removes a reshape whose input and target shapes it proves symbolically
+    equal, which it does when only the batch is unknown at trace time (a Keras
+    model's graph), and the kernel then returns the wrong shape anyway. The
+    cond keeps the result whatever rewrites run. A batch known at trace time
+    needs no run-time choice.
+    """
+    batch = tf.get_static_value(shape[0])
+    if batch is not None:
+        return tf.zeros(shape, result.dtype) if batch == 0 else result
+    return tf.cond(tf.equal(shape[0], 0), lambda: tf.zeros(shape, result.dtype),
+                   lambda: result)
 
 
 def _gemm(x, kernel, plan, strides, dilation, one_product_per_phase):
@@ -515,6 +535,9 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
         shifts = [q for q, _ in placed]
         if _overlaps_window(plan, shifts):  # else, e.g., an outer tap cropped by "same"
             taps_by_phase.setdefault(tuple(r for _, r in placed), []).append((offsets, shifts))
+    if not taps_by_phase:  # every tap misses the window on some axis
+        return _unreached_zeros(x, kernel, tf.stack(
+            [batch, *plan.blocks(), math.prod(strides) * filters]))
     rows = tf.reshape(x, (-1, channels))  # one row per input voxel
     phases = []
     for phase in itertools.product(*map(range, strides)):
@@ -538,6 +561,21 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
             # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
             phases.append(functools.reduce(tf.add, contributions))
     return tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
+
+
+def _unreached_zeros(x, kernel, shape):
+    """Zeros of ``shape`` for an output that no input voxel or tap reaches (a
+    dilated kernel whose taps all fall outside a "same" window), with the zero
+    gradients it has with respect to ``x`` and ``kernel``: computed without
+    them, it would leave their gradients ``None``, and in a Keras model every
+    layer before it without one."""
+
+    @tf.custom_gradient
+    def zeros(x, kernel):
+        return (tf.zeros(shape, x.dtype),
+                lambda dy: (tf.zeros_like(x), tf.zeros_like(kernel)))
+
+    return zeros(x, kernel)
 
 
 def _subpixel(x, kernel, plan, strides):
@@ -609,17 +647,17 @@ def _conv3d_valid(x, weights):
 
     With an empty batch, oneDNN's conv3d returns a wrong spatial shape (e.g.
     (0, 3, 7, 11, 2) for (0, 2, 7, 11, 2); TF 2.21): both convolutions'
-    results are reshaped to the shape they must have, exact since they hold
-    no element then, and a no-op otherwise."""
+    results go through :func:`_empty_batch_safe`."""
     taps = tuple(weights.shape[:3])
     channels, outputs = weights.shape[3], weights.shape[4]
     out_shape = tf.concat([tf.shape(x)[:1], tf.shape(x)[1:4] - taps + 1, [outputs]], axis=0)
-    y = tf.reshape(tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID"), out_shape)
+    y = _empty_batch_safe(tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID"), out_shape)
 
     def gradient(dy):
         padded = tf.pad(dy, [[0, 0], *[[t - 1, t - 1] for t in taps], [0, 0]])
         flipped = tf.transpose(tf.reverse(weights, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
-        dx = tf.reshape(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"), tf.shape(x))
+        dx = _empty_batch_safe(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"),
+                               tf.shape(x))
         rows = tf.reshape(dy, (-1, outputs))
         window = tf.concat([[-1], tf.shape(dy)[1:4], [-1]], axis=0)
         per_tap = []
