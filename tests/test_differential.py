@@ -5,9 +5,12 @@ sizes 1-5 per axis, strides 1-3, dilation 1-3 (with stride 1), both paddings,
 output_padding, requested output sizes across the whole legal range, both
 data formats, batch 0-3, channels 1-4 and spatial sizes 1-7. Each is checked
 for every implementation, eagerly and through a trace with unknown batch and
-spatial sizes: the output, and the gradients of ``sum(output * cotangent)``
-with respect to the input and the kernel, within 1e-4 of the reference's
-largest magnitude. A fifth of the configurations put Inf or NaN into the
+spatial sizes, and for two in five configurations (every one with batch 0)
+through a trace with only the batch unknown, as in a Keras model's graph:
+the output, and the gradients of ``sum(output * cotangent)`` with respect to
+the input and the kernel, within 1e-4 of the reference's largest magnitude.
+A gradient that comes back ``None`` (an output that does not depend on an
+argument has a zero gradient) fails as a shape mismatch. A fifth of the configurations put Inf or NaN into the
 input: the non-finite outputs must then be exactly the reference's, and the
 input gradient (which does not depend on the input's values) still matches.
 
@@ -25,6 +28,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import assume, given, settings, strategies as st
 
 import tf_conv3dt
 from tf_conv3dt import ops, shapes
@@ -71,11 +75,19 @@ def draw_config(seed):
     if batch and rng.random() < 0.2:
         non_finite = [float(v) for v in rng.choice([np.nan, np.inf, -np.inf],
                                                    int(rng.integers(1, 3)))]
-    return dict(kernel_size=kernel, strides=strides, dilation_rate=dilation, padding=padding,
-                output_padding=output_padding, output_shape=output_shape,
-                data_format=("channels_last", "channels_first")[int(rng.integers(2))],
-                batch=batch, channels=int(rng.integers(1, 5)),
-                filters=int(rng.integers(1, 5)), spatial=spatial, non_finite=non_finite)
+    config = dict(kernel_size=kernel, strides=strides, dilation_rate=dilation,
+                  padding=padding, output_padding=output_padding, output_shape=output_shape,
+                  data_format=("channels_last", "channels_first")[int(rng.integers(2))],
+                  batch=batch, channels=int(rng.integers(1, 5)),
+                  filters=int(rng.integers(1, 5)), spatial=spatial, non_finite=non_finite)
+    config["batch_only_trace"] = batch == 0 or rng.random() < 0.3
+    return config
+
+
+def modes(config):
+    """How a configuration is called: eagerly, traced with every size unknown,
+    and, where the configuration says so, traced with only the batch unknown."""
+    return ("eager", "traced", "batch-traced")[:3 if config["batch_only_trace"] else 2]
 
 
 def _inputs(config, seed):
@@ -97,9 +109,8 @@ def _implementation_scope(implementation):
     return contextlib.nullcontext(), implementation
 
 
-def _ours(x, kernel, cotangent, config, implementation, traced):
-    """Output and gradients from tf_conv3dt, eagerly or through a trace whose
-    batch and spatial sizes are unknown."""
+def _ours(x, kernel, cotangent, config, implementation, mode):
+    """Output and gradients from tf_conv3dt, called as ``mode`` (:func:`modes`)."""
     scope, implementation = _implementation_scope(implementation)
     arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
                                         "dilation_rate", "data_format", "output_shape")}
@@ -113,14 +124,17 @@ def _ours(x, kernel, cotangent, config, implementation, traced):
         return (y, *tape.gradient(loss, [x, kernel]))
 
     with scope:
-        if not traced:
+        if mode == "eager":
             return [t.numpy() for t in run(tf.constant(x), tf.constant(kernel),
                                            tf.constant(cotangent))]
-        channel_axis = 1 if config["data_format"] == "channels_first" else 4
-        spec = [None] * 5
-        spec[channel_axis] = config["channels"]
+        if mode == "batch-traced":
+            spec, cotangent_spec = [None, *x.shape[1:]], [None, *cotangent.shape[1:]]
+        else:
+            channel_axis = 1 if config["data_format"] == "channels_first" else 4
+            spec, cotangent_spec = [None] * 5, [None] * 5
+            spec[channel_axis] = config["channels"]
         function = tf.function(run).get_concrete_function(
-            tf.TensorSpec(spec), tf.TensorSpec(kernel.shape), tf.TensorSpec([None] * 5))
+            tf.TensorSpec(spec), tf.TensorSpec(kernel.shape), tf.TensorSpec(cotangent_spec))
         return [t.numpy() for t in function(tf.constant(x), tf.constant(kernel),
                                             tf.constant(cotangent))]
 
@@ -147,9 +161,8 @@ def check_config(config, seed):
     cotangent = rng.standard_normal(expected_y.shape).astype("float32")
     expected = REFERENCE(x, kernel, cotangent, **arguments)
     for implementation in IMPLEMENTATIONS:
-        for mode in ("eager", "traced"):
-            y, dx, dkernel = _ours(x, kernel, cotangent, config, implementation,
-                                   mode == "traced")
+        for mode in modes(config):
+            y, dx, dkernel = _ours(x, kernel, cotangent, config, implementation, mode)
             where = f"seed {seed}, {implementation}, {mode}, {config}"
             _assert_matches(y, expected[0], f"output ({where})")
             _assert_matches(dx, expected[1], f"input gradient ({where})")
@@ -188,23 +201,42 @@ REGRESSIONS = [
     pytest.param(dict(kernel_size=(5, 4, 3), strides=(2, 1, 2), padding="valid",
                       output_padding=None, dilation_rate=(1, 1, 1), output_shape=None,
                       data_format="channels_last", batch=3, channels=3, filters=1,
-                      spatial=(2, 6, 1), non_finite=None),
+                      spatial=(2, 6, 1), non_finite=None, batch_only_trace=False),
                  id="onednn-garbage-input-gradient-one-filter-length-1"),
     pytest.param(dict(kernel_size=(3, 3, 3), strides=(2, 2, 1), padding="valid",
                       output_padding=None, dilation_rate=(1, 1, 1), output_shape=None,
                       data_format="channels_last", batch=0, channels=2, filters=4,
-                      spatial=(3, 3, 3), non_finite=None),
+                      spatial=(3, 3, 3), non_finite=None, batch_only_trace=True),
                  id="onednn-empty-batch-input-gradient-shape"),
     pytest.param(dict(kernel_size=(3, 3, 3), strides=(1, 1, 1), padding="valid",
                       output_padding=None, dilation_rate=(2, 2, 2), output_shape=None,
                       data_format="channels_last", batch=1, channels=1, filters=1,
-                      spatial=(5, 5, 5), non_finite=[float("nan")]),
+                      spatial=(5, 5, 5), non_finite=[float("nan")], batch_only_trace=False),
                  id="dilated-kernel-nan-spread"),
     pytest.param(dict(kernel_size=(3, 2, 3), strides=(1, 1, 1), padding="same",
                       output_padding=None, dilation_rate=(2, 3, 1), output_shape=None,
                       data_format="channels_first", batch=2, channels=2, filters=3,
-                      spatial=(4, 5, 3), non_finite=[float("inf")]),
+                      spatial=(4, 5, 3), non_finite=[float("inf")], batch_only_trace=False),
                  id="dilated-kernel-inf-spread"),
+    # A Keras model's graph: every size known but the batch. Grappler then
+    # dropped the reshape that gave oneDNN's gradient its shape back.
+    pytest.param(dict(kernel_size=(3, 3, 3), strides=(2, 2, 2), padding="same",
+                      output_padding=None, dilation_rate=(1, 1, 1), output_shape=None,
+                      data_format="channels_last", batch=0, channels=3, filters=2,
+                      spatial=(2, 2, 2), non_finite=None, batch_only_trace=True),
+                 id="onednn-empty-batch-only-batch-unknown"),
+    # Every tap misses the "same" window on the last axis: the output depends
+    # on neither argument, whose gradients are zeros (gemm once gave None).
+    pytest.param(dict(kernel_size=(1, 1, 2), strides=(1, 1, 1), padding="same",
+                      output_padding=None, dilation_rate=(1, 1, 2), output_shape=None,
+                      data_format="channels_last", batch=2, channels=3, filters=4,
+                      spatial=(1, 1, 1), non_finite=None, batch_only_trace=True),
+                 id="no-tap-reaches-the-output"),
+    pytest.param(dict(kernel_size=(5, 3, 2), strides=(1, 1, 1), padding="same",
+                      output_padding=None, dilation_rate=(3, 2, 2), output_shape=None,
+                      data_format="channels_first", batch=1, channels=2, filters=3,
+                      spatial=(4, 6, 1), non_finite=None, batch_only_trace=False),
+                 id="no-tap-reaches-the-output-channels-first"),
 ]
 
 
@@ -213,6 +245,38 @@ REGRESSIONS = [
 @pytest.mark.parametrize("config", REGRESSIONS)
 def test_regression(config):
     check_config(config, seed=0)
+
+
+def _reaches_nothing(n, k, d, start, length):
+    """Whether no tap of a stride-1 axis lands in the window [start, start + length)."""
+    return not any(start <= i + j * d < start + length for i in range(n) for j in range(k))
+
+
+@st.composite
+def unreached_configs(draw):
+    """Stride-1 "same" configurations, dilated, whose taps all miss the output
+    window on at least one axis, so that the output depends on neither input."""
+    axes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3))
+    spatial, kernel, dilation = map(tuple, zip(*draw(st.tuples(axes, axes, axes))))
+    window = reference.tf_window(spatial, kernel, (1, 1, 1), "same", None, dilation)
+    assume(any(_reaches_nothing(n, k, d, *w)
+               for n, k, d, w in zip(spatial, kernel, dilation, window)))
+    batch = draw(st.integers(0, 2))
+    return dict(kernel_size=kernel, strides=(1, 1, 1), padding="same", output_padding=None,
+                dilation_rate=dilation, output_shape=None,
+                data_format=draw(st.sampled_from(["channels_last", "channels_first"])),
+                batch=batch, channels=draw(st.integers(1, 3)), filters=draw(st.integers(1, 3)),
+                spatial=spatial, non_finite=[float("inf")] if batch and draw(st.booleans())
+                else None, batch_only_trace=draw(st.booleans()))
+
+
+@op_only
+@settings(max_examples=6, deadline=None)
+@given(config=unreached_configs(), seed=st.integers(0, 2**31))
+def test_output_that_no_tap_reaches_has_zero_gradients(config, seed):
+    """Every lowering's output there is zeros (an Inf input included), and both
+    gradients are zeros, never None."""
+    check_config(config, seed)
 
 
 def test_one_nan_voxel_reaches_only_its_footprint():
