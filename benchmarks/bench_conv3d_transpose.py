@@ -377,7 +377,7 @@ def main():
                                     args.data_format)
     peak = sgemm_gflops()
     print(f"{_cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
-          f"(oneDNN {'on' if tf_conv3dt.ops._onednn_enabled() else 'off'}), "
+          f"(oneDNN {'on' if tf_conv3dt.ops.cpu_configuration() == 'onednn' else 'off'}), "
           f"Keras {keras.__version__}, {args.policy}, {args.data_format}, "
           f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
           + (f", torch {torch.__version__}" if torch else ", torch not installed"))

@@ -1,9 +1,9 @@
-"""Where TensorFlow's CPU conv3d is wrong: the evidence behind ops.py's routing.
+"""Where TensorFlow's CPU conv3d is wrong: the evidence behind tf_conv3dt/ops/native.py's routing.
 
 The input gradient of ``tf.nn.conv3d_transpose`` is a forward ``tf.nn.conv3d``
 of the output gradient. This sweep runs random conv3d configurations through
 TensorFlow and a float64 NumPy loop reference and groups the wrong results by
-the two rules ops.py routes around:
+the two rules that lowering routes around:
 
 * ``same-negative-pad``: "SAME" where ``(out - 1) * s + k - in < 0`` on some
   axis (a kernel shorter than its stride), which a transposed convolution's

@@ -296,12 +296,12 @@ def test_one_nan_voxel_reaches_only_its_footprint():
 def test_under_the_other_onednn_setting():
     """The native path depends on whether TensorFlow runs its oneDNN kernels:
     run a share of this suite again in a process with the other setting."""
-    onednn = ops._onednn_enabled()
+    onednn = ops.cpu_configuration() == "onednn"
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0" if onednn else "1",
                TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="4",
                TF_CPP_MIN_LOG_LEVEL="2")
     probe = subprocess.run(
-        [sys.executable, "-c", "from tf_conv3dt import ops; print(ops._onednn_enabled())"],
+        [sys.executable, "-c", "from tf_conv3dt import ops; print(ops.cpu_configuration() == 'onednn')"],
         env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.split()[-1] == str(not onednn)
     result = subprocess.run(

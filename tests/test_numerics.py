@@ -340,7 +340,7 @@ def test_auto_follows_the_rule_table(monkeypatch, kernel_size, strides, relation
     assert ops.kernel_relation(kernel_size, strides) == relation
     gpu = bool(tf.config.list_logical_devices("GPU"))
     for onednn, configuration in ((False, "eigen"), (True, "onednn")):
-        monkeypatch.setattr(ops, "_onednn_enabled", lambda onednn=onednn: onednn)
+        monkeypatch.setattr(ops.choice, "onednn_enabled", lambda onednn=onednn: onednn)
         expected = "native" if gpu else ops.AUTO_RULE[configuration][relation]
         assert ops.resolve_implementation("auto", kernel_size, strides) == expected
         assert ops.resolve_implementation("GEMM", kernel_size, strides) == "gemm"

@@ -1,0 +1,162 @@
+"""The ``conv3d_transpose`` op: validates its arguments, plans the call and runs one lowering.
+
+Nothing in ``tf_conv3dt.ops`` imports Keras. Kernels use the layout of ``tf.nn.conv3d_transpose``
+and ``keras.layers.Conv3DTranspose``: ``(kd, kh, kw, filters, in_channels)``.
+
+All implementations compute the same thing. Along one axis, input position
+``i`` and kernel tap ``j`` write to position ``i * stride + j * dilation`` of
+the *full* output; the result is the window of the full output that
+``tf.nn.conv3d_transpose`` returns for the requested length (see
+``shapes.crop_start``), zero beyond the end of the full output.
+
+* ``"native"`` calls ``tf.nn.conv3d_transpose`` on NDHWC data (the CPU
+  kernels support neither NCDHW nor dilation); dilation goes through a
+  space-to-batch split (``dilation``), as TensorFlow's atrous convolutions
+  do. Where TensorFlow's kernels compute wrong gradients it works around them
+  or takes the GEMM lowering (``native``; README, Correctness).
+* ``"gemm"`` multiplies the input voxels ``(N*D*H*W, C)`` by the kernel
+  (as ``(C, kd*kh*kw*filters)`` in one matmul when kernel == stride, else
+  tap by tap), overlap-adds the taps into the output by stride phase and
+  interleaves the phases (a 3-D depth-to-space).
+  Every intermediate has rank <= 6 and every op is a TFLite builtin, so the
+  graph converts to integer-only TFLite, and autodiff through it never
+  reaches the slow Conv3DBackprop* CPU kernels.
+* ``"subpixel"`` computes every stride phase as a stride-1 forward
+  ``tf.nn.conv3d`` of the input with that phase's taps and interleaves the
+  phases like the GEMM lowering; its custom gradients are forward
+  convolutions and GEMMs. Dilation goes through the same space-to-batch
+  split as the native op.
+
+``"auto"`` picks one of them per call (:func:`resolve_implementation`, in
+``choice``); ``plan`` holds the window every lowering computes.
+"""
+
+import tensorflow as tf
+
+from tf_conv3dt import shapes
+from tf_conv3dt.ops.choice import (AUTO_RULE, cpu_configuration, forced_implementation,
+                                   forced_or, kernel_relation, resolve,
+                                   resolve_implementation)
+from tf_conv3dt.ops.dilation import dilated_as_undilated
+from tf_conv3dt.ops.gemm import gemm
+from tf_conv3dt.ops.native import input_gradient_at_risk, native
+from tf_conv3dt.ops.plan import Plan, make_plan
+from tf_conv3dt.ops.subpixel import subpixel
+
+__all__ = ["AUTO_RULE", "Plan", "conv3d_transpose", "cpu_configuration",
+           "forced_implementation", "kernel_relation", "resolve_implementation"]
+
+
+def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=None,
+                     dilation_rate=1, data_format="channels_last", output_shape=None,
+                     implementation="auto", one_product_per_phase=False):
+    """Transposed 3-D convolution of ``inputs`` with ``kernel`` (no bias).
+
+    Args:
+      inputs: 5-D floating-point tensor, ``(N, D, H, W, C)`` for
+        "channels_last" or ``(N, C, D, H, W)`` for "channels_first". Batch and
+        spatial sizes may be unknown until run time.
+      kernel: ``(kd, kh, kw, filters, C)`` tensor of the inputs' dtype.
+      strides, dilation_rate: int or 1 or 3 ints.
+      padding: "valid" or "same" (case-insensitive).
+      output_padding: None, or int / 1 or 3 ints, each smaller than its stride.
+      data_format: "channels_last" or "channels_first".
+      output_shape: optional ``(D', H', W')`` output size, any size legal for
+        this input (PyTorch's ``output_size``); overrides ``output_padding``.
+      implementation: "auto" (the fastest lowering for this kernel and
+        stride on this device, see :func:`resolve_implementation`), "native",
+        "gemm" or "subpixel".
+      one_product_per_phase: the GEMM lowering's int8-oriented form: each
+        stride phase's taps summed inside one matmul (the shifted input
+        windows side by side) instead of one product per tap. TensorFlow runs
+        it up to 2x slower, but an int8 TFLite model then accumulates every
+        output in int32 once instead of requantizing after each tap's
+        addition: its largest error drops from 2-4.5% of the output range to
+        about 1% for overlapping kernels. Such a call always takes the GEMM
+        lowering, whatever :func:`forced_implementation` says.
+
+    Returns:
+      5-D tensor in ``data_format`` with ``filters`` channels.
+
+    Raises:
+      TypeError: non-floating inputs, or a kernel of another dtype.
+      ValueError: an argument outside its domain, or an output too large
+        (``shapes.MAX_LENGTH``).
+    """
+    strides = shapes.normalize_tuple(strides, "strides")
+    dilation = shapes.normalize_tuple(dilation_rate, "dilation_rate")
+    padding = shapes.normalize_choice(padding, "padding", shapes.PADDINGS)
+    data_format = shapes.normalize_choice(data_format, "data_format", shapes.DATA_FORMATS)
+    if output_padding is not None:
+        output_padding = shapes.normalize_tuple(output_padding, "output_padding",
+                                                allow_zero=True)
+    inputs = _floating_tensor(inputs)
+    if isinstance(kernel, (tf.Tensor, tf.Variable)) and kernel.dtype != inputs.dtype:
+        raise TypeError(
+            f"`kernel` has dtype {kernel.dtype.name} and `inputs` {inputs.dtype.name}; "
+            "they must match."
+        )
+    kernel = tf.convert_to_tensor(kernel, dtype=inputs.dtype)
+    if inputs.shape.rank != 5:
+        raise ValueError(
+            "conv3d_transpose expects 5-D inputs (batch, 3 spatial dims, channels). "
+            f"Received: inputs.shape={inputs.shape}"
+        )
+    if kernel.shape.rank != 5 or not kernel.shape.is_fully_defined():
+        raise ValueError(
+            "`kernel` must be a 5-D tensor of known shape "
+            f"(kd, kh, kw, filters, in_channels). Received: kernel.shape={kernel.shape}"
+        )
+    kernel_size = tuple(kernel.shape[:3])
+    shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
+    if one_product_per_phase:  # never overridden: a quantized layer's int8 form
+        if implementation not in ("auto", "gemm"):
+            raise ValueError("one_product_per_phase=True is a form of the GEMM lowering. "
+                             f"Received: implementation={implementation!r}")
+        implementation = "gemm"
+    else:
+        implementation, one_product_per_phase = forced_or(implementation)
+    implementation = resolve(implementation, kernel_size, strides)
+
+    x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
+    channels = x.shape[-1]
+    if channels is not None and channels != kernel.shape[4]:
+        raise ValueError(
+            f"The input has {channels} channels but the kernel expects "
+            f"{kernel.shape[4]}. Received: inputs.shape={inputs.shape}, "
+            f"kernel.shape={kernel.shape}, data_format={data_format!r}"
+        )
+    if implementation == "native" and input_gradient_at_risk(
+            x.shape[1:4], strides, kernel.shape[3]):
+        implementation = "gemm"
+    plan, checks = make_plan(x, kernel_size, strides, padding, output_padding, dilation,
+                         output_shape)
+    shapes.check_output_size(plan.static_output_lengths, kernel.shape[3])
+    if checks:
+        with tf.control_dependencies(checks):
+            x = tf.identity(x)
+    if implementation == "native":
+        y = native(x, kernel, plan, strides, padding, dilation)
+    elif implementation == "subpixel":
+        y = dilated_as_undilated(subpixel, x, kernel, plan, strides, padding, dilation)
+    else:
+        y = gemm(x, kernel, plan, strides, dilation, one_product_per_phase)
+    y.set_shape([x.shape[0], *plan.static_output_lengths, kernel.shape[3]])
+    return tf.transpose(y, (0, 4, 1, 2, 3)) if data_format == "channels_first" else y
+
+
+def _floating_tensor(inputs):
+    """``inputs`` as a dense floating-point tensor, or a TypeError naming what it is."""
+    if isinstance(inputs, (tf.RaggedTensor, tf.SparseTensor)):
+        raise TypeError(f"`inputs` must be a dense tensor. Received: {type(inputs).__name__}")
+    try:
+        inputs = tf.convert_to_tensor(inputs)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`inputs` must be a floating-point tensor; it could not be "
+                        f"converted: {str(error).splitlines()[0]}") from None
+    if not inputs.dtype.is_floating:
+        raise TypeError(
+            "`inputs` must be floating-point (float16, bfloat16, float32 or float64). "
+            f"Received: dtype={inputs.dtype.name}"
+        )
+    return inputs

@@ -1,0 +1,90 @@
+"""The GEMM lowering: one matmul per tap (or per stride phase), overlap-added by phase."""
+
+import functools
+import itertools
+import math
+
+import tensorflow as tf
+
+from tf_conv3dt.ops.plan import block_window, interleave_and_crop, overlaps_window
+
+
+def gemm(x, kernel, plan, strides, dilation, one_product_per_phase):
+    kd, kh, kw, filters, channels = kernel.shape
+    kernel_size = (kd, kh, kw)
+    batch = tf.shape(x)[0]
+    if kernel_size == strides:
+        # Each tap is its own stride phase and no tap overlaps another: one
+        # matmul by the kernel as (C, kd*kh*kw*F) gives the phase tensor.
+        matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
+        phases = tf.matmul(tf.reshape(x, (-1, channels)), matrix)
+        # The channel count spelled out: -1 is ambiguous for an empty batch.
+        phases = tf.reshape(phases, [batch, *plan.input_lengths, kd * kh * kw * filters])
+        phases = block_window(phases, plan, (0, 0, 0))
+    else:
+        phases = _overlap_add(x, kernel, batch, plan, strides, dilation,
+                              one_product_per_phase)
+    return interleave_and_crop(phases, batch, plan, strides, filters)
+
+
+def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phase):
+    """Sums the taps of each stride phase, each shifted by its block offset.
+
+    Tap ``j`` lands at ``i * s + j * d = (i + q) * s + r`` with ``q, r =
+    divmod(j * d, s)``: phase ``r``, shifted ``q`` blocks. By default each
+    tap is its own ``(voxels, C) x (C, F)`` product, moved straight into the
+    output's block window: one product with all taps side by side would
+    materialise a tensor kd*kh*kw times the input's voxels by F and copy every
+    tap out of it (2-2.5x slower here, with the memory peak to match). With
+    ``one_product_per_phase`` each phase is one product of its taps' shifted
+    input windows instead. Returns the phases
+    concatenated on the channel axis in (rd, rh, rw) order.
+    """
+    kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
+    taps_by_phase = {}
+    for offsets in itertools.product(*map(range, kernel_size)):
+        placed = [divmod(j * d, s) for j, s, d in zip(offsets, strides, dilation)]
+        shifts = [q for q, _ in placed]
+        if overlaps_window(plan, shifts):  # else, e.g., an outer tap cropped by "same"
+            taps_by_phase.setdefault(tuple(r for _, r in placed), []).append((offsets, shifts))
+    if not taps_by_phase:  # every tap misses the window on some axis
+        return _unreached_zeros(x, kernel, tf.stack(
+            [batch, *plan.blocks(), math.prod(strides) * filters]))
+    rows = tf.reshape(x, (-1, channels))  # one row per input voxel
+    phases = []
+    for phase in itertools.product(*map(range, strides)):
+        taps = taps_by_phase.get(phase)
+        if not taps:
+            phases.append(tf.zeros(tf.stack([batch, *plan.blocks(), filters]), x.dtype))
+        elif one_product_per_phase:
+            windows = [block_window(x, plan, shifts) for _, shifts in taps]
+            windows = tf.concat(windows, axis=-1) if len(windows) > 1 else windows[0]
+            weights = tf.concat([kernel[offsets] for offsets, _ in taps], axis=1)
+            product = tf.matmul(tf.reshape(windows, (-1, len(taps) * channels)), weights,
+                                transpose_b=True)
+            phases.append(tf.reshape(product, [batch, *plan.blocks(), filters]))
+        else:
+            contributions = []
+            for offsets, shifts in taps:
+                # kernel[offsets] is (F, C): FULLY_CONNECTED's own weight layout.
+                product = tf.matmul(rows, kernel[offsets], transpose_b=True)
+                product = tf.reshape(product, [batch, *plan.input_lengths, filters])
+                contributions.append(block_window(product, plan, shifts))
+            # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
+            phases.append(functools.reduce(tf.add, contributions))
+    return tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
+
+
+def _unreached_zeros(x, kernel, shape):
+    """Zeros of ``shape`` for an output that no input voxel or tap reaches (a
+    dilated kernel whose taps all fall outside a "same" window), with the zero
+    gradients it has with respect to ``x`` and ``kernel``: computed without
+    them, it would leave their gradients ``None``, and in a Keras model every
+    layer before it without one."""
+
+    @tf.custom_gradient
+    def zeros(x, kernel):
+        return (tf.zeros(shape, x.dtype),
+                lambda dy: (tf.zeros_like(x), tf.zeros_like(kernel)))
+
+    return zeros(x, kernel)

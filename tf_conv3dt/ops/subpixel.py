@@ -1,0 +1,102 @@
+"""The sub-pixel lowering: each stride phase as a stride-1 forward convolution."""
+
+import itertools
+
+import tensorflow as tf
+
+from tf_conv3dt.ops.native import empty_batch_safe
+from tf_conv3dt.ops.plan import interleave_and_crop
+
+
+def subpixel(x, kernel, plan, strides):
+    """Sub-pixel form: every stride phase as a stride-1 forward convolution.
+
+    Along one axis, output block ``b`` of phase ``r`` is ``sum_m x[b - m] *
+    kernel[r + m * s]`` over the phase's ``T_r = ceil((k - r) / s)`` taps: a
+    "full" correlation of the input with that phase's taps, reversed, read
+    from the input padded (or cut) to the plan's window of blocks. When every
+    kernel length is a multiple of its stride, all phases have the same taps
+    and run as one ``tf.nn.conv3d`` with ``s1*s2*s3*F`` output channels;
+    otherwise each phase is its own convolution (padding the short phases
+    with zero taps would cost their products, and turn an Inf input into NaN
+    where 0 * Inf lands). The phases are then interleaved as in the GEMM
+    lowering. Gradients (:func:`_conv3d_valid`) are forward convolutions and
+    one GEMM per tap: training never reaches the Conv3DBackprop* kernels.
+    """
+    kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
+    longest = [-(-k // s) for k, s in zip(kernel_size, strides)]
+    # Block b of the window [first, n + extra) reads inputs b - T + 1 .. b.
+    window = _pad_or_cut(x, [(t - 1 - f, e) for t, f, e in
+                             zip(longest, plan.first_block, plan.extra_blocks)])
+    if all(k % s == 0 for k, s in zip(kernel_size, strides)):
+        # (kd, kh, kw, F, C) -> (T1, s1, T2, s2, T3, s3, F, C) -> (T1, T2, T3, C, s1*s2*s3*F).
+        weights = tf.reshape(kernel, [longest[0], strides[0], longest[1], strides[1],
+                                      longest[2], strides[2], filters, channels])
+        weights = tf.transpose(weights, (0, 2, 4, 7, 1, 3, 5, 6))
+        weights = tf.reverse(tf.reshape(weights, [*longest, channels, -1]), axis=[0, 1, 2])
+        phases = _conv3d_valid(window, weights)
+    else:
+        phases = []
+        for phase in itertools.product(*map(range, strides)):
+            taps = [-(-(k - r) // s) for k, r, s in zip(kernel_size, phase, strides)]
+            if 0 in taps:  # a kernel shorter than its stride: no tap lands here
+                phases.append(tf.zeros(tf.stack([tf.shape(x)[0], *plan.blocks(), filters]),
+                                       x.dtype))
+                continue
+            weights = kernel[phase[0]::strides[0], phase[1]::strides[1], phase[2]::strides[2]]
+            weights = tf.reverse(tf.transpose(weights, (0, 1, 2, 4, 3)), axis=[0, 1, 2])
+            # A phase with fewer taps starts reading T - T_r positions later.
+            phases.append(_conv3d_valid(
+                _pad_or_cut(window, [(t - longest_t, 0) for t, longest_t in
+                                     zip(taps, longest)]), weights))
+        phases = tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
+    return interleave_and_crop(phases, tf.shape(x)[0], plan, strides, filters)
+
+
+def _pad_or_cut(x, amounts):
+    """Pads (positive) or cuts (negative) ``(before, after)`` positions per spatial axis."""
+    if any(a < 0 for pair in amounts for a in pair):
+        begin = [max(-before, 0) for before, _ in amounts]
+        end = [-max(-after, 0) for _, after in amounts]
+        x = tf.slice(x, [0, *begin, 0], tf.stack(
+            [-1, *[tf.shape(x)[i + 1] - b + e for i, (b, e) in enumerate(zip(begin, end))],
+             -1]))
+    paddings = [[max(before, 0), max(after, 0)] for before, after in amounts]
+    if any(p for pair in paddings for p in pair):
+        x = tf.pad(x, [[0, 0], *paddings, [0, 0]])
+    return x
+
+
+@tf.custom_gradient
+def _conv3d_valid(x, weights):
+    """``tf.nn.conv3d(x, weights)``, stride 1, "VALID", with gradients that
+    never call Conv3DBackprop* (Eigen's run at 2-6 GFLOP/s): the input
+    gradient is the forward convolution of the padded output gradient with
+    the kernel reversed and transposed, the kernel gradient one
+    ``(C, voxels) x (voxels, O)`` GEMM per tap.
+
+    With an empty batch, oneDNN's conv3d may return a wrong spatial shape
+    (README, Correctness): both convolutions' results go through
+    :func:`~tf_conv3dt.ops.native.empty_batch_safe`."""
+    taps = tuple(weights.shape[:3])
+    channels, outputs = weights.shape[3], weights.shape[4]
+    out_shape = tf.concat([tf.shape(x)[:1], tf.shape(x)[1:4] - taps + 1, [outputs]], axis=0)
+    y = empty_batch_safe(tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID"), out_shape)
+
+    def gradient(dy):
+        padded = tf.pad(dy, [[0, 0], *[[t - 1, t - 1] for t in taps], [0, 0]])
+        flipped = tf.transpose(tf.reverse(weights, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
+        dx = empty_batch_safe(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"),
+                               tf.shape(x))
+        rows = tf.reshape(dy, (-1, outputs))
+        window = tf.concat([[-1], tf.shape(dy)[1:4], [-1]], axis=0)
+        per_tap = []
+        for offsets in itertools.product(*map(range, taps)):
+            # One input window at a time: each waits for the previous tap's
+            # product, so the peak holds one window, not taps of them.
+            with tf.control_dependencies(per_tap[-1:]):
+                columns = tf.reshape(tf.slice(x, [0, *offsets, 0], window), (-1, channels))
+            per_tap.append(tf.matmul(columns, rows, transpose_a=True))
+        return dx, tf.reshape(tf.stack(per_tap), weights.shape)
+
+    return y, gradient
