@@ -26,17 +26,11 @@ import re
 import sys
 from collections import defaultdict
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tf_conv3dt.ops import AUTO_RULE, kernel_relation  # noqa: E402
+
 LOWERINGS = ("native", "gemm", "subpixel")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def kernel_relation(kernel, stride):
-    # The benchmark's cases are cubic: the same classes as ops.kernel_relation.
-    if kernel < stride:
-        return "kernel < stride"
-    if kernel == stride:
-        return "kernel == stride"
-    return "stride 1" if stride == 1 else "overlapping"
 
 
 def load_runs(paths):
@@ -68,8 +62,9 @@ def scores(runs):
             for lowering, r in rows.items():
                 ratio = math.sqrt(r["forward_ms"] / fastest_forward
                                   * r["train_ms"] / fastest_train)
-                ratios[run["cpu_configuration"]][kernel_relation(kernel, stride)][
-                    lowering].append(ratio)
+                # The benchmark's cases are cubic.
+                relation = kernel_relation((kernel,) * 3, (stride,) * 3)
+                ratios[run["cpu_configuration"]][relation][lowering].append(ratio)
     return {configuration: {relation: {lowering: math.exp(sum(map(math.log, values))
                                                          / len(values))
                                        for lowering, values in by_lowering.items()}
@@ -103,10 +98,8 @@ def main():
             print(f"{configuration:<7} {relation:<17} -> {rule[configuration][relation]:<9} "
                   + "  ".join(f"{name} {score:.2f}" for name, score in sorted(by_lowering.items())))
     if args.check:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from tf_conv3dt import ops
-        if rule != ops.AUTO_RULE:
-            print(f"ops.AUTO_RULE differs: {ops.AUTO_RULE}")
+        if rule != AUTO_RULE:
+            print(f"ops.AUTO_RULE differs: {AUTO_RULE}")
             return 1
         print("ops.AUTO_RULE agrees.")
     return 0

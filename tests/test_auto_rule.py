@@ -23,11 +23,3 @@ def test_rule_table_is_derived_from_the_kept_benchmark_runs():
     runs = derive.load_runs(sorted(glob.glob(os.path.join(BENCHMARKS, "results", "*.json"))))
     assert {run["cpu_configuration"] for run in runs} == {"eigen", "onednn"}
     assert derive.derive(runs) == ops.AUTO_RULE
-
-
-def test_rule_relations_match_the_ops_classes():
-    derive = _derive_module()
-    for kernel in range(1, 5):
-        for stride in range(1, 4):
-            assert derive.kernel_relation(kernel, stride) == ops.kernel_relation(
-                (kernel,) * 3, (stride,) * 3)
