@@ -11,13 +11,11 @@ def pytest_report_header(config):
     return f"tf_conv3dt: {flavour} {keras.__version__}, TensorFlow {tf.__version__}"
 
 
-@pytest.fixture(params=["native", "gemm", "gemm-phase-products"])
+@pytest.fixture(params=["native", "gemm", "gemm-phase-products", "subpixel"])
 def implementation(request):
-    """Every numerical test runs once for the native op and for the GEMM
-    lowering in both its forms (one product per tap; one per stride phase, as
-    int8 TFLite uses). The sub-pixel lowering is checked, outputs and both
-    gradients, by tests/test_differential.py and the property test of
-    test_numerics.py, which draw its configurations at random."""
+    """Every numerical test runs once for each lowering: the native op, the
+    GEMM lowering in both its forms (one product per tap; one per stride
+    phase, as int8 TFLite uses) and the sub-pixel lowering."""
     if request.param == "gemm-phase-products":
         with ops.forced_implementation("gemm", one_product_per_phase=True):
             yield "gemm"

@@ -35,7 +35,7 @@ from tf_conv3dt import ops, shapes
 import reference
 from markers import op_only
 
-CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 16))
+CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 64))
 SEED = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_SEED", "20261127"))
 IMPLEMENTATIONS = ["native", "gemm", "gemm-phase-products", "subpixel", "auto"]
 
@@ -298,7 +298,7 @@ def test_under_the_other_onednn_setting():
     run a share of this suite again in a process with the other setting."""
     onednn = ops.cpu_configuration() == "onednn"
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0" if onednn else "1",
-               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="4",
+               TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="8",
                TF_CPP_MIN_LOG_LEVEL="2")
     probe = subprocess.run(
         [sys.executable, "-c", "from tf_conv3dt import ops; print(ops.cpu_configuration() == 'onednn')"],
