@@ -75,9 +75,13 @@ def parse_args(argv):
                              "example, Input (10, 8, 12, 128) -> Conv3DTranspose(32, 2, 2, relu))")
     parser.add_argument("--name", default="conv3dt",
                         help="TF Serving model name, a directory name (default: conv3dt)")
+    from tf_conv3dt.export.pipeline import IMPLEMENTATIONS
+    from tf_conv3dt.export.serving import LAST_VERSION
+    from tf_conv3dt.export.tflite import MODES
+
     parser.add_argument("--version", type=_ascii_integer, metavar="N",
-                        help="serving version to write, 1 to 2**63-1; refused if it exists "
-                             "(default: the next free integer)")
+                        help=f"serving version to write, 1 to {LAST_VERSION}; refused if it "
+                             "exists (default: the next free integer)")
     parser.add_argument("--formats", default="keras,savedmodel,tflite",
                         help="comma-separated subset of keras,savedmodel,tflite (default: all)")
     parser.add_argument("--calibration-data", metavar="FILE.npy",
@@ -89,10 +93,9 @@ def parse_args(argv):
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="TFLite files that take any batch (shape signature -1: "
                              "interpreter.resize_tensor_input, then allocate_tensors)")
-    parser.add_argument("--implementation", default="gemm", choices=("gemm", "native", "auto"),
-                        help="lowering traced into the SavedModel and TFLite files (default: gemm)")
-    from tf_conv3dt.export.tflite import MODES
-
+    parser.add_argument("--implementation", default=IMPLEMENTATIONS[0], choices=IMPLEMENTATIONS,
+                        help="lowering traced into the SavedModel and TFLite files "
+                             f"(default: {IMPLEMENTATIONS[0]})")
     parser.add_argument("--tolerance", type=_typed_tolerance, action="append", metavar="MODE=X",
                         help="replace a TFLite mode's tolerance (relative, as in the report), "
                              "e.g. int8=0.25 for a deep network judged by its task metric; "

@@ -2,10 +2,11 @@
 
 Under ``out_dir`` it writes ``model.keras``, a TF Serving version under
 ``serving/<name>/<version>/``, ``tflite/model_<mode>.tflite`` for each TFLite
-mode and ``report.json``. Every argument, and the destination, is checked
-before anything is written; the artifacts are written and verified in a
-staging directory (``staging.Staging``) and published by rename only when
-every one is within its tolerance. The report holds, for each artifact, its
+mode and ``report.json``, in three steps: every argument, and the
+destination, is checked before anything is written (``_validate``); the
+artifacts are written and verified in a staging directory (``_stage``,
+``staging.Staging``); they are published by rename only when every one is
+within its tolerance (``_publish``). The report holds, for each artifact, its
 size, its largest error against the Keras model on the same inputs, its
 latency, and for TFLite its op list with tensor dtypes.
 """
@@ -19,17 +20,21 @@ import sys
 import tempfile
 import time
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from tf_conv3dt import shapes
 from tf_conv3dt.export import serving, staging, tflite
-from tf_conv3dt.export.serving import ExportError
+from tf_conv3dt.export.errors import ExportError
 from tf_conv3dt.layer import Conv3DTranspose
 from tf_conv3dt._keras import keras
 
 FORMATS = ("keras", "savedmodel", "tflite")
-IMPLEMENTATIONS = ("gemm", "native", "auto")
+# The lowerings an artifact can be traced with, the default first: those of
+# shapes.IMPLEMENTATIONS but subpixel, which export does not offer.
+IMPLEMENTATIONS = ("gemm", *(name for name in shapes.IMPLEMENTATIONS
+                             if name not in ("gemm", "subpixel")))
 REFERENCE_INPUT_SHAPE = (10, 8, 12, 128)
 SYNTHETIC_CALIBRATION_SAMPLES = 128
 VERIFICATION_SAMPLES = 4
@@ -110,7 +115,68 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
         unwritable destination, or a model that cannot be exported. Nothing
         is written then.
     """
+    job = _validate(model, out_dir, name, version, formats, calibration, batch_size,
+                    implementation, dynamic_batch, tolerances)
     log = log or (lambda line: None)
+    started = time.perf_counter()
+
+    def step(text):
+        log(f"[{time.perf_counter() - started:6.1f}s] {text}")
+
+    if calibration is None:
+        warnings.warn("No calibration data given: int8 TFLite is calibrated on synthetic "
+                      "uniform [0, 1) inputs; pass calibration data for real ranges.",
+                      stacklevel=2)
+        step("calibration: synthetic uniform [0, 1) samples (no calibration data given)")
+    else:
+        step(f"calibration: {len(job.samples)} samples")
+    # Verify on inputs the int8 calibration has not seen, when they are ours to draw.
+    x = (job.samples[:VERIFICATION_SAMPLES] if calibration is not None else
+         np.random.default_rng(1).uniform(
+             size=(VERIFICATION_SAMPLES, *job.input_shape)).astype(np.float32))
+    expected = np.asarray(model(x, training=False))
+    report = _Report(model.name, list(job.input_shape))
+    try:
+        staged = staging.Staging(out_dir)
+    except OSError as error:  # e.g. an immutable directory, which root cannot write either
+        raise _unwritable(out_dir, error) from None
+    with staged:
+        _stage(job, staged, x, expected, report, step)
+        published = report.all_within_tolerance()
+        if published:
+            step("publishing")  # the caller's last chance to abort
+            _publish(job, staged, report)
+        else:
+            step("an artifact exceeds its tolerance: nothing is published")
+        step("writing report.json")
+        result = report.as_dict(published)
+        with open(staged.path_of("report.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        staged.publish("report.json", job.paths["report"])
+    step("done")
+    return result
+
+
+class _Job(NamedTuple):
+    """An export's checked arguments, and where its artifacts go."""
+
+    model: object
+    formats: tuple
+    name: str
+    version: object
+    implementation: str
+    input_shape: tuple
+    batch_size: int
+    dynamic_batch: bool
+    verifications: dict
+    samples: np.ndarray
+    paths: dict
+
+
+def _validate(model, out_dir, name, version, formats, calibration, batch_size,
+              implementation, dynamic_batch, tolerances):
+    """Every argument checked and the destination prepared, before anything is
+    written: the job, or an ExportError naming the argument at fault."""
     formats = check_formats(formats)
     serving.check_model_name(name)
     serving.check_version(version)
@@ -127,64 +193,53 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
     verifications = check_tolerances(tolerances)
     samples = _calibration_samples(calibration, input_shape)
     paths = _prepare_destination(out_dir, name, version, formats)
-    started = time.perf_counter()
+    return _Job(model, formats, name, version, implementation, input_shape, batch_size,
+                dynamic_batch, verifications, samples, paths)
 
-    def step(text):
-        log(f"[{time.perf_counter() - started:6.1f}s] {text}")
 
-    if calibration is None:
-        warnings.warn("No calibration data given: int8 TFLite is calibrated on synthetic "
-                      "uniform [0, 1) inputs; pass calibration data for real ranges.",
-                      stacklevel=2)
-        step("calibration: synthetic uniform [0, 1) samples (no calibration data given)")
-    else:
-        step(f"calibration: {len(samples)} samples")
-    # Verify on inputs the int8 calibration has not seen, when they are ours to draw.
-    x = (samples[:VERIFICATION_SAMPLES] if calibration is not None else
-         np.random.default_rng(1).uniform(
-             size=(VERIFICATION_SAMPLES, *input_shape)).astype(np.float32))
-    expected = np.asarray(model(x, training=False))
-    report = {"model": model.name, "input_shape": list(input_shape), "artifacts": []}
-    try:
-        staged = staging.Staging(out_dir)
-    except OSError as error:  # e.g. an immutable directory, which root cannot write either
-        raise _unwritable(out_dir, error) from None
-    with staged:
-        if "keras" in formats:
-            _stage_keras(model, staged, paths["keras"], x, expected, report, step)
-        if "savedmodel" in formats:
-            _stage_saved_model(model, staged, name, implementation, x, expected, report, step)
-        if "tflite" in formats:
-            _stage_tflite(model, staged, paths["tflite"], batch_size, dynamic_batch,
-                          input_shape, samples, implementation, verifications, x, expected,
-                          report, step)
-        report["all_within_tolerance"] = all(
-            row.get("within_tolerance", True) for row in report["artifacts"])
-        report["published"] = report["all_within_tolerance"]
-        if report["published"]:
-            step("publishing")  # the caller's last chance to abort
-            if "savedmodel" in formats:
-                # First: the one rename that can still be refused (a given
-                # version that appeared meanwhile), before any file is replaced.
-                final = serving.publish_version(staged, "saved_model", paths["model_dir"],
-                                                version)
-                report["serving"].update(path=final, version=int(os.path.basename(final)))
-                for row in report["artifacts"]:
-                    if row["artifact"] in ("saved_model", "tfsm_layer"):
-                        row["path"] = final
-            for row in report["artifacts"]:
-                if row["staged"] is not None:
-                    staged.publish(row["staged"], row["path"])
-        else:
-            step("an artifact exceeds its tolerance: nothing is published")
-        for row in report["artifacts"]:
-            del row["staged"]
-        step("writing report.json")
-        with open(staged.path_of("report.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        staged.publish("report.json", paths["report"])
-    step("done")
-    return report
+class _Report:
+    """What the export found: a row per artifact (its size, error, latency and
+    for TFLite its ops) and the serving and TFLite-baseline sections."""
+
+    def __init__(self, model_name, input_shape):
+        self.head = {"model": model_name, "input_shape": input_shape}
+        self.artifacts = []
+        self.sections = {}  # "serving", "tflite_baseline", in the order they are staged
+
+    def all_within_tolerance(self):
+        return all(row.get("within_tolerance", True) for row in self.artifacts)
+
+    def as_dict(self, published):
+        """report.json: the rows without their staged names."""
+        rows = [{k: v for k, v in row.items() if k != "staged"} for row in self.artifacts]
+        return {**self.head, "artifacts": rows, **self.sections,
+                "all_within_tolerance": self.all_within_tolerance(), "published": published}
+
+
+def _stage(job, staged, x, expected, report, step):
+    """Writes and verifies every artifact of ``job`` in ``staged``."""
+    if "keras" in job.formats:
+        _stage_keras(job, staged, x, expected, report, step)
+    if "savedmodel" in job.formats:
+        _stage_saved_model(job, staged, x, expected, report, step)
+    if "tflite" in job.formats:
+        _stage_tflite(job, staged, x, expected, report, step)
+
+
+def _publish(job, staged, report):
+    """Moves every staged artifact to its final name."""
+    if "savedmodel" in job.formats:
+        # First: the one rename that can still be refused (a given version
+        # that appeared meanwhile), before any file is replaced.
+        final = serving.publish_version(staged, "saved_model", job.paths["model_dir"],
+                                        job.version)
+        report.sections["serving"].update(path=final, version=int(os.path.basename(final)))
+        for row in report.artifacts:
+            if row["artifact"] in ("saved_model", "tfsm_layer"):
+                row["path"] = final
+    for row in report.artifacts:
+        if row["staged"] is not None:
+            staged.publish(row["staged"], row["path"])
 
 
 def check_tolerances(tolerances):
@@ -253,61 +308,64 @@ def _unwritable(out_dir, error):
                        f"{': ' + error.filename if error.filename else ''}", "out_dir", out_dir)
 
 
-def _stage_keras(model, staged, path, x, expected, report, step):
+def _stage_keras(job, staged, x, expected, report, step):
     step("writing model.keras and reloading it (safe mode)")
-    model.save(staged.path_of("model.keras"))
+    job.model.save(staged.path_of("model.keras"))
     reloaded = keras.models.load_model(staged.path_of("model.keras"), safe_mode=True,
                                        compile=False)
-    report["artifacts"].append(_row(
-        "keras", staged, "model.keras", path,
-        error=_error(reloaded(x, training=False), expected, **EXACT)))
+    report.artifacts.append(_artifact_row(
+        "keras", staged, "model.keras", job.paths["keras"],
+        error=_error_metrics(reloaded(x, training=False), expected, **EXACT)))
 
 
-def _stage_saved_model(model, staged, name, implementation, x, expected, report, step):
-    step(f"writing TF Serving SavedModel (lowering: {implementation})")
+def _stage_saved_model(job, staged, x, expected, report, step):
+    step(f"writing TF Serving SavedModel (lowering: {job.implementation})")
     path = staged.path_of("saved_model")
-    found = serving.write_version(model, path, name, warmup_batches=[x[:1], x],
-                                  implementation=implementation)
+    found = serving.write_version(job.model, path, job.name, warmup_batches=[x[:1], x],
+                                  implementation=job.implementation)
     step(f"  {len(found['ops'])} op types, all in the model server")
-    examples = serving.request_examples(path, name)
-    report["serving"] = {"path": None, "version": None,
-                         "ops": found["ops"], "ops_missing_in_server": found["missing_in_server"],
-                         "warmup_records": len(serving.read_warmup_requests(path)),
-                         "rest_request": examples["rest"], "grpc_request": examples["grpc"]}
+    examples = serving.request_examples(path, job.name)
+    report.sections["serving"] = {
+        "path": None, "version": None,
+        "ops": found["ops"], "ops_missing_in_server": found["missing_in_server"],
+        "warmup_records": len(serving.read_warmup_requests(path)),
+        "rest_request": examples["rest"], "grpc_request": examples["grpc"]}
     step("  running it in a fresh process without tf_conv3dt (tf.saved_model.load, TFSMLayer)")
     outputs = run_in_fresh_process(path, x, scratch_dir=staged.path)
     # Published as a version, by its own rename (serving.publish_version).
-    report["artifacts"].append(_row(
+    report.artifacts.append(_artifact_row(
         "saved_model", staged, "saved_model", None, publish=False,
-        error=_error(outputs["saved_model"], expected, **EXACT),
+        error=_error_metrics(outputs["saved_model"], expected, **EXACT),
         latency_ms=float(outputs["latency_ms"]), latency_runtime="TF, batch 1"))
-    report["artifacts"].append(_row(
+    report.artifacts.append(_artifact_row(
         "tfsm_layer", staged, "saved_model", None, publish=False,
-        error=_error(outputs["tfsm_layer"], expected, **EXACT)))
+        error=_error_metrics(outputs["tfsm_layer"], expected, **EXACT)))
 
 
-def _stage_tflite(model, staged, tflite_dir, batch_size, dynamic_batch, input_shape,
-                  samples, implementation, verifications, x, expected, report, step):
-    shape = (None if dynamic_batch else batch_size, *input_shape)
-    runtime = f"LiteRT+XNNPACK, batch {batch_size}{' of any' if dynamic_batch else ''}"
+def _stage_tflite(job, staged, x, expected, report, step):
+    batch = job.batch_size
+    shape = (None if job.dynamic_batch else batch, *job.input_shape)
+    runtime = f"LiteRT+XNNPACK, batch {batch}{' of any' if job.dynamic_batch else ''}"
     step("converting the native-op baseline (CONV_3D_TRANSPOSE, as keras.layers."
          "Conv3DTranspose converts)")
-    baseline = tflite.convert(model, "float32", shape, implementation="native",
+    baseline = tflite.convert(job.model, "float32", shape, implementation="native",
                               scratch_dir=staged.path)
-    baseline_ms = tflite.latency_ms(baseline, batch=batch_size)
-    report["tflite_baseline"] = {"latency_ms": baseline_ms,
-                                 "ops": _op_summary(tflite.op_list(baseline))}
-    for mode, verification in verifications.items():
+    baseline_ms = tflite.latency_ms(baseline, batch=batch)
+    report.sections["tflite_baseline"] = {"latency_ms": baseline_ms,
+                                          "ops": _op_summary(tflite.op_list(baseline))}
+    for mode, verification in job.verifications.items():
         step(f"converting TFLite {mode}")
-        flatbuffer = tflite.convert(model, mode, shape, samples, implementation,
+        flatbuffer = tflite.convert(job.model, mode, shape, job.samples, job.implementation,
                                     scratch_dir=staged.path)
         name = os.path.join("tflite", f"model_{mode}.tflite")
         with open(staged.path_of(name), "wb") as f:
             f.write(flatbuffer)
-        latency = tflite.latency_ms(flatbuffer, batch=batch_size)
-        report["artifacts"].append(_row(
-            f"tflite {mode}", staged, name, os.path.join(tflite_dir, os.path.basename(name)),
-            error=_error(tflite.run(flatbuffer, x, batch=batch_size), expected, **verification),
+        latency = tflite.latency_ms(flatbuffer, batch=batch)
+        report.artifacts.append(_artifact_row(
+            f"tflite {mode}", staged, name,
+            os.path.join(job.paths["tflite"], os.path.basename(name)),
+            error=_error_metrics(tflite.run(flatbuffer, x, batch=batch), expected,
+                                 **verification),
             latency_ms=latency, latency_runtime=runtime,
             speedup_vs_native_tflite=baseline_ms / latency,
             ops=_op_summary(tflite.op_list(flatbuffer))))
@@ -394,7 +452,7 @@ def _describe(array):
     return f"<array of shape {tuple(shape)}>" if shape is not None else type(array).__name__
 
 
-def _error(actual, expected, tolerance, scale):
+def _error_metrics(actual, expected, tolerance, scale):
     """Largest error of ``actual``, relative to ``scale`` of ``expected``:
     "max |output|" or "output range" (how int8 quantization is judged)."""
     actual = np.asarray(actual, np.float64)
@@ -407,7 +465,7 @@ def _error(actual, expected, tolerance, scale):
     return {"max_abs": max_abs, "relative": relative, "tolerance": tolerance, "scale": scale}
 
 
-def _row(label, staged, name, path, publish=True, error=None, **extra):
+def _artifact_row(label, staged, name, path, publish=True, error=None, **extra):
     """One report row for the staged file or directory ``name``, to be
     published to ``path`` if ``publish``."""
     source = staged.path_of(name)

@@ -6,7 +6,6 @@ soon as its directory appears, so a version is written in a staging directory
 once complete and checked. An existing version is never touched.
 """
 
-import inspect
 import os
 import re
 
@@ -14,29 +13,16 @@ import numpy as np
 import tensorflow as tf
 
 from tf_conv3dt import ops
-from tf_conv3dt._keras import keras
 from tf_conv3dt.export import staging
+from tf_conv3dt.export.errors import ExportError
+from tf_conv3dt.export.signature import SIGNATURE, save_signature, serving_spec
 
-SIGNATURE = "serving_default"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # Python callbacks cannot run in the model server; neither can custom ops.
 SERVER_MISSING_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 # TF Serving's ModelSpec addresses versions as int64.
 LAST_VERSION = 2**63 - 1
-
-
-class ExportError(ValueError):
-    """An export that cannot go ahead; the message is meant for the user.
-
-    ``argument`` and ``value`` name the argument of ``export_model`` at fault
-    (None when the problem is not one argument's), ``problem`` says what is
-    wrong with it.
-    """
-
-    def __init__(self, problem, argument=None, value=None):
-        self.problem, self.argument, self.value = problem, argument, value
-        super().__init__(problem if argument is None else f"{argument}={value!r}: {problem}")
 
 
 def check_model_name(name):
@@ -68,21 +54,6 @@ def check_version_free(model_dir, version):
         raise ExportError(f"{model_dir} already holds the last version TF Serving addresses, "
                           f"{LAST_VERSION}; give an unused version explicitly",
                           "version", version)
-
-
-def serving_spec(model, fixed_axes=None):
-    """The signature's input: the model input's name and dtype, a dynamic
-    batch, and every other axis dynamic unless in ``fixed_axes`` (None keeps
-    them all as the model declares them)."""
-    keras_input = model.inputs[0]
-    shape = [None] + list(keras_input.shape[1:])
-    if fixed_axes is not None:
-        shape = [dim if axis in fixed_axes else None for axis, dim in enumerate(shape)]
-    return tf.TensorSpec(shape, keras_input.dtype, name=_input_name(model))
-
-
-def output_name(model):
-    return model.layers[-1].name
 
 
 def write_serving_version(model, base_dir, name, version=None, warmup_batches=(),
@@ -167,23 +138,6 @@ def _output_size_is_fixed(traced, rank, fixed_axes):
     free = [axis for axis in range(1, rank) if axis not in fixed_axes]
     return all(output.shape.rank == rank and all(output.shape[axis] is not None for axis in free)
                for output in outputs)
-
-
-def save_signature(model, path, spec, implementation="gemm", one_product_per_phase=False):
-    """Writes ``model`` as a SavedModel whose one signature, serving_default,
-    takes ``spec`` and returns ``{output_name(model): output}``, traced under
-    ``ops.forced_implementation(implementation, one_product_per_phase)``."""
-    key = output_name(model)
-
-    def serve(x):
-        with ops.forced_implementation(implementation, one_product_per_phase):
-            return {key: model(x, training=False)}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
-    quiet = {"verbose": False} if "verbose" in inspect.signature(archive.write_out).parameters else {}
-    archive.write_out(path, **quiet)
 
 
 def serving_ops(saved_model_dir):
@@ -277,8 +231,3 @@ def request_examples(saved_model_dir, model_name):
     return {"input": key, "output": out_key, "rest": rest, "grpc": grpc}
 
 
-def _input_name(model):
-    names = getattr(model, "input_names", None)  # tf_keras
-    if names:
-        return names[0]
-    return model.inputs[0].name.split(":")[0]  # Keras 3 KerasTensor

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tf_conv3dt.export import serving
+from tf_conv3dt.export import signature
 
 # Each mode and how export verifies it: the largest error relative to the
 # Keras output's largest magnitude, or (int8) to its range.
@@ -47,17 +47,17 @@ def convert(model, mode, input_shape, calibration=None, implementation="gemm",
     """
     if mode not in MODES:
         raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {tuple(MODES)}.")
-    spec = serving.serving_spec(model)
+    spec = signature.serving_spec(model)
     spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
         # Through a SavedModel, as Keras's own LiteRT export does: the
         # converter freezes its variables into constants. int8 sums each
         # stride phase inside one product (int32 accumulation) rather than
         # requantizing after every tap's addition.
-        serving.save_signature(model, scratch, spec, implementation,
+        signature.save_signature(model, scratch, spec, implementation,
                                one_product_per_phase=mode == "int8")
         converter = tf.lite.TFLiteConverter.from_saved_model(
-            scratch, signature_keys=[serving.SIGNATURE])
+            scratch, signature_keys=[signature.SIGNATURE])
         return _convert(converter, mode, input_shape, calibration)
 
 

@@ -1,0 +1,49 @@
+"""The serving_default signature that the SavedModel and the TFLite files are traced with."""
+
+import inspect
+
+import tensorflow as tf
+
+from tf_conv3dt import ops
+from tf_conv3dt._keras import keras
+
+SIGNATURE = "serving_default"
+
+
+def serving_spec(model, fixed_axes=None):
+    """The signature's input: the model input's name and dtype, a dynamic
+    batch, and every other axis dynamic unless in ``fixed_axes`` (None keeps
+    them all as the model declares them)."""
+    keras_input = model.inputs[0]
+    shape = [None] + list(keras_input.shape[1:])
+    if fixed_axes is not None:
+        shape = [dim if axis in fixed_axes else None for axis, dim in enumerate(shape)]
+    return tf.TensorSpec(shape, keras_input.dtype, name=_input_name(model))
+
+
+def output_name(model):
+    return model.layers[-1].name
+
+
+def save_signature(model, path, spec, implementation="gemm", one_product_per_phase=False):
+    """Writes ``model`` as a SavedModel whose one signature, serving_default,
+    takes ``spec`` and returns ``{output_name(model): output}``, traced under
+    ``ops.forced_implementation(implementation, one_product_per_phase)``."""
+    key = output_name(model)
+
+    def serve(x):
+        with ops.forced_implementation(implementation, one_product_per_phase):
+            return {key: model(x, training=False)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
+    quiet = {"verbose": False} if "verbose" in inspect.signature(archive.write_out).parameters else {}
+    archive.write_out(path, **quiet)
+
+
+def _input_name(model):
+    names = getattr(model, "input_names", None)  # tf_keras
+    if names:
+        return names[0]
+    return model.inputs[0].name.split(":")[0]  # Keras 3 KerasTensor
