@@ -1,18 +1,20 @@
-"""The Conv3DTranspose Keras layer and its composition function."""
+"""The Conv3DTranspose Keras layer: arguments, weights, call and config."""
 
 import numpy as np
 import tensorflow as tf
-import wrapt
 
-from tf_conv3dt import fake_quant, ops, shapes
+from tf_conv3dt import ops, shapes
 from tf_conv3dt._keras import LEGACY_KERAS, keras
+from tf_conv3dt.quantization import fake_quant, tfmot
+from tf_conv3dt.quantization.keras3_int8 import Int8Protocol
+from tf_conv3dt.quantization.qat import QATRanges
 
 
 QUANTIZATION_MODES = ("qat",)
 
 
 @keras.saving.register_keras_serializable(package="tf_conv3dt")
-class Conv3DTranspose(keras.layers.Layer):
+class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
     """Transposed 3-D convolution, correct on every device and data format.
 
     Computes ``activation(conv3d_transpose(inputs, kernel) + bias)``: the
@@ -217,20 +219,6 @@ class Conv3DTranspose(keras.layers.Layer):
             kernel = fake_quant.symmetric_per_tensor(kernel)
         return self._apply(inputs, kernel, output_shape, training)
 
-    def _int8_call(self, inputs, output_shape=None, training=None):
-        """Keras 3's call for ``quantize("int8")``: the int8 kernel times its
-        per-filter scale, and the input on a symmetric int8 grid of its own
-        largest magnitude (Keras's Dense quantizes its input per row; here the
-        overlap-add mixes voxels, so one scale serves the whole input). The
-        rounding passes gradients straight through."""
-        inputs = tf.cast(inputs, self.compute_dtype)
-        scale = 127.0 / tf.maximum(tf.reduce_max(tf.abs(inputs)), 1e-12)
-        inputs += tf.stop_gradient(tf.round(inputs * scale) / scale - inputs)
-        kernel = (tf.cast(self.kernel, self.compute_dtype)
-                  / tf.reshape(tf.cast(self.kernel_scale, self.compute_dtype),
-                               (self.filters, 1)))
-        return self._apply(inputs, kernel, output_shape, training)
-
     def _apply(self, inputs, kernel, output_shape, training):
         # A quantized layer is meant for integer TFLite, whichever converter
         # traces it: the GEMM lowering, each stride phase one product
@@ -258,73 +246,12 @@ class Conv3DTranspose(keras.layers.Layer):
             outputs = self.activation(outputs)
         return self._fake_quantize("output", outputs, training)
 
-    def _keras_quantization_mode(self):
-        """Keras 3's quantization mode of this layer (its dtype policy's); None
-        under tf_keras, which has no such protocol."""
-        return None if LEGACY_KERAS else self.quantization_mode
-
     def quantize(self, mode=None, type_check=True, config=None):
-        """Keras 3's layer quantization, called by ``model.quantize(mode)``.
-
-        Mode "int8": the kernel becomes int8 with one scale per filter (the
-        largest magnitude over the taps and input channels maps to 127), and
-        the input is quantized to int8 at call time; the dtype policy becomes
-        ``int8_from_<policy>``, and .keras files keep the int8 kernel. Other
-        modes raise NotImplementedError, which ``model.quantize`` reports as a
-        warning and skips the layer.
-        """
-        if LEGACY_KERAS:
-            raise RuntimeError("quantize() is Keras 3's protocol; under tf_keras use "
-                               "tf_conv3dt.quantization.quantize_model.")
-        if type_check and type(self) is not Conv3DTranspose:
+        """Keras 3's layer quantization, called by ``model.quantize(mode)``:
+        :class:`~tf_conv3dt.quantization.keras3_int8.Int8Protocol`."""
+        if type_check and not LEGACY_KERAS and type(self) is not Conv3DTranspose:
             raise self._not_implemented_error(self.quantize)
-        if mode != "int8":
-            raise NotImplementedError(
-                f"Conv3DTranspose supports quantize('int8') only; layer {self.name!r} "
-                f"stays {self.dtype_policy.name}. Received: mode={mode!r}. For integer "
-                "TFLite use tf_conv3dt.quantization.quantize_model or tf_conv3dt.export.")
-        if self.quantization == "qat":
-            raise ValueError(f"Layer {self.name!r} is set up for quantization-aware "
-                             "training (quantization='qat'); convert it with the TFLite "
-                             "converter instead of quantize('int8').")
-        kernel = tf.convert_to_tensor(self.kernel)
-        magnitude = tf.reduce_max(tf.abs(kernel), axis=(0, 1, 2, 4), keepdims=True)
-        scale = 127.0 / tf.maximum(magnitude, 1e-12)
-        values = tf.cast(tf.clip_by_value(tf.round(kernel * scale), -127, 127), "int8")
-        del self.kernel
-        self._add_int8_kernel()
-        self.kernel.assign(values)
-        self.kernel_scale.assign(tf.reshape(scale, (self.filters,)))
-        self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
-
-    def _add_int8_kernel(self):
-        self.kernel = self.add_weight(
-            name="kernel", shape=(*self.kernel_size, self.filters, self._input_channels),
-            initializer="zeros", dtype="int8", trainable=False)
-        self.kernel_scale = self.add_weight(name="kernel_scale", shape=(self.filters,),
-                                            initializer="ones", trainable=False)
-        self._is_quantized = True
-
-    def _fake_quantize(self, tensor, values, training):
-        if tensor not in self._ranges:
-            return values
-        return fake_quant.moving_average(values, *self._ranges[tensor], training)
-
-    def _add_quantization_ranges(self, *tensors):
-        """Adds moving-average int8 ranges (non-trainable weights) for ``tensors``.
-
-        With any range the layer is traced through the int8-oriented lowering.
-        tfmot's wrapper quantizes the input, kernel and output itself and asks
-        only for "conv_output": the range of the products before the bias,
-        which the TFLite converter needs to keep FULLY_CONNECTED in int8.
-        """
-        low, high = fake_quant.INITIAL_RANGE
-        for tensor in tensors:
-            if tensor not in self._ranges:
-                self._ranges[tensor] = tuple(
-                    self.add_weight(name=f"{tensor}_{end}", shape=(), trainable=False,
-                                    initializer=keras.initializers.Constant(value))
-                    for end, value in (("min", low), ("max", high)))
+        self.quantize_int8(mode)
 
     def compute_output_shape(self, input_shape, output_shape=None):
         input_shape = self._check_input_shape(input_shape)
@@ -415,49 +342,4 @@ def _regularizer(value, name):
     return regularizer
 
 
-def _register_with_tfmot(module):
-    """tfmot accepts a custom layer for clustering only as an instance of its
-    abstract ``ClusterableLayer`` (pruning asks for the method alone): register
-    the class when tfmot is imported, so importing tf_conv3dt never imports it."""
-    module.ClusterableLayer.register(Conv3DTranspose)
-
-
-wrapt.register_post_import_hook(
-    _register_with_tfmot,
-    "tensorflow_model_optimization.python.core.clustering.keras.clusterable_layer")
-
-
-def layer_conv_3d_transpose(object, filters, kernel_size, strides=(1, 1, 1),
-                            padding="valid", data_format=None, dilation_rate=(1, 1, 1),
-                            activation=None, use_bias=True,
-                            kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                            kernel_regularizer=None, bias_regularizer=None,
-                            activity_regularizer=None, kernel_constraint=None,
-                            bias_constraint=None, **kwargs):
-    """Composes a :class:`Conv3DTranspose` with ``object``, as the Keras reference does.
-
-    ``object`` None returns the layer; a Sequential model gets the layer added
-    and is returned; a tensor, KerasTensor or NumPy array returns the layer
-    applied to it. Other arguments are those of :class:`Conv3DTranspose`
-    (``**kwargs`` takes the rest: ``output_padding``, ``implementation``,
-    ``name``, ...).
-    """
-    layer = Conv3DTranspose(
-        filters, kernel_size, strides=strides, padding=padding,
-        data_format=data_format, dilation_rate=dilation_rate, activation=activation,
-        use_bias=use_bias, kernel_initializer=kernel_initializer,
-        bias_initializer=bias_initializer, kernel_regularizer=kernel_regularizer,
-        bias_regularizer=bias_regularizer, activity_regularizer=activity_regularizer,
-        kernel_constraint=kernel_constraint, bias_constraint=bias_constraint, **kwargs,
-    )
-    if object is None:
-        return layer
-    if isinstance(object, keras.Sequential):
-        object.add(layer)
-        return object
-    if isinstance(object, np.ndarray):
-        object = tf.convert_to_tensor(object)
-    if not (hasattr(object, "shape") and hasattr(object, "dtype")):  # tensor, KerasTensor
-        raise TypeError("`object` must be None, a Sequential model, a tensor, a KerasTensor "
-                        f"or a NumPy array. Received: object of type {type(object).__name__}")
-    return layer(object)
+tfmot.register_clusterable(Conv3DTranspose)

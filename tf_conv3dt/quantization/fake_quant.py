@@ -1,15 +1,18 @@
-"""8-bit fake quantization for quantization-aware training, in TensorFlow ops.
+"""8-bit quantization in TensorFlow ops: the abs-max scale, and fake quantization for QAT.
 
-What tfmot's ``MovingAverageQuantizer`` and ``LastValueQuantizer`` compute,
-without tfmot (which does not import under Keras 3): the TFLite converter
-reads the ranges of these ``FakeQuantWithMinMaxVars`` ops as the int8 scales
-of the tensors they quantize.
+:func:`abs_max` gives the one symmetric int8 grid: Keras 3's int8 kernel and
+input and the QAT kernel are all quantized over it. The fake quantizers compute what
+tfmot's ``MovingAverageQuantizer`` and ``LastValueQuantizer`` do, without
+tfmot (which does not import under Keras 3): the TFLite converter reads the
+ranges of these ``FakeQuantWithMinMaxVars`` ops as the int8 scales of the
+tensors they quantize.
 """
 
 import tensorflow as tf
 
 EMA_DECAY = 0.999  # tfmot's default
 INITIAL_RANGE = (-6.0, 6.0)  # tfmot's initial activation range
+TINY = 1e-12
 
 
 def moving_average(x, min_var, max_var, training):
@@ -41,9 +44,16 @@ def moving_average(x, min_var, max_var, training):
     return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8)
 
 
+def abs_max(x, axis=None, keepdims=False):
+    """The largest magnitude of ``x`` (over ``axis``; all of it by default),
+    at least ``TINY`` so that an all-zero tensor gets a finite scale: the
+    value a symmetric int8 grid maps to 127."""
+    return tf.maximum(tf.reduce_max(tf.abs(x), axis=axis, keepdims=keepdims), TINY)
+
+
 def symmetric_per_tensor(kernel):
     """Symmetric, narrow-range 8-bit fake quantization over the kernel's own
     largest magnitude (tfmot's ``LastValueQuantizer`` as used for kernels)."""
-    bound = tf.maximum(tf.reduce_max(tf.abs(kernel)), 1e-9)
+    bound = abs_max(kernel)
     return tf.quantization.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=8,
                                                         narrow_range=True)
