@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_conv3dt import ops
+import markers
+from lowerings import LOWERINGS, lowering
 from tf_conv3dt._keras import LEGACY_KERAS, keras
+
+
+def pytest_configure(config):
+    markers.register(config)
 
 
 def pytest_report_header(config):
@@ -11,16 +16,14 @@ def pytest_report_header(config):
     return f"tf_conv3dt: {flavour} {keras.__version__}, TensorFlow {tf.__version__}"
 
 
-@pytest.fixture(params=["native", "gemm", "gemm-phase-products", "subpixel"])
+@pytest.fixture(params=LOWERINGS)
 def implementation(request):
     """Every numerical test runs once for each lowering: the native op, the
     GEMM lowering in both its forms (one product per tap; one per stride
     phase, as int8 TFLite uses) and the sub-pixel lowering."""
-    if request.param == "gemm-phase-products":
-        with ops.forced_implementation("gemm", one_product_per_phase=True):
-            yield "gemm"
-    else:
-        yield request.param
+    scope, implementation = lowering(request.param)
+    with scope:
+        yield implementation
 
 
 @pytest.fixture

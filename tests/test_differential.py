@@ -20,7 +20,6 @@ reference otherwise. ``TF_CONV3DT_DIFFERENTIAL_CONFIGS`` and
 from which seed.
 """
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -33,11 +32,12 @@ from hypothesis import assume, given, settings, strategies as st
 import tf_conv3dt
 from tf_conv3dt import ops, shapes
 import reference
-from markers import op_only
+from lowerings import LOWERINGS, lowering
+from markers import op_only, smoke
 
 CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 64))
 SEED = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_SEED", "20261127"))
-IMPLEMENTATIONS = ["native", "gemm", "gemm-phase-products", "subpixel", "auto"]
+IMPLEMENTATIONS = [*LOWERINGS, "auto"]
 
 try:
     import torch  # noqa: F401
@@ -103,15 +103,9 @@ def _inputs(config, seed):
     return x, kernel, rng
 
 
-def _implementation_scope(implementation):
-    if implementation == "gemm-phase-products":
-        return ops.forced_implementation("gemm", one_product_per_phase=True), "gemm"
-    return contextlib.nullcontext(), implementation
-
-
 def _ours(x, kernel, cotangent, config, implementation, mode):
     """Output and gradients from tf_conv3dt, called as ``mode`` (:func:`modes`)."""
-    scope, implementation = _implementation_scope(implementation)
+    scope, implementation = lowering(implementation)
     arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
                                         "dilation_rate", "data_format", "output_shape")}
 
@@ -171,7 +165,7 @@ def check_config(config, seed):
 
 
 @op_only
-@pytest.mark.smoke
+@smoke
 @pytest.mark.parametrize("seed", [SEED + i for i in range(CONFIGS)],
                          ids=lambda seed: f"seed={seed}")
 def test_random_configuration_matches_reference(seed):
@@ -241,7 +235,7 @@ REGRESSIONS = [
 
 
 @op_only
-@pytest.mark.smoke
+@smoke
 @pytest.mark.parametrize("config", REGRESSIONS)
 def test_regression(config):
     check_config(config, seed=0)

@@ -20,17 +20,14 @@ import tensorflow as tf
 import tf_conv3dt
 from tf_conv3dt import export
 from tf_conv3dt.export import pipeline, serving, staging, tflite
-from tf_conv3dt._keras import LEGACY_KERAS, keras
+from tf_conv3dt._keras import keras
+from markers import cli_only, smoke
 from reference import assert_close, np_conv3d_transpose
+from tflite_checks import assert_integer_tflite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "export", "export_model.py")
 
-# What the CLI and the staging do with signals, a relative path and a tolerance
-# miss does not depend on the Keras flavour (the exports themselves run under
-# both): checked once per CI run, in the Keras 3 run.
-cli_only = pytest.mark.skipif(LEGACY_KERAS, reason="no Keras-dependent step that other "
-                              "exports here lack: the Keras 3 run checks it once per CI run")
 
 
 def _reference_output(model, x):
@@ -55,7 +52,7 @@ def _umask():
     return mask
 
 
-@pytest.mark.smoke
+@smoke
 def test_every_artifact_written_and_within_tolerance(exported):
     model, out, report = exported
     assert report["all_within_tolerance"] and report["published"], export.format_report(report)
@@ -145,12 +142,8 @@ def test_int8_tflite_is_integer_end_to_end(exported, rng):
     the values stay within 2% of the output range of the NumPy reference."""
     model, out, _ = exported
     flatbuffer = open(os.path.join(out, "tflite", "model_int8.tflite"), "rb").read()
-    op_list = tflite.op_list(flatbuffer)
-    names = {name for name, _, _ in op_list}
-    assert "CONV_3D_TRANSPOSE" not in names and "FULLY_CONNECTED" in names
-    for name, inputs, outputs in op_list:
-        data = [d for d in inputs if d != "int32"]
-        assert set(data) == {"int8"} and set(outputs) == {"int8"}, (name, inputs, outputs)
+    assert "FULLY_CONNECTED" in {name for name, _, _ in tflite.op_list(flatbuffer)}
+    assert_integer_tflite(flatbuffer)
     x = rng.uniform(size=(2, 10, 8, 12, 128)).astype("float32")
     expected = _reference_output(model, x)
     error = np.abs(tflite.run(flatbuffer, x) - expected).max()
@@ -513,8 +506,7 @@ def test_any_batch_size_and_dynamic_batch_files(tmp_path, rng):
         assert list(inp["shape"]) == [5, 10, 8, 12, 128]
         error = np.abs(tflite.run(flatbuffer, x, batch=5) - expected).max()
         assert error <= tflite.MODES[mode]["tolerance"] * (expected.max() - expected.min())
-    for name, inputs, outputs in tflite.op_list(flatbuffer):  # int8: integer end to end
-        assert {d for d in inputs + outputs if d != "int32"} <= {"int8"}, name
+    assert_integer_tflite(flatbuffer)  # the int8 file, integer end to end
 
 
 @cli_only

@@ -8,10 +8,11 @@ import tensorflow as tf
 
 import tf_conv3dt
 from tf_conv3dt._keras import LEGACY_KERAS, keras
+from markers import smoke
 from reference import assert_close, np_conv3d_transpose
 
 # In the oldest-TensorFlow job too (README, "Supported versions").
-pytestmark = pytest.mark.smoke
+pytestmark = smoke
 
 
 FULL_ARGS = dict(

@@ -8,7 +8,9 @@ import pytest
 import tf_conv3dt
 from tf_conv3dt import quantization
 from tf_conv3dt._keras import LEGACY_KERAS, keras
+from markers import smoke
 from reference import assert_close, np_conv3d_transpose
+from tflite_checks import assert_integer_tflite, compute_ops
 
 
 def _model():
@@ -29,7 +31,7 @@ def _fake_quant(values, low, high, levels=256):
 @pytest.mark.skipif(not LEGACY_KERAS, reason="tfmot quantizes tf_keras models; "
                     "the Keras 3 behaviour is test_keras3_is_refused_with_a_clear_error")
 class TestQuantizationAwareTraining:
-    @pytest.mark.smoke
+    @smoke
     def test_layers_are_wrapped_and_outputs_follow_the_quantized_reference(self, rng):
         model = _model()
         qat = quantization.quantize_model(model)
@@ -72,31 +74,9 @@ class TestQuantizationAwareTraining:
 
         from tf_conv3dt.export import tflite
         flatbuffer = tflite.convert(qat, "int8", (1, 4, 3, 5, 6), calibration=x)
-        for name, inputs, outputs in tflite.op_list(flatbuffer):
-            assert {d for d in inputs if d != "int32"} == {"int8"}, (name, inputs)
-            assert set(outputs) == {"int8"}, (name, outputs)
-        assert "CONV_3D_TRANSPOSE" not in {name for name, _, _ in tflite.op_list(flatbuffer)}
+        assert_integer_tflite(flatbuffer)
 
 
-def _compute_ops(flatbuffer):
-    """The ops that compute, without the boundary QUANTIZE / DEQUANTIZE and the
-    int32 shape arithmetic of a dynamic batch (SHAPE, and ops on its result)."""
-    from tf_conv3dt.export import tflite
-    return [(name, inputs, outputs) for name, inputs, outputs in tflite.op_list(flatbuffer)
-            if name not in {"QUANTIZE", "DEQUANTIZE", "SHAPE"}
-            and set(inputs) | set(outputs) != {"int32"}]
-
-
-def _assert_integer(flatbuffer):
-    _assert_integer_ops(_compute_ops(flatbuffer))
-
-
-def _assert_integer_ops(ops):
-    assert ops
-    for name, inputs, outputs in ops:
-        assert {d for d in inputs if d != "int32"} == {"int8"}, (name, inputs)
-        assert set(outputs) == {"int8"}, (name, outputs)
-    assert "CONV_3D_TRANSPOSE" not in {name for name, _, _ in ops}
 
 
 def _assert_follows(converted, simulated, step):
@@ -141,13 +121,13 @@ def test_qat_converts_to_integer_tflite_with_the_standard_converter(rng):
     converter = tf.lite.TFLiteConverter.from_keras_model(qat)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     flatbuffer = converter.convert()
-    _assert_integer(flatbuffer)
+    assert_integer_tflite(flatbuffer, float_boundary=True)
     low, high = (float(np.asarray(w)) for w in qat.get_layer("quant_up2").weights
                  if "post_activation_m" in w.name)
     _assert_follows(tflite.run(flatbuffer, x[:8]), np.asarray(qat(x[:8])), (high - low) / 255)
 
 
-@pytest.mark.smoke
+@smoke
 def test_post_training_int8_with_the_users_converter(rng, tmp_path):
     """A plain float model, the user's own converter with a representative
     dataset, traced inside tf_conv3dt.forced_implementation: all int8, close to
@@ -162,7 +142,7 @@ def test_post_training_int8_with_the_users_converter(rng, tmp_path):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     with tf_conv3dt.forced_implementation("gemm", one_product_per_phase=True):
         flatbuffer = converter.convert()
-    _assert_integer(flatbuffer)
+    assert_integer_tflite(flatbuffer, float_boundary=True)
     assert _range_fraction(tflite.run(flatbuffer, x[:8]), model(x[:8])) <= 0.02
 
 
@@ -213,7 +193,7 @@ class TestKeras3QuantizationAwareTraining:
         converter.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         flatbuffer = converter.convert()
-        _assert_integer(flatbuffer)
+        assert_integer_tflite(flatbuffer, float_boundary=True)
         ranges = {w.name: float(np.asarray(w)) for w in qat.get_layer("up2").weights
                   if len(w.shape) == 0}
         _assert_follows(tflite.run(flatbuffer, x[:8]), np.asarray(qat(x[:8])),
@@ -241,9 +221,9 @@ class TestKeras3QuantizationAwareTraining:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = converter.inference_output_type = tf.int8
         flatbuffer = converter.convert()
-        ops = _compute_ops(flatbuffer)
+        ops = compute_ops(flatbuffer, float_boundary=True)
         assert [name for name, inputs, _ in ops if "float32" in inputs] == ["CONV_3D"]
-        _assert_integer_ops([op for op in ops if op[0] != "CONV_3D"])
+        assert_integer_tflite(flatbuffer, float_boundary=True, exclude=("CONV_3D",))
         names = {name for name, _, _ in ops}
         assert "FULLY_CONNECTED" in names and "CONV_3D_TRANSPOSE" not in names
 
@@ -257,14 +237,15 @@ class TestKeras3QuantizationAwareTraining:
         model = _model()
         with tf_conv3dt.forced_implementation("gemm"):
             model.export(str(tmp_path / "float.tflite"), format="litert", verbose=False)
-        names = {name for name, _, _ in _compute_ops((tmp_path / "float.tflite").read_bytes())}
+        names = {name for name, _, _ in compute_ops((tmp_path / "float.tflite").read_bytes(),
+                                                    float_boundary=True)}
         assert "FULLY_CONNECTED" in names and "CONV_3D_TRANSPOSE" not in names
         qat = quantization.quantize_model(model)
         qat(x, training=True)
         qat.export(str(tmp_path / "qat.tflite"), format="litert", verbose=False,
                    optimizations=[tf.lite.Optimize.DEFAULT],
                    representative_dataset=lambda: ([x[i:i + 1]] for i in range(len(x))))
-        _assert_integer((tmp_path / "qat.tflite").read_bytes())
+        assert_integer_tflite((tmp_path / "qat.tflite").read_bytes(), float_boundary=True)
 
     def test_exports_with_the_export_script(self, rng, tmp_path):
         import subprocess
@@ -283,7 +264,7 @@ class TestKeras3QuantizationAwareTraining:
             capture_output=True, text=True)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         int8 = next((tmp_path / "out").rglob("*int8*.tflite")).read_bytes()
-        _assert_integer(int8)
+        assert_integer_tflite(int8, float_boundary=True)
 
 
 @pytest.mark.skipif(LEGACY_KERAS, reason="quantize() is Keras 3's layer protocol")
@@ -369,7 +350,7 @@ def _teacher_data(rng, samples=32):
 @pytest.mark.skipif(not LEGACY_KERAS, reason="tfmot prunes and clusters tf_keras models; "
                     "under Keras 3 tfmot does not import (model-optimization#1119)")
 class TestPruningAndClustering:
-    @pytest.mark.smoke
+    @smoke
     def test_prune_low_magnitude_reaches_the_scheduled_sparsity(self, rng):
         import tensorflow_model_optimization as tfmot
         sparsity = tfmot.sparsity.keras

@@ -3,9 +3,10 @@
 import pytest
 
 from tf_conv3dt import shapes
+from markers import smoke
 
 # In the oldest-TensorFlow job too (README, "Supported versions").
-pytestmark = pytest.mark.smoke
+pytestmark = smoke
 
 # (input, kernel, stride, padding, output_padding, dilation) -> length, each
 # row worked out on paper from the definition in the module docstring.
