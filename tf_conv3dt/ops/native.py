@@ -91,9 +91,11 @@ def empty_batch_safe(result, shape):
     equal, which it does when only the batch is unknown at trace time (a Keras
     model's graph), and the kernel then returns the wrong shape anyway. The
     cond keeps the result whatever rewrites run. A batch known at trace time
-    needs no run-time choice.
+    (``result``'s static shape has it) needs no run-time choice.
     """
-    batch = tf.get_static_value(shape[0])
+    batch = result.shape[0]
+    if batch is None:
+        batch = tf.get_static_value(shape[0])  # eagerly, or a constant shape
     if batch is not None:
         return tf.zeros(shape, result.dtype) if batch == 0 else result
     return tf.cond(tf.equal(shape[0], 0), lambda: tf.zeros(shape, result.dtype),
