@@ -31,10 +31,9 @@ from tf_conv3dt.layer import Conv3DTranspose
 from tf_conv3dt._keras import keras
 
 FORMATS = ("keras", "savedmodel", "tflite")
-# The lowerings an artifact can be traced with, the default first: those of
-# shapes.IMPLEMENTATIONS but subpixel, which export does not offer.
-IMPLEMENTATIONS = ("gemm", *(name for name in shapes.IMPLEMENTATIONS
-                             if name not in ("gemm", "subpixel")))
+# The lowerings an export can be asked to trace, the default first; the CLI
+# offers these. "auto" lets each layer choose (subpixel included).
+IMPLEMENTATIONS = ("gemm", "native", "auto")
 REFERENCE_INPUT_SHAPE = (10, 8, 12, 128)
 SYNTHETIC_CALIBRATION_SAMPLES = 128
 VERIFICATION_SAMPLES = 4

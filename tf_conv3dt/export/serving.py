@@ -229,5 +229,3 @@ def request_examples(saved_model_dir, model_name):
         f"-1 is any size; response outputs[\"{out_key}\"])"
     )
     return {"input": key, "output": out_key, "rest": rest, "grpc": grpc}
-
-

@@ -130,7 +130,7 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
             x.shape[1:4], strides, kernel.shape[3]):
         implementation = "gemm"
     plan, checks = make_plan(x, kernel_size, strides, padding, output_padding, dilation,
-                         output_shape)
+                             output_shape)
     shapes.check_output_size(plan.static_output_lengths, kernel.shape[3])
     if checks:
         with tf.control_dependencies(checks):
