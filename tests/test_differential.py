@@ -10,9 +10,10 @@ through a trace with only the batch unknown, as in a Keras model's graph:
 the output, and the gradients of ``sum(output * cotangent)`` with respect to
 the input and the kernel, within 1e-4 of the reference's largest magnitude.
 A gradient that comes back ``None`` (an output that does not depend on an
-argument has a zero gradient) fails as a shape mismatch. A fifth of the configurations put Inf or NaN into the
-input: the non-finite outputs must then be exactly the reference's, and the
-input gradient (which does not depend on the input's values) still matches.
+argument has a zero gradient) fails as a shape mismatch. A fifth of the
+configurations put Inf or NaN into the input: the non-finite outputs must
+then be exactly the reference's, and the input gradient (which does not
+depend on the input's values) still matches.
 
 The reference is PyTorch (float64) where it is installed, the NumPy loop
 reference otherwise. ``TF_CONV3DT_DIFFERENTIAL_CONFIGS`` and
@@ -295,7 +296,8 @@ def test_under_the_other_onednn_setting():
                TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="8",
                TF_CPP_MIN_LOG_LEVEL="2")
     probe = subprocess.run(
-        [sys.executable, "-c", "from tf_conv3dt import ops; print(ops.cpu_configuration() == 'onednn')"],
+        [sys.executable, "-c",
+         "from tf_conv3dt import ops; print(ops.cpu_configuration() == 'onednn')"],
         env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.split()[-1] == str(not onednn)
     result = subprocess.run(
