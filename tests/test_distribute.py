@@ -27,6 +27,11 @@ def _onednn_env(onednn):
     return {} if onednn is None else {"TF_ENABLE_ONEDNN_OPTS": onednn}
 
 
+def _where(implementation, onednn):
+    """What a failure message names: the lowering and the oneDNN setting."""
+    return f"implementation={implementation!r}, TF_ENABLE_ONEDNN_OPTS={onednn}"
+
+
 def _run_mirrored(mode, implementation, tmp_path, **env):
     out = str(tmp_path / "result.npz")
     result = subprocess.run([sys.executable, SCRIPT, mode, implementation, out],
@@ -61,7 +66,7 @@ def test_mirrored_fit_with_an_empty_replica_batch_matches_one_device(
     nothing. The oneDNN native path once failed there ("Shape mismatch in the
     collective instance"); now every path ends with one device's weights."""
     two, one = _run_mirrored("mirrored", implementation, tmp_path, **_onednn_env(onednn))
-    where = f"implementation={implementation!r}, TF_ENABLE_ONEDNN_OPTS={onednn}"
+    where = _where(implementation, onednn)
     for a, b in zip(two, one):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=where)
     assert any(np.abs(a - b).max() > 1e-3 for a, b in zip(
@@ -94,7 +99,7 @@ def test_multi_worker_mirrored_two_processes(implementation, onednn, tmp_path):
     single-device model."""
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     outs = [str(tmp_path / f"worker{i}.npz") for i in range(2)]
-    where = f"implementation={implementation!r}, TF_ENABLE_ONEDNN_OPTS={onednn}"
+    where = _where(implementation, onednn)
     processes = []
     try:
         for index, out in enumerate(outs):
