@@ -13,7 +13,7 @@ the *full* output; the result is the window of the full output that
   kernels support neither NCDHW nor dilation); dilation goes through a
   space-to-batch split (``dilation``), as TensorFlow's atrous convolutions
   do. Where TensorFlow's kernels compute wrong gradients it works around them
-  or takes the GEMM lowering (``native``; README, Correctness).
+  or takes the GEMM lowering (``native``; docs/correctness.md).
 * ``"gemm"`` multiplies the input voxels ``(N*D*H*W, C)`` by the kernel
   (as ``(C, kd*kh*kw*filters)`` in one matmul when kernel == stride, else
   tap by tap), overlap-adds the taps into the output by stride phase and

@@ -14,7 +14,7 @@ def input_gradient_at_risk(input_spatial_shape, strides, filters):
     of the output gradient (``filters`` input channels) back to the input's
     spatial shape. Under oneDNN on AVX-512 CPUs that conv3d returns garbage
     (~1e10) with one input channel and an output length of 1 on an axis with
-    stride > 1 (README, Correctness). Such calls, and those whose length there
+    stride > 1 (docs/correctness.md). Such calls, and those whose length there
     is unknown until run time, take the GEMM lowering, whose gradient is
     matmuls: exact, at a cost only to one-filter layers with a stride.
     """
@@ -39,8 +39,8 @@ def _native_same_as_valid(x, kernel, plan, strides):
 
     The input gradient of the op is a forward conv3d, "SAME", whose padding
     ``(n - 1) * s + k - out`` is negative here (``out`` is up to ``n * s``),
-    and TensorFlow's Eigen CPU kernels then get the window wrong (README,
-    Correctness). "valid" never pads, and its output may be as long as the full
+    and TensorFlow's Eigen CPU kernels then get the window wrong
+    (docs/correctness.md). "valid" never pads, and its output may be as long as the full
     output plus ``s - 1``, which covers TF's "same" window. Taken on every
     device: the crop costs one copy of the output.
     """
@@ -67,7 +67,7 @@ def _conv3d_transpose_op(x, kernel, output_shape, strides, padding):
     """``tf.nn.conv3d_transpose`` on NDHWC, with an input gradient of x's shape.
 
     With an empty batch, oneDNN's gradient of the op with respect to its
-    input comes back with the *output's* shape (README, Correctness), and a
+    input comes back with the *output's* shape (docs/correctness.md), and a
     replica that tf.distribute hands an empty batch then fails to all-reduce:
     :func:`empty_batch_safe` gives it x's shape.
     """
@@ -84,7 +84,7 @@ def empty_batch_safe(result, shape):
     """``result`` of a convolution, which must have ``shape`` (1-D int
     tensor): the result itself, or an empty tensor of ``shape`` when the batch
     is empty, where oneDNN's conv3d (forward and as a gradient) may give a
-    wrong shape (README, Correctness).
+    wrong shape (docs/correctness.md).
 
     A ``tf.cond``, not a reshape to ``shape``: Grappler's arithmetic optimizer
     removes a reshape whose input and target shapes it proves symbolically

@@ -70,13 +70,13 @@ def _pad_or_cut(x, amounts):
 @tf.custom_gradient
 def _conv3d_valid(x, weights):
     """``tf.nn.conv3d(x, weights)``, stride 1, "VALID", with gradients that
-    never call Conv3DBackprop* (Eigen's run at 2-6 GFLOP/s): the input
+    never call Conv3DBackprop* (slow on Eigen; docs/correctness.md): the input
     gradient is the forward convolution of the padded output gradient with
     the kernel reversed and transposed, the kernel gradient one
     ``(C, voxels) x (voxels, O)`` GEMM per tap.
 
     With an empty batch, oneDNN's conv3d may return a wrong spatial shape
-    (README, Correctness): both convolutions' results go through
+    (docs/correctness.md): both convolutions' results go through
     :func:`~tf_conv3dt.ops.native.empty_batch_safe`."""
     taps = tuple(weights.shape[:3])
     channels, outputs = weights.shape[3], weights.shape[4]
