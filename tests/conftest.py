@@ -7,8 +7,20 @@ from lowerings import LOWERINGS, lowering
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 
 
+# The tests that take a minute or more: first, so that pytest-xdist (which
+# hands tests out in collection order) never gives one of them to a worker
+# when the others are about to finish.
+LONGEST_FIRST = ("tests/test_notebooks.py::test_notebook_runs",
+                 "tests/test_differential.py::test_under_the_other_onednn_setting",
+                 "tests/test_distribute.py::")
+
+
 def pytest_configure(config):
     markers.register(config)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FIRST))
 
 
 def pytest_report_header(config):

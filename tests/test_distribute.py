@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import distributed_training
 import tf_conv3dt
-from tf_conv3dt._keras import keras
+from tf_conv3dt._keras import LEGACY_KERAS, keras
 
 SCRIPT = distributed_training.__file__
 TIMEOUT_S = 150
@@ -57,6 +57,12 @@ LOWERINGS = [
     pytest.param("subpixel", "1", id="subpixel-onednn"),
     pytest.param("subpixel", "0", id="subpixel-eigen"),
 ]
+if LEGACY_KERAS:
+    # The lowerings' gradients are the op's, the same under either flavour;
+    # what tf_keras brings is its own fit and strategy handling. It runs the
+    # default and the two paths whose empty-batch shapes oneDNN and Grappler
+    # broke; the Keras 3 run covers every lowering.
+    LOWERINGS = [p for p in LOWERINGS if p.id in ("auto", "native-onednn", "subpixel-onednn")]
 
 
 @pytest.mark.parametrize("implementation,onednn", LOWERINGS)
