@@ -17,13 +17,14 @@ exit status:
 """
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
 import time
 import traceback
 import warnings
+
+from tf_conv3dt import command_line
 
 # The library's argument names, as (flag, attribute of the parsed arguments).
 FLAGS = {"out_dir": ("--out", "out"), "model": ("--model", "model"),
@@ -33,20 +34,6 @@ FLAGS = {"out_dir": ("--out", "out"), "model": ("--model", "model"),
          "batch_size": ("--batch-size", "batch_size"),
          "implementation": ("--implementation", "implementation"),
          "tolerances": ("--tolerance", "tolerance")}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, the exit status of every user error
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _ascii_integer(text):
-    """An int from ASCII digits only (no sign, no other script's digits);
-    its range is the library's to check."""
-    if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected a positive integer in ASCII digits, "
-                                         f"got {text!r}")
-    return int(text)
 
 
 def _mode_tolerance(text):
@@ -65,9 +52,10 @@ def _typed_tolerance(text):
 
 
 def parse_args(argv):
-    parser = _Parser(prog="tf-conv3dt-export", description=__doc__.splitlines()[0],
-                     epilog=__doc__.split("\n\n", 1)[1],
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line.Parser(prog="tf-conv3dt-export",
+                                 description=__doc__.splitlines()[0],
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output directory (created if missing; must be writable)")
     parser.add_argument("--model", metavar="PATH",
@@ -79,7 +67,7 @@ def parse_args(argv):
     from tf_conv3dt.export.serving import LAST_VERSION
     from tf_conv3dt.export.tflite import MODES
 
-    parser.add_argument("--version", type=_ascii_integer, metavar="N",
+    parser.add_argument("--version", type=command_line.ascii_integer, metavar="N",
                         help=f"serving version to write, 1 to {LAST_VERSION}; refused if it "
                              "exists (default: the next free integer)")
     parser.add_argument("--formats", default="keras,savedmodel,tflite",
@@ -87,7 +75,7 @@ def parse_args(argv):
     parser.add_argument("--calibration-data", metavar="FILE.npy",
                         help="int8 calibration samples, shape (n, *input_shape), finite; "
                              "default: synthetic uniform [0, 1) data, with a warning")
-    parser.add_argument("--batch-size", type=_ascii_integer, default=1, metavar="N",
+    parser.add_argument("--batch-size", type=command_line.ascii_integer, default=1, metavar="N",
                         help="static batch size of the TFLite files, or with --dynamic-batch "
                              "the batch they are verified and timed at (default: 1)")
     parser.add_argument("--dynamic-batch", action="store_true",
@@ -128,7 +116,7 @@ def main(argv=None):
     started = time.perf_counter()
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        with _native_output_silenced(args.quiet):
+        with command_line.native_output_silenced(args.quiet):
             report = _export(args, say)
     except KeyboardInterrupt:
         interrupted.append(signal.SIGINT)
@@ -197,27 +185,3 @@ def _fail(error, args):
         return 70
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     return 2
-
-
-@contextlib.contextmanager
-def _native_output_silenced(silenced):
-    """With --quiet, TensorFlow's and LiteRT's C++ logging (which ignores
-    TF_CPP_MIN_LOG_LEVEL before absl is initialised) goes to /dev/null too."""
-    if not silenced:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)

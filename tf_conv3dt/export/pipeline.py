@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_conv3dt import shapes
+from tf_conv3dt import model_file, shapes
 from tf_conv3dt.export import serving, staging, tflite
 from tf_conv3dt.export.errors import ExportError
 from tf_conv3dt.layer import Conv3DTranspose
@@ -50,15 +50,10 @@ def reference_model():
 
 def load_model(path):
     """Loads a .keras model in safe mode, with errors meant for the user."""
-    if not isinstance(path, str) or not os.path.isfile(path):
-        raise ExportError("does not exist or is not a file", "model", path)
-    if not path.endswith(".keras"):
-        raise ExportError("unknown format; expected a .keras file", "model", path)
     try:
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as error:  # corrupt zip, bad config, unsafe lambda, ...
-        raise ExportError(f"could not be loaded: {type(error).__name__}: "
-                          f"{(str(error).strip().splitlines() or [''])[0]}", "model", path) from None
+        model = model_file.load(path)
+    except ValueError as error:
+        raise ExportError(str(error), "model", path) from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ExportError("must have one input and one output", "model", path)
     return model
