@@ -1,12 +1,15 @@
 """Forward and training-step timings of 3-D transposed convolutions on this machine.
 
 Prints one table (and writes it as JSON with --json): tf_conv3dt with
-implementation "auto" and each lowering ("native", "gemm", "subpixel"),
+implementation "auto" (measured: it times the lowerings on its first call,
+into a fresh tuning cache) and each lowering ("native", "gemm", "subpixel"),
 keras.layers.Conv3DTranspose, and torch.nn.functional.conv_transpose3d when
-torch is installed. For each case and each path: median milliseconds,
-GFLOP/s, percent of the NumPy sgemm GFLOP/s measured in the same run, and the
-peak extra resident memory; then, per case, how "auto" compares with the
-fastest path (the targets in README.md).
+torch is installed (timed in a child process of its own: PyTorch's spinning
+OpenMP threads slow whatever runs next in its process). For each case and
+each path: median milliseconds, GFLOP/s, percent of the NumPy sgemm GFLOP/s
+measured in the same run, and the peak extra resident memory; then, per
+case, how "auto" (tuned, and the static rule's choice) compares with the
+fastest path, and what tuning cost (the targets in README.md).
 
 --configurations runs the whole benchmark once per CPU configuration, each in
 a child process with its environment: "default" (this machine as it is),
@@ -35,12 +38,19 @@ import numpy as np
 import tensorflow as tf
 
 import tf_conv3dt
+from tf_conv3dt import ops
 from tf_conv3dt._keras import keras
+from tf_conv3dt.ops import tuning
 
-try:
-    import torch
-except ImportError:  # an optional extra: tf_conv3dt[bench]
-    torch = None
+
+def _torch():
+    """PyTorch (the optional extra tf_conv3dt[bench]) or None; imported only in
+    the child processes that time it."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 # (input shape NDHWC, filters, kernel, stride, padding)
 CASES = [
@@ -185,8 +195,9 @@ def train_peak_mib(index, name, args):
         return None
 
 
-def _measure_peak_memory(index, name, data_format):
-    paths = {**tf_paths(*CASES[index], data_format=data_format), **torch_paths(*CASES[index])}
+def _measure_peak_memory(index, name, data_format, policy):
+    paths = (torch_paths(*CASES[index], policy=policy) if name.startswith("torch")
+             else tf_paths(*CASES[index], data_format=data_format))
     train_step = paths[name][1]
     train_step()
     try:  # hand what the first (tracing) step freed back to the system
@@ -231,13 +242,19 @@ def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last
     return timed
 
 
-def torch_paths(shape, filters, kernel, stride, padding):
+TORCH_DTYPES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+
+
+def torch_paths(shape, filters, kernel, stride, padding, policy="float32"):
+    """PyTorch's forward and training step, on tensors of the policy's compute dtype."""
+    torch = _torch()
     if torch is None:
         return {}
     torch.set_num_threads(os.cpu_count())
+    dtype = getattr(torch, TORCH_DTYPES[policy])
     batch, d, h, w, channels = shape
-    x = torch.randn(batch, channels, d, h, w)
-    weight = torch.randn(channels, filters, kernel, kernel, kernel) * 0.05
+    x = torch.randn(batch, channels, d, h, w, dtype=dtype)
+    weight = torch.randn(channels, filters, kernel, kernel, kernel, dtype=dtype) * 0.05
     # PyTorch's padding p crops p from both sides; Keras "same" with this
     # case's odd or even kernel matches p = (k - s + 1) // 2 and output_padding.
     if padding == "same":
@@ -262,6 +279,59 @@ def torch_paths(shape, filters, kernel, stride, padding):
         wg.grad = None
 
     return {"torch conv_transpose3d": (forward, train_step)}
+
+
+def torch_ms(index, args):
+    """PyTorch's (forward, training) median ms on one case, timed in a child
+    process of its own; None where torch is missing or the case fails there."""
+    command = [sys.executable, __file__, "--torch-of", str(index), "--repeats",
+               str(args.repeats), "--policy", args.policy]
+    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(f"  torch failed: {result.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+
+
+def _time_torch(index, repeats, policy):
+    paths = torch_paths(*CASES[index], policy=policy)
+    if not paths:
+        return print(json.dumps(None))
+    (forward, train), = paths.values()
+    times = (interleaved_ms({"f": forward}, repeats).get("f"),
+             interleaved_ms({"t": train}, max(repeats // 2, 3)).get("t"))
+    print(json.dumps(None if None in times else times))
+
+
+def _torch_version():
+    """PyTorch's version, read from a child process (this one never imports it)."""
+    result = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                            capture_output=True, text=True)
+    return result.stdout.strip() or "not installed"
+
+
+def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
+    """(winner, seconds the first "auto" call of this case spent timing the
+    lowerings, seconds a new process spends taking the choice from the cache):
+    each the extra time of a call over a later one, which finds it in memory."""
+    channels = shape[4]
+    if data_format == "channels_first":
+        shape = (shape[0], shape[4], *shape[1:4])
+    x = tf.zeros(shape, dtype)
+    k = tf.zeros((kernel,) * 3 + (filters, channels), dtype)
+
+    def seconds():
+        start = time.perf_counter()
+        ops.conv3d_transpose(x, k, stride, padding, data_format=data_format).numpy()
+        return time.perf_counter() - start
+
+    tuning.forget()
+    first, again = seconds(), seconds()
+    winner = next(iter(tuning._memory.values())).winner
+    tuning.forget()
+    hit = seconds()
+    return winner, max(first - again, 0.0), max(hit - again, 0.0)
 
 
 # Scaling of "auto": (1, 16^3) to (8, 16^3) and (1, 16^3) to (1, 48^3) inputs.
@@ -298,10 +368,13 @@ def scaling(repeats):
 
 
 def compare(rows):
-    """Per case: auto against the fastest path and the fastest own lowering,
-    the best GEMM-bound rate, and auto's training peak memory against PyTorch's."""
-    print(f"\n{'case':<38} {'auto':>9} {'fwd/best':>9} {'train/best':>11} "
-          f"{'fwd/own':>8} {'train/own':>10} {'best %sgemm':>12} {'peak/torch':>11}")
+    """Per case: tuned auto and the static rule's choice against our fastest
+    lowering, auto against the fastest path and PyTorch, the best GEMM-bound
+    rate, auto's training peak against PyTorch's, and what tuning cost."""
+    print(f"\n{'case':<38} {'auto':>9} {'rule':>9} {'fwd/own':>8} {'train/own':>10} "
+          f"{'rule fwd/own':>13} {'rule train/own':>15} {'fwd/torch':>10} {'train/torch':>12} "
+          f"{'fwd/best':>9} {'train/best':>11} {'best %sgemm':>12} {'peak/torch':>11} "
+          f"{'tuning s':>9} {'cache hit ms':>13}")
     summary = []
     for case in dict.fromkeys(r["case"] for r in rows):
         paths = {r["path"]: r for r in rows if r["case"] == case}
@@ -311,21 +384,36 @@ def compare(rows):
         own = [paths[f"tf_conv3dt {name}"] for name in LOWERINGS
                if f"tf_conv3dt {name}" in paths]
         torch_row = paths.get("torch conv_transpose3d")
+        rule = paths.get(f"tf_conv3dt {auto['rule']}", auto)
         entry = dict(
-            case=case, auto=auto["lowering"],
-            forward_over_best=auto["forward_ms"] / min(r["forward_ms"] for r in paths.values()),
-            train_over_best=auto["train_ms"] / min(r["train_ms"] for r in paths.values()),
+            case=case, auto=auto["lowering"], rule=auto["rule"],
             forward_over_own=auto["forward_ms"] / min(r["forward_ms"] for r in own),
             train_over_own=auto["train_ms"] / min(r["train_ms"] for r in own),
+            rule_forward_over_own=rule["forward_ms"] / min(r["forward_ms"] for r in own),
+            rule_train_over_own=rule["train_ms"] / min(r["train_ms"] for r in own),
+            forward_over_torch=(auto["forward_ms"] / torch_row["forward_ms"]
+                                if torch_row else None),
+            train_over_torch=auto["train_ms"] / torch_row["train_ms"] if torch_row else None,
+            forward_over_best=auto["forward_ms"] / min(r["forward_ms"] for r in paths.values()),
+            train_over_best=auto["train_ms"] / min(r["train_ms"] for r in paths.values()),
             best_percent_sgemm=max(r["percent_sgemm"] for r in own),
             peak_over_torch=(auto["train_peak_mib"] / torch_row["train_peak_mib"]
                              if torch_row and auto["train_peak_mib"] is not None
-                             and torch_row["train_peak_mib"] else None))
+                             and torch_row["train_peak_mib"] else None),
+            tuning_s=auto["tuning_s"], cache_hit_s=auto["cache_hit_s"])
         summary.append(entry)
-        peak = "n/a" if entry["peak_over_torch"] is None else f"{entry['peak_over_torch']:.2f}x"
-        print(f"{case:<38} {entry['auto']:>9} {entry['forward_over_best']:8.2f}x "
-              f"{entry['train_over_best']:10.2f}x {entry['forward_over_own']:7.2f}x "
-              f"{entry['train_over_own']:9.2f}x {entry['best_percent_sgemm']:11.0f}% {peak:>11}")
+
+        def ratio(value, width):
+            return f"{'n/a':>{width}}" if value is None else f"{value:{width - 1}.2f}x"
+
+        print(f"{case:<38} {entry['auto']:>9} {entry['rule']:>9} "
+              f"{ratio(entry['forward_over_own'], 8)} {ratio(entry['train_over_own'], 10)} "
+              f"{ratio(entry['rule_forward_over_own'], 13)} "
+              f"{ratio(entry['rule_train_over_own'], 15)} "
+              f"{ratio(entry['forward_over_torch'], 10)} {ratio(entry['train_over_torch'], 12)} "
+              f"{ratio(entry['forward_over_best'], 9)} {ratio(entry['train_over_best'], 11)} "
+              f"{entry['best_percent_sgemm']:11.0f}% {ratio(entry['peak_over_torch'], 11)} "
+              f"{entry['tuning_s']:9.2f} {entry['cache_hit_s'] * 1e3:13.1f}")
     return summary
 
 
@@ -368,19 +456,26 @@ def main():
                         help="leave out the table of auto's scaling with size")
     parser.add_argument("--peak-memory-of", nargs=2, metavar=("CASE", "PATH"),
                         help=argparse.SUPPRESS)  # the child process of train_peak_mib
+    parser.add_argument("--torch-of", type=int, metavar="CASE",
+                        help=argparse.SUPPRESS)  # the child process of torch_ms
     args = parser.parse_args()
     if args.configurations:
         return run_configurations(args)
+    if args.torch_of is not None:
+        return _time_torch(args.torch_of, args.repeats, args.policy)
     keras.mixed_precision.set_global_policy(args.policy)
     if args.peak_memory_of:
         return _measure_peak_memory(int(args.peak_memory_of[0]), args.peak_memory_of[1],
-                                    args.data_format)
+                                    args.data_format, args.policy)
+    # A fresh cache, so that the run measures tuning itself (unless one is given).
+    os.environ.setdefault(tuning.ENV_CACHE_DIR, tempfile.mkdtemp(prefix="bench-tuning-"))
+    tuning.set_autotune(True)
     peak = sgemm_gflops()
     print(f"{_cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
           f"(oneDNN {'on' if tf_conv3dt.ops.cpu_configuration() == 'onednn' else 'off'}), "
           f"Keras {keras.__version__}, {args.policy}, {args.data_format}, "
           f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
-          + (f", torch {torch.__version__}" if torch else ", torch not installed"))
+          + (f", torch {_torch_version()}"))
     print(f"numpy sgemm: {peak:.1f} GFLOP/s")
     header = (f"{'case':<34} {'path':<24} {'fwd ms':>9} {'GFLOP/s':>8} {'%sgemm':>7} "
               f"{'train ms':>9} {'GFLOP/s':>8} {'train peak MiB':>15}")
@@ -390,7 +485,9 @@ def main():
     for index in args.cases if args.cases is not None else range(len(CASES)):
         shape, filters, kernel, stride, padding = CASES[index]
         label = f"{shape}->{filters} k{kernel} s{stride} {padding}"
-        auto = tf_conv3dt.ops.resolve_implementation("auto", (kernel,) * 3, (stride,) * 3)
+        rule = ops.resolve_implementation("auto", (kernel,) * 3, (stride,) * 3)
+        auto, tuning_s, cache_hit_s = tuning_cost(
+            *CASES[index], args.data_format, keras.mixed_precision.global_policy().compute_dtype)
 
         def lowering(name):
             if name == "tf_conv3dt auto":
@@ -398,13 +495,13 @@ def main():
             return name.split()[1] if name.startswith("tf_conv3dt") else None
 
         flops = forward_flops(shape, filters, kernel)
-        forward, train = {}, {}
-        for library in (tf_paths(*CASES[index], data_format=args.data_format),
-                        torch_paths(*CASES[index])):
-            forward.update(interleaved_ms({name: f for name, (f, _) in library.items()},
-                                          args.repeats))
-            train.update(interleaved_ms({name: t for name, (_, t) in library.items()},
-                                        max(args.repeats // 2, 3)))
+        library = tf_paths(*CASES[index], data_format=args.data_format)
+        forward = interleaved_ms({name: f for name, (f, _) in library.items()}, args.repeats)
+        train = interleaved_ms({name: t for name, (_, t) in library.items()},
+                               max(args.repeats // 2, 3))
+        torch_times = torch_ms(index, args)
+        if torch_times is not None:
+            forward["torch conv_transpose3d"], train["torch conv_transpose3d"] = torch_times
         for name in forward:
             if name not in train:
                 continue
@@ -416,6 +513,8 @@ def main():
                        percent_sgemm=100 * flops / fwd / 1e6 / peak,
                        train_ms=train[name], train_gflops=3 * flops / train[name] / 1e6,
                        train_peak_mib=peak_mib)
+            if name == "tf_conv3dt auto":
+                row.update(rule=rule, tuning_s=tuning_s, cache_hit_s=cache_hit_s)
             rows.append(row)
             peak_text = "-" if peak_mib is None else f"{peak_mib:.0f}"
             print(f"{label:<34} {name:<24} {fwd:9.2f} {row['forward_gflops']:8.1f} "
@@ -426,7 +525,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(machine=_cpu_name(), cores=os.cpu_count(),
-                           tensorflow=tf.__version__, torch=torch and torch.__version__,
+                           tensorflow=tf.__version__, torch=_torch_version(),
                            cpu_configuration=tf_conv3dt.ops.cpu_configuration(),
                            policy=args.policy, data_format=args.data_format,
                            sgemm_gflops=peak, rows=rows, summary=summary,

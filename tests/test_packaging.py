@@ -79,3 +79,17 @@ def test_installed_export_command_runs(installed, tmp_path, command):
     done = _run(installed, *argv, "--out", str(tmp_path), "--formats", "keras", "--quiet")
     assert done.returncode == 0, done.stderr
     assert os.path.isfile(tmp_path / "model.keras") and os.path.isfile(tmp_path / "report.json")
+
+
+def test_installed_tune_command_tunes_the_exported_model(installed, tmp_path):
+    _, scripts, _ = installed
+    shown = _run(installed, str(scripts / "tf-conv3dt-tune"), "--help")
+    assert shown.returncode == 0 and "130" in shown.stdout, shown.stderr
+    exported = _run(installed, str(scripts / "tf-conv3dt-export"), "--out", str(tmp_path),
+                    "--formats", "keras", "--quiet")
+    assert exported.returncode == 0, exported.stderr
+    done = _run(installed, str(scripts / "tf-conv3dt-tune"), str(tmp_path / "model.keras"),
+                "--batch-size", "1")
+    assert done.returncode == 0, done.stderr
+    (row,) = [line for line in done.stdout.splitlines() if "ms forward/training" in line]
+    assert "input (10, 8, 12, 128) at batch 1" in row and row.endswith("(measured)"), row

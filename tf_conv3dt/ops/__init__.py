@@ -27,8 +27,9 @@ the *full* output; the result is the window of the full output that
   convolutions and GEMMs. Dilation goes through the same space-to-batch
   split as the native op.
 
-``"auto"`` picks one of them per call (:func:`resolve_implementation`, in
-``choice``); ``plan`` holds the window every lowering computes.
+``"auto"`` picks one of them per call: the measured fastest where the call's
+shapes are static (``tuning``), else the rule (:func:`resolve_implementation`,
+in ``choice``); ``plan`` holds the window every lowering computes.
 """
 
 import tensorflow as tf
@@ -42,9 +43,12 @@ from tf_conv3dt.ops.gemm import gemm
 from tf_conv3dt.ops.native import input_gradient_at_risk, native
 from tf_conv3dt.ops.plan import Plan, make_plan
 from tf_conv3dt.ops.subpixel import subpixel
+from tf_conv3dt.ops import tuning
+from tf_conv3dt.ops.tuning import autotune_enabled, set_autotune
 
-__all__ = ["AUTO_RULE", "Plan", "conv3d_transpose", "cpu_configuration",
-           "forced_implementation", "kernel_relation", "resolve_implementation"]
+__all__ = ["AUTO_RULE", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_configuration",
+           "forced_implementation", "kernel_relation", "resolve_implementation",
+           "set_autotune"]
 
 
 def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=None,
@@ -63,9 +67,10 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
       data_format: "channels_last" or "channels_first".
       output_shape: optional ``(D', H', W')`` output size, any size legal for
         this input (PyTorch's ``output_size``); overrides ``output_padding``.
-      implementation: "auto" (the fastest lowering for this kernel and
-        stride on this device, see :func:`resolve_implementation`), "native",
-        "gemm" or "subpixel".
+      implementation: "auto" (the lowering measured fastest on this machine
+        for a call whose shapes are known at trace time, see ``tuning``; else
+        the rule of :func:`resolve_implementation`), "native", "gemm" or
+        "subpixel".
       one_product_per_phase: the GEMM lowering's int8-oriented form: each
         stride phase's taps summed inside one matmul (the shifted input
         windows side by side) instead of one product per tap. TensorFlow runs
@@ -116,6 +121,7 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         implementation = "gemm"
     else:
         implementation, one_product_per_phase = forced_or(implementation)
+    requested = implementation
     implementation = resolve(implementation, kernel_size, strides)
 
     x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
@@ -126,11 +132,15 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
             f"{kernel.shape[4]}. Received: inputs.shape={inputs.shape}, "
             f"kernel.shape={kernel.shape}, data_format={data_format!r}"
         )
-    if implementation == "native" and input_gradient_at_risk(
-            x.shape[1:4], strides, kernel.shape[3]):
+    at_risk = input_gradient_at_risk(x.shape[1:4], strides, kernel.shape[3])
+    if implementation == "native" and at_risk:
         implementation = "gemm"
     plan, checks = make_plan(x, kernel_size, strides, padding, output_padding, dilation,
                              output_shape)
+    if requested == "auto" and not shapes.unrolled_excess(kernel_size, strides):
+        implementation = tuning.tuned(
+            x, kernel, strides, padding, dilation, plan.static_output_lengths, data_format,
+            [c for c in tuning.CANDIDATES if not (c == "native" and at_risk)], implementation)
     shapes.check_output_size(plan.static_output_lengths, kernel.shape[3])
     if checks:
         with tf.control_dependencies(checks):

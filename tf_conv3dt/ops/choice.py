@@ -2,6 +2,8 @@
 
 import contextlib
 import contextvars
+import functools
+import platform
 
 import tensorflow as tf
 
@@ -98,6 +100,33 @@ def resolve(implementation, kernel_size, strides):
     if implementation != "native":
         shapes.check_unrolled(kernel_size, strides, implementation)
     return implementation
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo():
+    """``/proc/cpuinfo``'s first processor as {field: value}, or {} where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    return dict((k.strip(), v.strip()) for k, _, v in
+                (line.partition(":") for line in text.splitlines()) if k.strip())
+
+
+def cpu_model():
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), as the OS reports it."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_isa():
+    """The CPU's widest vector class TensorFlow's kernels use: "amx", "avx512",
+    "avx2" or "other" (from /proc/cpuinfo's flags; "other" where it is absent)."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    for isa, needed in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if needed in flags:
+            return isa
+    return "other"
 
 
 def onednn_enabled():

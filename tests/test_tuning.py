@@ -1,0 +1,384 @@
+"""Measured "auto" (tf_conv3dt/ops/tuning.py): what it times, what it
+remembers and where, when it must not measure, and the tune command."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import reference
+import tf_conv3dt
+from markers import op_only
+from tf_conv3dt import ops, tune
+from tf_conv3dt.ops import tuning
+
+# A static call every lowering can run: k3 s2 "same", 2 -> 3 channels.
+CALL = dict(strides=2, padding="same")
+SHAPE, KERNEL = (2, 4, 5, 3, 2), (3, 3, 3, 3, 2)
+
+
+@pytest.fixture
+def tuning_on(monkeypatch, tmp_path):
+    """Tuning on, an empty cache directory, nothing remembered in memory."""
+    monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.setenv(tuning.ENV_AUTOTUNE, "1")
+    tuning.forget()
+    yield tmp_path / "cache"
+    tuning.set_autotune(None)
+    tuning.forget()
+
+
+@pytest.fixture
+def measurements(monkeypatch):
+    """Counts :func:`tuning.measure` calls (each one a timing of a configuration)."""
+    calls = []
+    measure = tuning.measure
+
+    def counted(*args):
+        calls.append(args)
+        return measure(*args)
+
+    monkeypatch.setattr(tuning, "measure", counted)
+    return calls
+
+
+def _inputs(shape=SHAPE, kernel=KERNEL, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape).astype("float32"),
+            rng.standard_normal(kernel).astype("float32"))
+
+
+def _auto(x, kernel, **extra):
+    return ops.conv3d_transpose(tf.constant(x), tf.constant(kernel), implementation="auto",
+                                **CALL, **extra)
+
+
+@op_only
+def test_times_every_lowering_logs_once_and_runs_the_winner(tuning_on, measurements, caplog):
+    x, kernel = _inputs()
+    with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
+        y = _auto(x, kernel)
+        _auto(x, kernel)
+    assert len(measurements) == 1
+    lines = [r.getMessage() for r in caplog.records if "tf_conv3dt auto:" in r.getMessage()]
+    assert len(lines) == 1, lines
+    (decision,) = tuning._memory.values()
+    assert set(decision.ms) == {"native", "gemm", "subpixel"}
+    assert decision.winner == min(decision.ms, key=lambda name: sum(decision.ms[name]))
+    assert decision.batch == SHAPE[0]
+    for name in decision.ms:
+        assert name in lines[0]
+    assert f"-> {decision.winner}," in lines[0]
+    # What runs is the winner itself, and it is exact.
+    forced = ops.conv3d_transpose(x, kernel, implementation=decision.winner, **CALL)
+    np.testing.assert_array_equal(y.numpy(), forced.numpy())
+    expected = reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2), padding="same")
+    reference.assert_close(y, expected)
+
+
+@op_only
+def test_the_cache_file_serves_a_new_process_and_keeps_every_entry(tuning_on, measurements):
+    x, kernel = _inputs()
+    _auto(x, kernel)
+    _auto(x[:, :3], kernel)
+    assert len(measurements) == 2
+    content = json.loads(open(tuning.cache_path()).read())
+    assert content["environment"] == tuning.environment()
+    assert len(content["choices"]) == 2
+    winners = {key: d.winner for key, d in tuning._memory.items()}
+    tuning.forget()  # as a new process starts
+    _auto(x, kernel)
+    _auto(x[:, :3], kernel)
+    assert len(measurements) == 2, "a cached configuration was timed again"
+    assert {key: d.winner for key, d in tuning._memory.items()} == winners
+    assert {d.source for d in tuning._memory.values()} == {"cache"}
+
+
+@op_only
+@pytest.mark.parametrize("field", ["tensorflow", "device", "cpu_configuration"])
+def test_a_cache_from_another_environment_is_never_used(tuning_on, measurements,
+                                                        monkeypatch, field):
+    x, kernel = _inputs()
+    _auto(x, kernel)
+    path = tuning.cache_path()
+    content = json.loads(open(path).read())
+    for decision in content["choices"].values():
+        decision["winner"] = "native" if decision["winner"] != "native" else "gemm"
+    content["environment"][field] = "another"
+    with open(path, "w") as f:  # the same name, another environment inside
+        json.dump(content, f)
+    tuning.forget()
+    _auto(x, kernel)
+    assert len(measurements) == 2
+    # And another environment's file has another name.
+    real = tuning.environment()
+    monkeypatch.setattr(tuning, "environment", lambda: {**real, field: "another"})
+    assert tuning.cache_path() != path
+
+
+@op_only
+@pytest.mark.parametrize("content", ["", "{", "[1, 2]", '{"format": 1}', "\x00\xff garbage",
+                                     '{"format": 1, "environment": null, "choices": {}}'])
+def test_a_corrupt_cache_is_ignored_and_replaced(tuning_on, measurements, caplog, content):
+    os.makedirs(tuning_on, exist_ok=True)
+    with open(tuning.cache_path(), "w", errors="surrogateescape") as f:
+        f.write(content)
+    x, kernel = _inputs()
+    with caplog.at_level(logging.WARNING, logger="tf_conv3dt"):
+        y = _auto(x, kernel)
+    assert len(measurements) == 1
+    assert any(tuning.cache_path() in r.getMessage() for r in caplog.records)
+    assert len(json.loads(open(tuning.cache_path()).read())["choices"]) == 1
+    reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
+                                                            padding="same"))
+
+
+@op_only
+def test_a_winner_that_names_no_lowering_is_not_run(tuning_on, measurements):
+    x, kernel = _inputs()
+    _auto(x, kernel)
+    path = tuning.cache_path()
+    content = json.loads(open(path).read())
+    for decision in content["choices"].values():
+        decision["winner"] = "os.system"
+    with open(path, "w") as f:
+        json.dump(content, f)
+    tuning.forget()
+    _auto(x, kernel)
+    assert len(measurements) == 2
+    assert next(iter(tuning._memory.values())).winner in tuning.CANDIDATES
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from tf_conv3dt.ops import tuning
+    for i in range(int(sys.argv[2])):
+        key = f"{sys.argv[1]}-{i}"
+        tuning._store(key, tuning.Decision(key, "gemm", {"gemm": (1.0, 2.0)}, 2, "measured"))
+""")
+
+
+@op_only
+def test_concurrent_writers_never_corrupt_the_file_or_lose_an_entry(tuning_on):
+    os.makedirs(tuning_on, exist_ok=True)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, f"writer{w}", "15"],
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+               for w in range(3)]
+    seen = 0
+    try:
+        while any(w.poll() is None for w in writers):
+            if os.path.exists(tuning.cache_path()):  # a reader never sees a part
+                with open(tuning.cache_path()) as f:
+                    json.load(f)
+                seen += 1
+    finally:
+        for w in writers:
+            w.wait(timeout=120)
+    assert [w.returncode for w in writers] == [0, 0, 0]
+    choices = json.loads(open(tuning.cache_path()).read())["choices"]
+    assert sorted(choices) == sorted(f"writer{w}-{i}" for w in range(3) for i in range(15))
+    assert not [name for name in os.listdir(tuning_on) if name.endswith(".tmp")]
+    assert seen
+
+
+@op_only
+def test_an_unwritable_cache_keeps_the_choice_in_memory(tuning_on, measurements, caplog):
+    with open(tuning_on.parent / "cache", "w") as f:  # a file where the directory goes
+        f.write("")
+    x, kernel = _inputs()
+    with caplog.at_level(logging.WARNING, logger="tf_conv3dt"):
+        _auto(x, kernel)
+        _auto(x, kernel)
+    assert len(measurements) == 1
+    assert any("could not write the tuning cache" in r.getMessage() for r in caplog.records)
+
+
+@op_only
+@pytest.mark.parametrize("switch", ["env", "python"])
+def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, switch):
+    if switch == "env":
+        monkeypatch.setenv(tuning.ENV_AUTOTUNE, "0")
+    else:
+        tuning.set_autotune(False)
+    assert not ops.autotune_enabled()
+    x, kernel = _inputs()
+    _auto(x, kernel)
+    assert not measurements and not tuning._memory
+    assert not os.path.exists(tuning.cache_path())
+
+
+@op_only
+def test_the_python_switch_wins_over_the_environment(tuning_on, measurements, monkeypatch):
+    monkeypatch.setenv(tuning.ENV_AUTOTUNE, "0")
+    tuning.set_autotune(True)
+    _auto(*_inputs())
+    assert len(measurements) == 1
+    with pytest.raises(TypeError, match="enabled='yes'"):
+        tuning.set_autotune("yes")
+
+
+@op_only
+def test_op_determinism_turns_tuning_off(tuning_on):
+    script = textwrap.dedent("""
+        import numpy as np, tensorflow as tf
+        from tf_conv3dt import ops
+        from tf_conv3dt.ops import tuning
+        tuning.set_autotune(True)
+        tf.config.experimental.enable_op_determinism()
+        x = np.ones((2, 4, 4, 4, 2), "float32"); k = np.ones((3, 3, 3, 3, 2), "float32")
+        ops.conv3d_transpose(x, k, strides=2, padding="same")
+        assert not ops.autotune_enabled() and not tuning._memory, tuning._memory
+        print("rule")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "rule", result.stderr[-2000:]
+
+
+@op_only
+def test_unknown_spatial_sizes_take_the_rule_and_an_unknown_batch_the_nominal_one(
+        tuning_on, measurements):
+    x, kernel = _inputs()
+    spatial_unknown = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL))
+    spatial_unknown.get_concrete_function(tf.TensorSpec([None, None, None, None, 2]))
+    assert not measurements and not tuning._memory
+    batch_unknown = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL))
+    concrete = batch_unknown.get_concrete_function(tf.TensorSpec([None, *SHAPE[1:]]))
+    (decision,) = tuning._memory.values()
+    assert decision.batch == tuning.NOMINAL_BATCH
+    assert json.loads(decision.key)[2][0] is None
+    forced = ops.conv3d_transpose(x, kernel, implementation=decision.winner, **CALL)
+    np.testing.assert_allclose(concrete(tf.constant(x)).numpy(), forced.numpy(), rtol=0,
+                               atol=1e-6)
+
+
+@op_only
+def test_xla_traces_a_tuned_call(tuning_on, measurements):
+    x, kernel = _inputs()
+    y = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL), jit_compile=True)(x)
+    assert len(measurements) == 1
+    reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
+                                                            padding="same"))
+
+
+MIRRORED = textwrap.dedent("""
+    import random, threading
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tf_conv3dt
+    from tf_conv3dt.ops import tuning
+    tuning.set_autotune(True)
+    # Each timing ranks the lowerings at random: only a single timing shared
+    # by every replica gives them one lowering.
+    timings = []
+    def measure(*args):
+        timings.append(args)
+        names = list(args[-1]); random.shuffle(names)
+        return {name: (1.0 + i, 1.0) for i, name in enumerate(names)}
+    tuning.measure = measure
+    chosen = []
+    tuned = tuning.tuned
+    def recorded(*args):
+        chosen.append((threading.get_ident(), tuned(*args)))
+        return chosen[-1][1]
+    tuning.tuned = recorded
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        layer = tf_conv3dt.Conv3DTranspose(3, 3, strides=2, padding="same")
+        layer.build((None, 4, 4, 4, 2))
+    @tf.function
+    def step(x):
+        def replica(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(x) ** 2)
+            return tape.gradient(loss, layer.trainable_variables)
+        return strategy.run(replica, args=(x,))
+    data = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(np.ones((4, 4, 4, 4, 2), "float32")).batch(4))
+    step(next(iter(data)))
+    assert len(timings) == 1, timings
+    assert len({thread for thread, _ in chosen}) == 2, chosen
+    assert len({winner for _, winner in chosen}) == 1, chosen
+    print(chosen[0][1])
+""")
+
+
+@op_only
+def test_every_mirrored_replica_takes_the_same_lowering(tuning_on):
+    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.strip() in tuning.CANDIDATES
+
+
+def _model(path, **second):
+    keras = tf_conv3dt.keras
+    inputs = keras.Input((4, 5, 3, 2))
+    x = tf_conv3dt.Conv3DTranspose(3, 3, strides=2, padding="same", name="up")(inputs)
+    x = tf_conv3dt.Conv3DTranspose(2, 2, strides=1, name="fixed", **second)(x)
+    keras.Model(inputs, x).save(path)
+    return path
+
+
+def _tune(capsys, *args):
+    """The tune command's (exit status, stdout, stderr), run in this process
+    (tests/test_packaging.py runs the installed command)."""
+    status = tune.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_path, capsys):
+    path = _model(str(tmp_path / "model.keras"), implementation="native")
+    status, out, err = _tune(capsys, path, "--batch-size", 3, "--policy", "mixed_bfloat16")
+    assert status == 0, err[-3000:]
+    rows = {line.split(":")[0]: line for line in out.splitlines()
+            if line.startswith(("up:", "fixed:"))}
+    assert rows["fixed"] == "fixed: not tuned, runs native"
+    up = rows["up"]
+    assert "bfloat16" in up and "input (4, 5, 3, 2) at batch 3" in up, up
+    for name in tuning.CANDIDATES:
+        assert f"{name} " in up, up
+    winner = up.rsplit("| ", 1)[1].split()[0]
+    assert winner in tuning.CANDIDATES and up.endswith("(measured)"), up
+    choices = json.loads(open(tuning.cache_path()).read())["choices"]
+    (key,) = choices
+    assert json.loads(key)[0] == "bfloat16" and json.loads(key)[2][0] is None
+    assert choices[key]["winner"] == winner and choices[key]["batch"] == 3
+    assert "cache: " + tuning.cache_path() in out
+    tuning.forget()  # as a new process starts: the choice comes from the file
+    status, out, err = _tune(capsys, path, "--batch-size", 3, "--policy", "mixed_bfloat16")
+    assert status == 0 and rows["up"].replace("(measured)", "(cache)") in out, out + err
+    status, out, err = _tune(capsys, path, "--batch-size", 3, "--policy", "mixed_bfloat16",
+                             "--quiet")
+    assert (status, out) == (0, ""), out + err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.keras"], "error: MODEL 'missing.keras': does not exist or is not a file"),
+    (["{model}", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    (["{model}", "--batch-size", "-2"], "expected a positive integer in ASCII digits"),
+    (["{model}", "--policy", "float8"], "argument --policy: invalid choice: 'float8'"),
+    (["{plain}"], "has no Conv3DTranspose layer"),
+])
+def test_tune_command_errors_are_one_line_exit_2(tuning_on, tmp_path, capsys, args, message):
+    model = _model(str(tmp_path / "model.keras"))
+    keras = tf_conv3dt.keras
+    inputs = keras.Input((4, 4, 4, 2))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(str(tmp_path / "plain.keras"))
+    args = [a.format(model=model, plain=tmp_path / "plain.keras") for a in args]
+    try:
+        status, _, err = _tune(capsys, *args)
+    except SystemExit as exit_:  # argparse's own errors exit from parse_args
+        status, err = exit_.code, capsys.readouterr().err
+    assert status == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err

@@ -1,0 +1,385 @@
+"""Measured "auto": times each exact lowering of a static call here and remembers the fastest.
+
+The first time ``implementation="auto"`` meets a configuration whose dtype,
+layout, input shape, kernel, strides, padding, dilation and output size are
+all known at trace time, :func:`tuned` times every eligible lowering (the
+forward pass and a training step, input and kernel gradients) and keeps the
+one fastest over the two together. The choice is kept in memory and in a
+JSON file per machine environment (:func:`cache_path`); a file written under
+another TensorFlow, tf_conv3dt, device or oneDNN setting has another name and
+an environment record that must match, so it is never reused.
+
+A batch unknown at trace time (every Keras model's graph) is timed at
+:data:`NOMINAL_BATCH`. Without static spatial sizes, with tuning switched off
+(:func:`set_autotune`, ``TF_CONV3DT_AUTOTUNE=0``), under
+``tf.config.experimental.enable_op_determinism()`` or across several workers,
+the static rule (``choice.AUTO_RULE``) decides.
+"""
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tf_conv3dt.ops import choice
+
+try:
+    import fcntl
+except ImportError:  # Windows: writes stay atomic, concurrent merges may lose an entry
+    fcntl = None
+
+ENV_AUTOTUNE = "TF_CONV3DT_AUTOTUNE"
+ENV_CACHE_DIR = "TF_CONV3DT_CACHE_DIR"
+
+# The batch a configuration whose batch is unknown is timed at: the smallest
+# above 1, because TensorFlow's Eigen Conv3DBackprop* kernels are fast at
+# batch 1 only (30-100x slower above it), and a ranking taken at batch 1
+# would pick the native op for training it then runs slowly; larger batches
+# scale every lowering's GEMMs alike and cost more tuning time.
+NOMINAL_BATCH = 2
+
+BUDGET_S = 2.0
+"""Time one configuration's timing runs may take, tracing included."""
+DROP_RATIO = 3.0
+"""A candidate this many times slower than the best so far is not timed again."""
+CANDIDATES = ("native", "gemm", "subpixel")
+FORMAT = 1
+
+_logger = logging.getLogger("tf_conv3dt")
+_lock = threading.RLock()
+_memory = {}
+_switch = [None]  # set_autotune's value; None follows the environment variable
+
+
+def set_autotune(enabled):
+    """Switches timing on (``True``), off (``False``, the static rule decides)
+    or back to ``TF_CONV3DT_AUTOTUNE`` (``None``) for this process."""
+    if enabled not in (True, False, None):
+        raise TypeError(f"`enabled` must be True, False or None. Received: enabled={enabled!r}")
+    _switch[0] = enabled
+
+
+def autotune_enabled():
+    """Whether "auto" times static configurations: the Python switch, else
+    ``TF_CONV3DT_AUTOTUNE`` (off for 0, false, off or no), and never under op
+    determinism, where a run must not depend on timing."""
+    if _op_determinism():
+        return False
+    if _switch[0] is not None:
+        return _switch[0]
+    return os.environ.get(ENV_AUTOTUNE, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def _op_determinism():
+    from tensorflow.python.framework import config
+
+    return config.is_op_determinism_enabled()
+
+
+def cache_path():
+    """This environment's cache file: under ``TF_CONV3DT_CACHE_DIR``, else the
+    user's cache directory (``$XDG_CACHE_HOME`` or ``~/.cache``)/tf_conv3dt."""
+    directory = os.environ.get(ENV_CACHE_DIR) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "tf_conv3dt")
+    digest = hashlib.sha256(json.dumps(environment(), sort_keys=True).encode()).hexdigest()
+    return os.path.join(directory, f"auto-{digest[:16]}.json")
+
+
+def environment():
+    """What a timing depends on besides the call: TensorFlow's and this
+    package's versions, the device and the CPU configuration."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("tf_conv3dt")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"tensorflow": tf.__version__, "tf_conv3dt": version, "device": _device(),
+            "cpu_configuration": choice.cpu_configuration(), "isa": choice.cpu_isa(),
+            "cores": os.cpu_count()}
+
+
+def _device():
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU {details.get('device_name', 'unknown')} " \
+               f"{details.get('compute_capability', '')}".strip()
+    return f"CPU {choice.cpu_model()}"
+
+
+def configuration_key(dtype, data_format, input_shape, kernel_shape, strides, padding,
+                      dilation, output_lengths):
+    """The cache key of one call: every argument the lowerings' cost depends on
+    (the batch as the trace knows it: None for a Keras model's graph)."""
+    return json.dumps([tf.as_dtype(dtype).name, data_format, list(input_shape),
+                       list(kernel_shape), list(strides), padding, list(dilation),
+                       list(output_lengths)])
+
+
+class Decision(NamedTuple):
+    """One configuration's choice: the key, the winner, each candidate's
+    (forward, training) ms, the batch they were timed at, and where the
+    choice came from ("measured", "cache" or "memory")."""
+
+    key: str
+    winner: str
+    ms: dict
+    batch: int
+    source: str
+
+
+# While ``recording`` is active: (decisions, dtype override, batch for unknown batches).
+_RECORDER = contextvars.ContextVar("tf_conv3dt_tuning_recorder", default=None)
+
+
+@contextlib.contextmanager
+def recording(dtype=None, batch=None):
+    """Collects every decision of the block in a list, as (name scope,
+    :class:`Decision)` pairs (what the tune command prints), tuning whatever
+    the switches say. ``dtype`` times every call in
+    that dtype instead of its own (a float32 model tuned for
+    ``mixed_bfloat16``), and every batch counts as unknown and is timed at
+    ``batch`` (default :data:`NOMINAL_BATCH`), as a Keras model's graph meets it."""
+    decisions = []
+    token = _RECORDER.set((decisions, dtype, batch or NOMINAL_BATCH))
+    try:
+        yield decisions
+    finally:
+        _RECORDER.reset(token)
+
+
+def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, candidates,
+          rule):
+    """The lowering "auto" runs for ``x`` (NDHWC) and ``kernel``: the measured
+    fastest of ``candidates`` where the call is static and tuning is on, else ``rule``."""
+    recorder = _RECORDER.get()
+    static = x.shape[1:].is_fully_defined() and None not in output_lengths
+    if len(candidates) < 2 or not static or _multi_worker() or not (
+            recorder or autotune_enabled()):
+        return rule
+    dtype, batch, timing_batch = x.dtype, x.shape[0], x.shape[0] or NOMINAL_BATCH
+    if recorder:
+        dtype, batch, timing_batch = recorder[1] or dtype, None, recorder[2]
+    key = configuration_key(dtype, data_format, [batch, *x.shape[1:]], kernel.shape,
+                            strides, padding, dilation, output_lengths)
+    with _lock:  # MirroredStrategy traces its replicas in threads: one tunes, all reuse
+        decision = _memory.get(key)
+        if decision is not None:
+            decision = decision._replace(source="memory")
+        else:
+            decision = _cached(key) or _measure(
+                key, dtype, timing_batch, x.shape[1:], kernel.shape, strides, padding,
+                dilation, output_lengths, candidates, rule)
+            _memory[key] = decision
+    if recorder:
+        recorder[0].append((tf.get_current_name_scope(), decision))
+    return decision.winner
+
+
+def _multi_worker():
+    """Whether the call is traced for several workers, which would each time it
+    on their own machine: the static rule gives them all one answer."""
+    if not tf.distribute.has_strategy():
+        return False
+    resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+    if resolver is None:
+        return False
+    spec = resolver.cluster_spec().as_dict()
+    return sum(len(tasks) for tasks in spec.values()) > 1
+
+
+def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, dilation,
+            output_lengths, candidates):
+    """Times each of ``candidates`` on random data, fastest first.
+
+    Returns ``{implementation: (forward_ms, training_ms)}``, medians over the
+    timed runs; a candidate already :data:`DROP_RATIO` times slower than the
+    best after its first run is not run again, one that fails is left out.
+    Runs eagerly, within about :data:`BUDGET_S`.
+    """
+    from tf_conv3dt import ops
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((batch, *spatial_and_channels)), dtype)
+    k = tf.constant(rng.standard_normal(kernel_shape), dtype)
+    arguments = dict(strides=strides, padding=padding, dilation_rate=dilation,
+                     output_shape=tuple(output_lengths))
+    results, best = {}, float("inf")
+    for index, implementation in enumerate(candidates):
+        def forward(x, k, implementation=implementation):
+            return ops.conv3d_transpose(x, k, implementation=implementation, **arguments)
+
+        def training(x, k, implementation=implementation):
+            with tf.GradientTape() as tape:
+                tape.watch([x, k])
+                y = forward(x, k)
+            return tape.gradient(y, [x, k], output_gradients=tf.ones_like(y))
+
+        try:
+            steps = [tf.function(forward, autograph=False),
+                     tf.function(training, autograph=False)]
+            for step in steps:  # trace, allocate, warm up
+                _finish(step(x, k))
+            times = [[_timed(step, x, k)] for step in steps]
+            allowance = (BUDGET_S - (time.perf_counter() - started)) / (
+                len(candidates) - index)
+            spent = sum(t[0] for t in times)
+            while (sum(t[0] for t in times) < DROP_RATIO * best and len(times[0]) < 7
+                   and spent * (len(times[0]) + 1) / len(times[0]) < allowance):
+                for step, samples in zip(steps, times):
+                    samples.append(_timed(step, x, k))
+                spent += sum(t[-1] for t in times)
+        except (tf.errors.OpError, MemoryError) as error:
+            _logger.info("tf_conv3dt auto: %s failed while being timed (%s); skipped",
+                         implementation, str(error).splitlines()[0])
+            continue
+        results[implementation] = tuple(float(np.median(t)) * 1e3 for t in times)
+        best = min(best, sum(results[implementation]))
+    return dict(sorted(results.items(), key=lambda item: sum(item[1])))
+
+
+def _on_a_fresh_thread(function, *args):
+    """``function(*args)`` on a new thread, which starts eager, outside the
+    caller's trace, tapes (tf.init_scope would stop every tape on this
+    thread, the training step's too) and distribution strategy."""
+    result = []
+
+    def run():
+        try:
+            result.append((True, function(*args)))
+        except BaseException as error:  # noqa: BLE001 - raised again on the caller's thread
+            result.append((False, error))
+
+    # Two fresh tf.functions per candidate read to TensorFlow as one function
+    # retraced again and again, and it would warn so: quiet while timing.
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    thread = threading.Thread(target=run, name="tf_conv3dt-tuning")
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        tf_logger.setLevel(level)
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _timed(step, x, k):
+    started = time.perf_counter()
+    _finish(step(x, k))
+    return time.perf_counter() - started
+
+
+def _finish(result):
+    for tensor in tf.nest.flatten(result):
+        tensor.numpy()
+
+
+def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, padding,
+             dilation, output_lengths, candidates, rule):
+    order = [rule, *[c for c in candidates if c != rule]] if rule in candidates else candidates
+    started = time.perf_counter()
+    times = _on_a_fresh_thread(measure, dtype, batch, spatial_and_channels, kernel_shape,
+                               strides, padding, dilation, output_lengths, order)
+    winner = next(iter(times), rule)
+    _logger.info(
+        "tf_conv3dt auto: %s -> %s, timed at batch %d in %.2f s (forward + training ms: %s)",
+        key, winner, batch, time.perf_counter() - started,
+        ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in times.items()) or "none ran")
+    decision = Decision(key, winner, times, batch, "measured")
+    if times:
+        _store(key, decision)
+    return decision
+
+
+def _load(path):
+    """The cache file's decisions by key, or {} where it is missing, unreadable,
+    corrupt or written for another environment (logged)."""
+    try:
+        with open(path) as f:
+            content = json.load(f)
+        if content.get("format") != FORMAT or content.get("environment") != environment():
+            _logger.warning("tf_conv3dt auto: %s is for another environment; not used", path)
+            return {}
+        decisions = {}
+        for key, entry in content["choices"].items():
+            if entry["winner"] not in CANDIDATES:
+                raise ValueError(f"a choice names no lowering: {entry['winner']!r}")
+            times = {name: tuple(map(float, ms)) for name, ms in entry["ms"].items()}
+            decisions[key] = Decision(key, entry["winner"], dict(sorted(
+                times.items(), key=lambda item: sum(item[1]))), int(entry["batch"]), "cache")
+        return decisions
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        _logger.warning("tf_conv3dt auto: ignoring the tuning cache %s (%s: %s)", path,
+                        type(error).__name__, error)
+        return {}
+
+
+def _cached(key):
+    return _load(cache_path()).get(key)
+
+
+def _store(key, decision):
+    """Adds ``decision`` to the cache file: merged under an exclusive lock with
+    what other processes wrote, written to a temporary file and renamed over
+    the old one, so a reader sees the old file or the new one, never a part."""
+    path = cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with _file_lock(path + ".lock"):
+            choices = {k: d._asdict() for k, d in _load(path).items()}
+            choices[key] = decision._asdict()
+            for entry in choices.values():
+                del entry["key"], entry["source"]
+            fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".auto-",
+                                             suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"format": FORMAT, "environment": environment(),
+                               "choices": choices}, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+    except OSError as error:
+        _logger.warning("tf_conv3dt auto: could not write the tuning cache %s (%s); the "
+                        "choice is kept for this process only", path, error.strerror or error)
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def forget():
+    """Empties the in-memory choices (the cache file stays), as a new process starts."""
+    with _lock:
+        _memory.clear()

@@ -1,0 +1,139 @@
+"""Time every Conv3DTranspose of a saved model on this machine, and keep the fastest lowerings.
+
+Run it on the machine that will train (or serve) the model, before a long
+run: each layer whose implementation is "auto" is timed with every exact
+lowering, forward and training step, at --batch-size (the batch "auto"
+assumes for a Keras model's graph, whose batch is unknown), and the winners
+go into the tuning cache that "auto" reads (TF_CONV3DT_CACHE_DIR, else the
+user's cache directory). One row per layer: its configuration, each
+candidate's forward / training-step milliseconds, and the winner.
+
+exit status:
+  0    every layer tuned (or fixed to one lowering by its configuration)
+  2    a bad flag or model file
+  70   an internal error (a defect; the traceback is printed)
+  130  interrupted (Ctrl-C): what was tuned before is kept
+"""
+
+import argparse
+import signal
+import sys
+import time
+import traceback
+
+from tf_conv3dt import command_line
+
+POLICIES = ("mixed_float16", "mixed_bfloat16", "float32")
+
+
+class TuneError(ValueError):
+    """A model the command cannot tune, with the reason."""
+
+
+def parse_args(argv):
+    from tf_conv3dt.ops.tuning import NOMINAL_BATCH
+
+    parser = command_line.Parser(prog="tf-conv3dt-tune", description=__doc__.splitlines()[0],
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="MODEL.keras", help="the saved model (safe mode)")
+    parser.add_argument("--batch-size", type=command_line.ascii_integer, default=NOMINAL_BATCH,
+                        metavar="N", help="the training batch per replica to time at "
+                                          f"(default: {NOMINAL_BATCH}, what auto assumes)")
+    parser.add_argument("--policy", choices=POLICIES,
+                        help="time in this Keras mixed-precision policy's compute dtype "
+                             "(default: each layer's own)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"argument --batch-size: must be at least 1, got {args.batch_size}")
+    return args
+
+
+def main(argv=None):
+    """Tunes the model; returns the exit status (see the module docstring)."""
+    args = parse_args(argv)
+
+    def say(line):
+        if not args.quiet:
+            print(line, flush=True)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    started = time.perf_counter()
+    try:
+        with command_line.native_output_silenced(args.quiet):
+            path = _tune(args, say)
+    except KeyboardInterrupt:
+        print("error: interrupted; the layers tuned before it are cached", file=sys.stderr)
+        return 130
+    except TuneError as error:
+        print(f"error: MODEL {args.model!r}: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - a defect
+        traceback.print_exception(error)
+        return 70
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    say(f"finished in {time.perf_counter() - started:.1f}s; cache: {path}")
+    return 0
+
+
+def _tune(args, say):
+    say("importing TensorFlow and tf_conv3dt")
+    import tensorflow as tf
+
+    from tf_conv3dt import Conv3DTranspose, model_file
+    from tf_conv3dt._keras import keras
+    from tf_conv3dt.ops import tuning
+
+    say(f"loading {args.model} (safe mode)")
+    try:
+        model = model_file.load(args.model)
+    except ValueError as error:
+        raise TuneError(str(error)) from None
+    layers = [layer for layer in _flattened(model) if isinstance(layer, Conv3DTranspose)]
+    if not layers:
+        raise TuneError("has no Conv3DTranspose layer")
+    inputs = []
+    for tensor in model.inputs:
+        shape = tuple(tensor.shape)[1:]
+        if None in shape:
+            raise TuneError(f"an input's sizes are unknown ({tensor.shape}); tuning times "
+                            "static shapes")
+        inputs.append(tf.zeros((args.batch_size, *shape), tensor.dtype))
+    dtype = keras.mixed_precision.Policy(args.policy).compute_dtype if args.policy else None
+    say(f"timing {len(layers)} Conv3DTranspose layers at batch {args.batch_size}"
+        f"{' in ' + dtype if dtype else ''}")
+    with tuning.recording(dtype=dtype, batch=args.batch_size) as decisions:
+        model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    for layer in layers:
+        say(_row(layer, next((decision for scope, decision in decisions
+                              if layer.name in scope.split("/")), None)))
+    return tuning.cache_path()
+
+
+def _flattened(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _flattened(layer)
+
+
+def _row(layer, decision):
+    """One layer's line: name, configuration, each candidate's ms and the winner."""
+    if decision is None:
+        fixed = "gemm (quantized)" if layer.implementation == "auto" else layer.implementation
+        return f"{layer.name}: not tuned, runs {fixed}"
+    import json
+
+    dtype, data_format, shape, kernel, strides, padding, dilation, out = json.loads(decision.key)
+    times = "  ".join(f"{name} {f:.2f}/{t:.2f}" for name, (f, t) in decision.ms.items())
+    return (f"{layer.name}: {dtype} {data_format} input {tuple(shape[1:])} at batch "
+            f"{decision.batch}, kernel {tuple(kernel[:3])} -> {kernel[3]} filters, strides "
+            f"{tuple(strides)}, {padding}, dilation {tuple(dilation)}, output {tuple(out)} | "
+            f"ms forward/training: {times or 'none timed'} | {decision.winner} "
+            f"({decision.source})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
