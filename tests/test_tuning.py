@@ -319,11 +319,17 @@ def test_every_mirrored_replica_takes_the_same_lowering(tuning_on):
 
 
 def _model(path, **second):
+    """A saved model of two layers, built untimed (tf_keras calls them while
+    building it, which would tune them)."""
     keras = tf_conv3dt.keras
-    inputs = keras.Input((4, 5, 3, 2))
-    x = tf_conv3dt.Conv3DTranspose(3, 3, strides=2, padding="same", name="up")(inputs)
-    x = tf_conv3dt.Conv3DTranspose(2, 2, strides=1, name="fixed", **second)(x)
-    keras.Model(inputs, x).save(path)
+    tuning.set_autotune(False)
+    try:
+        inputs = keras.Input((4, 5, 3, 2))
+        x = tf_conv3dt.Conv3DTranspose(3, 3, strides=2, padding="same", name="up")(inputs)
+        x = tf_conv3dt.Conv3DTranspose(2, 2, strides=1, name="fixed", **second)(x)
+        keras.Model(inputs, x).save(path)
+    finally:
+        tuning.set_autotune(None)
     return path
 
 

@@ -87,10 +87,14 @@ def _tune(args, say):
     from tf_conv3dt.ops import tuning
 
     say(f"loading {args.model} (safe mode)")
+    switch = tuning.autotune_switch()
+    tuning.set_autotune(False)  # tf_keras calls the layers while loading: time only below
     try:
         model = model_file.load(args.model)
     except ValueError as error:
         raise TuneError(str(error)) from None
+    finally:
+        tuning.set_autotune(switch)
     layers = [layer for layer in _flattened(model) if isinstance(layer, Conv3DTranspose)]
     if not layers:
         raise TuneError("has no Conv3DTranspose layer")

@@ -68,6 +68,11 @@ def set_autotune(enabled):
     _switch[0] = enabled
 
 
+def autotune_switch():
+    """What :func:`set_autotune` last set (None: the environment variable decides)."""
+    return _switch[0]
+
+
 def autotune_enabled():
     """Whether "auto" times static configurations: the Python switch, else
     ``TF_CONV3DT_AUTOTUNE`` (off for 0, false, off or no), and never under op
@@ -159,6 +164,9 @@ def recording(dtype=None, batch=None):
         _RECORDER.reset(token)
 
 
+# A tf_keras layer's call is converted by AutoGraph, which would otherwise
+# convert this Python (the cache's file handling included) too.
+@tf.autograph.experimental.do_not_convert
 def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, candidates,
           rule):
     """The lowering "auto" runs for ``x`` (NDHWC) and ``kernel``: the measured

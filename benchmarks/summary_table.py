@@ -1,0 +1,49 @@
+"""The README's short Performance table, generated from benchmark JSON files.
+
+One row per configuration of each run (bench_conv3d_transpose.py --json, with
+or without --configurations): the worst ratio over the cases of tuned
+``auto`` and of the static rule's choice to our fastest lowering, of ``auto``
+to PyTorch (forward and training step), and the most a case's tuning took.
+
+Usage: python benchmarks/summary_table.py FILE.json [FILE.json ...]
+"""
+
+import json
+import sys
+
+
+def runs(path):
+    """(configuration name, run) pairs of one JSON file."""
+    with open(path) as f:
+        content = json.load(f)
+    if "rows" in content:
+        return [("as is", content)]
+    return list(content.items())
+
+
+def row(name, run):
+    summary = run["summary"]
+
+    def worst(field):
+        values = [entry[field] for entry in summary if entry.get(field) is not None]
+        return f"{max(values):.2f}x" if values else "n/a"
+
+    return (f"| {run['machine']}, {run['cores']} cores | {name} "
+            f"(oneDNN {'on' if run['cpu_configuration'] == 'onednn' else 'off'}) | "
+            f"{run['policy']} | {worst('forward_over_own')} / {worst('train_over_own')} | "
+            f"{worst('rule_forward_over_own')} / {worst('rule_train_over_own')} | "
+            f"{worst('forward_over_torch')} / {worst('train_over_torch')} | "
+            f"{max(entry['tuning_s'] for entry in summary):.1f} s |")
+
+
+def main(paths):
+    print("| machine | configuration | policy | tuned auto / our fastest (fwd / train) "
+          "| rule / our fastest | tuned auto / PyTorch | tuning, slowest case |")
+    print("|---|---|---|---|---|---|---|")
+    for path in paths:
+        for name, run in runs(path):
+            print(row(name, run))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
