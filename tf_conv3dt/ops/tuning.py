@@ -9,9 +9,11 @@ JSON file per machine environment (:func:`cache_path`); a file written under
 another TensorFlow, tf_conv3dt, device or oneDNN setting has another name and
 an environment record that must match, so it is never reused.
 
-A batch unknown at trace time (every Keras model's graph) is timed at
-:data:`NOMINAL_BATCH`. Without static spatial sizes, with tuning switched off
-(:func:`set_autotune`, ``TF_CONV3DT_AUTOTUNE=0``), under
+Timing is opt-in (``TF_CONV3DT_AUTOTUNE=1``, :func:`set_autotune`, or the
+tune command): in the benchmark of 2026-12-01 its short timings still chose
+worse than the rule in some cases. A batch unknown at trace time (every
+Keras model's graph) is timed at :data:`NOMINAL_BATCH`. Without static
+spatial sizes, with tuning off, under
 ``tf.config.experimental.enable_op_determinism()`` or across several workers,
 the static rule (``choice.AUTO_RULE``) decides.
 """
@@ -75,13 +77,13 @@ def autotune_switch():
 
 def autotune_enabled():
     """Whether "auto" times static configurations: the Python switch, else
-    ``TF_CONV3DT_AUTOTUNE`` (off for 0, false, off or no), and never under op
-    determinism, where a run must not depend on timing."""
+    ``TF_CONV3DT_AUTOTUNE`` (on for 1, true, on or yes; off by default), and
+    never under op determinism, where a run must not depend on timing."""
     if _op_determinism():
         return False
     if _switch[0] is not None:
         return _switch[0]
-    return os.environ.get(ENV_AUTOTUNE, "1").strip().lower() not in ("0", "false", "off", "no")
+    return os.environ.get(ENV_AUTOTUNE, "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 def _op_determinism():
