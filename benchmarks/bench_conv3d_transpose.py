@@ -27,7 +27,6 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import tensorflow as tf
 
 import tf_conv3dt
 from tf_conv3dt import ops
+from tf_conv3dt.ops import choice
 from tf_conv3dt._keras import keras
 from tf_conv3dt.ops import tuning
 
@@ -83,17 +83,6 @@ def forward_flops(shape, filters, kernel):
     """2 * (input voxels) * C_in * taps * filters: every multiply-add of the op."""
     batch, d, h, w, channels = shape
     return 2 * batch * d * h * w * channels * kernel ** 3 * filters
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def sgemm_gflops(size=2048, repeats=5):
@@ -471,7 +460,7 @@ def main():
     os.environ.setdefault(tuning.ENV_CACHE_DIR, tempfile.mkdtemp(prefix="bench-tuning-"))
     tuning.set_autotune(True)
     peak = sgemm_gflops()
-    print(f"{_cpu_name()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
+    print(f"{choice.cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
           f"(oneDNN {'on' if tf_conv3dt.ops.cpu_configuration() == 'onednn' else 'off'}), "
           f"Keras {keras.__version__}, {args.policy}, {args.data_format}, "
           f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
@@ -524,7 +513,7 @@ def main():
     scaling_rows = [] if args.skip_scaling else scaling(args.repeats)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=_cpu_name(), cores=os.cpu_count(),
+            json.dump(dict(machine=choice.cpu_model(), cores=os.cpu_count(),
                            tensorflow=tf.__version__, torch=_torch_version(),
                            cpu_configuration=tf_conv3dt.ops.cpu_configuration(),
                            policy=args.policy, data_format=args.data_format,

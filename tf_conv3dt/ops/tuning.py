@@ -175,8 +175,8 @@ def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, ca
     fastest of ``candidates`` where the call is static and tuning is on, else ``rule``."""
     recorder = _RECORDER.get()
     static = x.shape[1:].is_fully_defined() and None not in output_lengths
-    if len(candidates) < 2 or not static or _multi_worker() or not (
-            recorder or autotune_enabled()):
+    if not (recorder or autotune_enabled()) or len(candidates) < 2 or not static or (
+            _multi_worker()):
         return rule
     dtype, batch, timing_batch = x.dtype, x.shape[0], x.shape[0] or NOMINAL_BATCH
     if recorder:
