@@ -4,8 +4,9 @@ Run it on the machine that will train (or serve) the model, before a long
 run: each layer whose implementation is "auto" is timed with every exact
 lowering, forward and training step, at --batch-size (the batch "auto"
 assumes for a Keras model's graph, whose batch is unknown), and the winners
-go into the tuning cache that "auto" reads (TF_CONV3DT_CACHE_DIR, else the
-user's cache directory). One row per layer: its configuration, each
+go into the tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
+directory), which "auto" reads in a run with TF_CONV3DT_AUTOTUNE=1 (timing
+is off by default; a cached configuration is not timed again). One row per layer: its configuration, each
 candidate's forward / training-step milliseconds, and the winner.
 
 exit status:
