@@ -1,19 +1,21 @@
 """Training runs under tf.distribute, each in its own process (run by test_distribute.py).
 
-TensorFlow fixes its logical devices when it starts, so every run here is a
-fresh process: ``python distributed_training.py MODE IMPLEMENTATION OUT``.
+TensorFlow fixes its logical devices and its oneDNN setting when it starts,
+so every run here is a fresh process, which trains one model per lowering in
+turn: ``python distributed_training.py MODE IMPLEMENTATION[,...] OUT_DIR``
+writes ``OUT_DIR/IMPLEMENTATION.npz`` for each.
 
 Modes:
   mirrored        MirroredStrategy over two logical CPUs and one device, from
                   the same initial weights, on 9 samples in global batches of 8
                   (the last batch of 1 leaves one replica empty); writes both
-                  results to OUT (.npz).
+                  results.
   mirrored-bf16   the same under the mixed_bfloat16 policy.
   worker          one worker of a MultiWorkerMirroredStrategy (TF_CONFIG set by
                   the caller): fit under tf_keras, a ``strategy.run`` loop under
                   Keras 3, which has no multi-worker fit (keras-team/keras#20585);
-                  writes its weights to OUT (.npz) and, on the chief, a checkpoint
-                  that a single-device model restores.
+                  writes its weights and, on the chief, a checkpoint
+                  (``IMPLEMENTATION.npz.ckpt``) that a single-device model restores.
 """
 
 import json
@@ -76,7 +78,7 @@ def fit(keras, tf, tf_conv3dt, implementation, strategy, example_weights=None):
     return model.get_weights(), history.history["loss"]
 
 
-def run_mirrored(out, implementation, policy=None):
+def run_mirrored(outs, policy=None):
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -87,18 +89,26 @@ def run_mirrored(out, implementation, policy=None):
         keras.mixed_precision.set_global_policy(policy)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert mirrored.num_replicas_in_sync == REPLICAS
-    two, two_loss = fit(keras, tf, tf_conv3dt, implementation, mirrored)
-    one, one_loss = fit(keras, tf, tf_conv3dt, implementation,
-                        tf.distribute.OneDeviceStrategy("/cpu:0"), last_batch_weights())
-    np.savez(out, *two, *one, losses=np.array([two_loss, one_loss]))
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+    for implementation, out in outs.items():
+        two, two_loss = fit(keras, tf, tf_conv3dt, implementation, mirrored)
+        one, one_loss = fit(keras, tf, tf_conv3dt, implementation, one_device,
+                            last_batch_weights())
+        np.savez(out, *two, *one, losses=np.array([two_loss, one_loss]))
 
 
-def run_worker(out, implementation):
+def run_workers(outs):
     import tensorflow as tf
     import tf_conv3dt
-    from tf_conv3dt._keras import LEGACY_KERAS, keras
+    from tf_conv3dt._keras import keras
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     assert strategy.num_replicas_in_sync == 2
+    for implementation, out in outs.items():
+        run_worker(tf, keras, tf_conv3dt, strategy, implementation, out)
+
+
+def run_worker(tf, keras, tf_conv3dt, strategy, implementation, out):
+    from tf_conv3dt._keras import LEGACY_KERAS
     weights = initial_weights(keras, tf_conv3dt, implementation)
     x, y = data()
     with strategy.scope():
@@ -152,12 +162,14 @@ def train_loop(tf, keras, strategy, model, optimizer, dataset):
 
 
 if __name__ == "__main__":
-    mode, implementation, out = sys.argv[1:4]
+    mode, implementations, out_dir = sys.argv[1:4]
+    outs = {implementation: os.path.join(out_dir, f"{implementation}.npz")
+            for implementation in implementations.split(",")}
     if mode == "mirrored":
-        run_mirrored(out, implementation)
+        run_mirrored(outs)
     elif mode == "mirrored-bf16":
-        run_mirrored(out, implementation, "mixed_bfloat16")
+        run_mirrored(outs, "mixed_bfloat16")
     elif mode == "worker":
-        run_worker(out, implementation)
+        run_workers(outs)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

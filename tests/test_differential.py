@@ -290,7 +290,8 @@ def test_one_nan_voxel_reaches_only_its_footprint():
 @op_only
 def test_under_the_other_onednn_setting():
     """The native path depends on whether TensorFlow runs its oneDNN kernels:
-    run a share of this suite again in a process with the other setting."""
+    run the random configurations (fewer) and the named regressions again in a
+    process with the other setting."""
     onednn = ops.cpu_configuration() == "onednn"
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0" if onednn else "1",
                TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="8",
@@ -301,6 +302,7 @@ def test_under_the_other_onednn_setting():
         env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.split()[-1] == str(not onednn)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "test_random_configuration or test_regression"],
         env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
