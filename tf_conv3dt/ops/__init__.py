@@ -51,6 +51,10 @@ __all__ = ["AUTO_RULE", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_con
            "set_autotune"]
 
 
+# Its Python branches all read static values (shapes, arguments), so AutoGraph
+# would convert the whole library on each caller's first trace, and add a
+# quarter of the trace time after, and change no op.
+@tf.autograph.experimental.do_not_convert
 def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=None,
                      dilation_rate=1, data_format="channels_last", output_shape=None,
                      implementation="auto", one_product_per_phase=False):
