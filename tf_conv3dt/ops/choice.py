@@ -34,11 +34,16 @@ def forced_implementation(implementation, one_product_per_phase=False):
         _FORCED.reset(token)
 
 
+def forced():
+    """The active forced (implementation, one_product_per_phase), or None."""
+    return _FORCED.get()
+
+
 def forced_or(implementation):
     """The forced (implementation, one_product_per_phase), else ``(implementation, False)``."""
     implementation = shapes.normalize_choice(implementation, "implementation",
                                              shapes.IMPLEMENTATIONS)
-    return _FORCED.get() or (implementation, False)
+    return forced() or (implementation, False)
 
 
 # What "auto" takes on a CPU: the lowering fastest over forward and training step,

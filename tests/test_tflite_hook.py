@@ -1,0 +1,123 @@
+"""The user's own TFLite flows (tflite_hook.py): GEMM-based files in every converter mode, no CONV_3D_TRANSPOSE."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_conv3dt
+from tf_conv3dt import tflite_hook
+from tf_conv3dt._keras import LEGACY_KERAS, keras
+from tf_conv3dt.ops import choice
+from markers import smoke
+from tflite_checks import assert_integer_tflite, compute_ops
+
+
+def _model():
+    """The issue's model, each layer asking for the native op: only the hook
+    keeps CONV_3D_TRANSPOSE out of the file."""
+    inputs = keras.Input((4, 3, 5, 6), name="voxels")
+    hidden = tf_conv3dt.Conv3DTranspose(4, 3, 2, padding="same", activation="relu",
+                                        implementation="native", name="up1")(inputs)
+    outputs = tf_conv3dt.Conv3DTranspose(2, 2, 2, implementation="native", name="up2")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def _samples(count=8):
+    return np.random.default_rng(7).uniform(size=(count, 4, 3, 5, 6)).astype("float32")
+
+
+def _options(mode, x):
+    """The converter settings of each mode, as TFLite's guide gives them."""
+    options = {}
+    if mode != "float32":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        options["target_spec"] = {"supported_types": [tf.float16]}
+    if mode == "int8":
+        options["representative_dataset"] = lambda: ([x[i:i + 1]] for i in range(len(x)))
+    return options
+
+
+def _users_converter(model, mode, x):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    for name, value in _options(mode, x).items():
+        if name == "target_spec":
+            converter.target_spec.supported_types = value["supported_types"]
+        else:
+            setattr(converter, name, value)
+    return converter.convert()
+
+
+def _names(flatbuffer):
+    return {name for name, _, _ in compute_ops(flatbuffer, float_boundary=True,
+                                               shape_arithmetic=True)}
+
+
+# The largest error each mode may have, relative to the float model's output
+# range (int8: its quantization; float16 and dynamic range: their weights).
+TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "dynamic_range": 2e-2, "int8": 2e-2}
+
+
+def _check(flatbuffer, mode, model, x):
+    from tf_conv3dt.export import tflite  # the export extra, imported where it is used
+
+    names = _names(flatbuffer)
+    assert "FULLY_CONNECTED" in names and "CONV_3D_TRANSPOSE" not in names, (mode, names)
+    if mode == "int8":
+        assert_integer_tflite(flatbuffer, float_boundary=True, shape_arithmetic=True)
+    expected = np.asarray(model(x))
+    error = np.abs(tflite.run(flatbuffer, x) - expected).max()
+    assert error <= TOLERANCE[mode] * (expected.max() - expected.min()), (mode, error)
+
+
+# The oldest-TensorFlow job converts the two ends: float32 and full int8.
+@pytest.mark.parametrize("mode", [mode if mode in ("float16", "dynamic_range")
+                                  else pytest.param(mode, marks=smoke) for mode in TOLERANCE])
+def test_users_converter_gives_gemm_files(mode):
+    """TFLiteConverter.from_keras_model and the guide's settings, nothing else:
+    FULLY_CONNECTED-based files close to the model, the int8 one integer end
+    to end."""
+    model, x = _model(), _samples()
+    _check(_users_converter(model, mode, x), mode, model, x)
+    assert choice.forced() is None  # nothing stays forced after the conversion
+
+
+@pytest.mark.skipif(LEGACY_KERAS, reason="model.export(format='litert') is Keras 3's; "
+                    "tf_keras models convert with from_keras_model, tested above")
+@pytest.mark.parametrize("mode", ["float32", pytest.param("int8", marks=smoke)])
+def test_keras3_litert_export_gives_gemm_files(mode, tmp_path):
+    model, x = _model(), _samples()
+    path = str(tmp_path / f"{mode}.tflite")
+    model.export(path, format="litert", verbose=False, **_options(mode, x))
+    with open(path, "rb") as f:
+        _check(f.read(), mode, model, x)
+
+
+def test_only_a_model_holding_the_layer_is_converted_under_the_hook(monkeypatch):
+    """The hook forces the GEMM lowering (per phase only for a full-integer
+    file) while our model converts, and never for another model."""
+    forced = []
+    original = choice.forced_implementation
+
+    def spy(*args, **kwargs):
+        forced.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(choice, "forced_implementation", spy)
+    inputs = keras.Input((3,))
+    _users_converter(keras.Model(inputs, keras.layers.Dense(2)(inputs)), "float32", None)
+    assert forced == []
+    x = _samples(2)
+    _users_converter(_model(), "float32", x)
+    _users_converter(_model(), "int8", x)
+    assert forced == [(("gemm",), {"one_product_per_phase": False}),
+                      (("gemm",), {"one_product_per_phase": True})]
+
+
+@smoke
+def test_switched_off_by_its_variable_and_by_the_callers_forced_lowering(monkeypatch):
+    model, x = _model(), _samples(2)
+    with tf_conv3dt.forced_implementation("native"):
+        assert "CONV_3D_TRANSPOSE" in _names(_users_converter(model, "float32", x))
+    monkeypatch.setenv(tflite_hook.ENV_SWITCH, "0")
+    assert "CONV_3D_TRANSPOSE" in _names(_users_converter(model, "float32", x))

@@ -1,0 +1,71 @@
+"""The one hook on TFLite's converters: a model holding Conv3DTranspose converts through the GEMM lowering.
+
+The native op converts to CONV_3D_TRANSPOSE, which TFLite keeps in float in
+every quantized mode; the GEMM lowering converts to FULLY_CONNECTED and data
+movement, which have integer kernels. So while one of these converts a model
+that holds a Conv3DTranspose, every transposed convolution it traces takes
+the GEMM lowering (:func:`tf_conv3dt.forced_implementation`):
+
+* ``tf.lite.TFLiteConverter.from_keras_model(model).convert()``, under
+  either Keras flavour;
+* Keras 3's ``model.export(path, format="litert", ...)``.
+
+Given a representative dataset (a full-integer file), each stride phase's
+taps are summed in one product (``one_product_per_phase``: one int32
+accumulation per output); float, float16 and dynamic-range files take one
+product per tap. A ``forced_implementation`` the caller holds wins.
+
+Nothing else changes: other models, and every other call, run unwrapped.
+``from_saved_model`` and ``from_concrete_functions`` take graphs traced
+before the converter sees them; trace those inside ``forced_implementation``.
+``TF_CONV3DT_TFLITE_HOOK=0`` (read at each conversion) switches the hook off.
+"""
+
+import os
+
+import wrapt
+
+from tf_conv3dt.ops import choice
+
+ENV_SWITCH = "TF_CONV3DT_TFLITE_HOOK"
+
+
+def install():
+    """Wraps the converters' entry points when (and if) their modules are
+    imported; importing tf_conv3dt imports neither."""
+    wrapt.register_post_import_hook(_wrap_tflite, "tensorflow.lite.python.lite")
+    wrapt.register_post_import_hook(_wrap_litert_export, "keras.src.export.litert")
+
+
+def _wrap_tflite(module):
+    wrapt.wrap_function_wrapper(module, "TFLiteKerasModelConverterV2.convert",
+                                _keras_model_converter_convert)
+
+
+def _wrap_litert_export(module):
+    wrapt.wrap_function_wrapper(module, "LiteRTExporter.export", _litert_exporter_export)
+
+
+def _keras_model_converter_convert(convert, converter, args, kwargs):
+    return _through_gemm(converter._keras_model, converter.representative_dataset is not None,
+                        convert, *args, **kwargs)
+
+
+def _litert_exporter_export(export, exporter, args, kwargs):
+    return _through_gemm(exporter.model,
+                        exporter.kwargs.get("representative_dataset") is not None,
+                        export, *args, **kwargs)
+
+
+def _through_gemm(model, full_integer, function, *args, **kwargs):
+    """``function(*args, **kwargs)``, inside ``forced_implementation("gemm")``
+    where ``model`` holds a Conv3DTranspose, the switch is on and the caller
+    forces no lowering itself."""
+    from tf_conv3dt.layer import Conv3DTranspose  # the layer imports this package
+
+    if (os.environ.get(ENV_SWITCH, "1") == "0" or choice.forced() is not None
+            or not any(isinstance(layer, Conv3DTranspose)
+                       for layer in model._flatten_layers(include_self=True))):
+        return function(*args, **kwargs)
+    with choice.forced_implementation("gemm", one_product_per_phase=full_integer):
+        return function(*args, **kwargs)
