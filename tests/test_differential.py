@@ -4,7 +4,7 @@ Random configurations (seeded; each test id carries its seed) over kernel
 sizes 1-5 per axis, strides 1-3, dilation 1-3 (with stride 1), both paddings,
 output_padding, requested output sizes across the whole legal range, both
 data formats, batch 0-3, channels 1-4 and spatial sizes 1-7. Each is checked
-for every implementation, eagerly and through a trace with unknown batch and
+for every lowering (the named cases for "auto" too), eagerly and through a trace with unknown batch and
 spatial sizes, and for two in five configurations (every one with batch 0)
 through a trace with only the batch unknown, as in a Keras model's graph:
 the output, and the gradients of ``sum(output * cotangent)`` with respect to
@@ -38,6 +38,8 @@ from markers import op_only, smoke
 
 CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 64))
 SEED = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_SEED", "20261127"))
+# "auto" runs one of the lowerings, the rule's choice with tuning off (as
+# here), and traces the same graph: the named cases run it by name too.
 IMPLEMENTATIONS = [*LOWERINGS, "auto"]
 
 try:
@@ -148,14 +150,14 @@ def _assert_matches(actual, expected, what):
     assert error <= 1e-4 * scale, f"{what}: max abs error {error:.3g}, scale {scale:.3g}"
 
 
-def check_config(config, seed):
+def check_config(config, seed, implementations=IMPLEMENTATIONS):
     x, kernel, rng = _inputs(config, seed)
     arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
                                         "dilation_rate", "data_format", "output_shape")}
     expected_y = REFERENCE(x, kernel, None, **arguments)
     cotangent = rng.standard_normal(expected_y.shape).astype("float32")
     expected = REFERENCE(x, kernel, cotangent, **arguments)
-    for implementation in IMPLEMENTATIONS:
+    for implementation in implementations:
         for mode in modes(config):
             y, dx, dkernel = _ours(x, kernel, cotangent, config, implementation, mode)
             where = f"seed {seed}, {implementation}, {mode}, {config}"
@@ -170,7 +172,7 @@ def check_config(config, seed):
 @pytest.mark.parametrize("seed", [SEED + i for i in range(CONFIGS)],
                          ids=lambda seed: f"seed={seed}")
 def test_random_configuration_matches_reference(seed):
-    check_config(draw_config(seed), seed)
+    check_config(draw_config(seed), seed, LOWERINGS)
 
 
 def test_references_agree_with_each_other():
