@@ -9,6 +9,8 @@ spatial sizes, and for two in five configurations (every one with batch 0)
 through a trace with only the batch unknown, as in a Keras model's graph:
 the output, and the gradients of ``sum(output * cotangent)`` with respect to
 the input and the kernel, within 1e-4 of the reference's largest magnitude.
+Three in ten configurations with finite inputs add a bias and a fused
+activation (``ops.FUSED_ACTIVATIONS``), and check the bias's gradient too.
 A gradient that comes back ``None`` (an output that does not depend on an
 argument has a zero gradient) fails as a shape mismatch. A fifth of the
 configurations put Inf or NaN into the input: the non-finite outputs must
@@ -84,6 +86,10 @@ def draw_config(seed):
                   batch=batch, channels=int(rng.integers(1, 5)),
                   filters=int(rng.integers(1, 5)), spatial=spatial, non_finite=non_finite)
     config["batch_only_trace"] = batch == 0 or rng.random() < 0.3
+    # A bias and a fused activation (drawn last: the draws above stay as they were).
+    config["epilogue"] = None
+    if not non_finite and rng.random() < 0.3:
+        config["epilogue"] = str(rng.choice(ops.FUSED_ACTIVATIONS))
     return config
 
 
@@ -106,24 +112,28 @@ def _inputs(config, seed):
     return x, kernel, rng
 
 
-def _ours(x, kernel, cotangent, config, implementation, mode):
-    """Output and gradients from tf_conv3dt, called as ``mode`` (:func:`modes`)."""
+def _ours(x, kernel, bias, cotangent, config, implementation, mode):
+    """Output and gradients (input, kernel, and bias where there is one) from
+    tf_conv3dt, called as ``mode`` (:func:`modes`)."""
     scope, implementation = lowering(implementation)
     arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
                                         "dilation_rate", "data_format", "output_shape")}
 
-    def run(x, kernel, cotangent):
+    def run(x, kernel, bias, cotangent):
+        arguments["bias"] = None if bias.shape[0] == 0 else bias
         with tf.GradientTape() as tape:
-            tape.watch([x, kernel])
+            tape.watch([x, kernel, bias])
             y = tf_conv3dt.conv3d_transpose(x, kernel, implementation=implementation,
-                                            **arguments)
+                                            activation=config.get("epilogue"), **arguments)
             loss = tf.reduce_sum(y * cotangent)
-        return (y, *tape.gradient(loss, [x, kernel]))
+        gradients = tape.gradient(loss, [x, kernel, bias])
+        return (y, *gradients[:2], gradients[2] if arguments["bias"] is not None else bias)
 
+    bias = np.zeros(0, np.float32) if bias is None else bias
     with scope:
         if mode == "eager":
             return [t.numpy() for t in run(tf.constant(x), tf.constant(kernel),
-                                           tf.constant(cotangent))]
+                                           tf.constant(bias), tf.constant(cotangent))]
         if mode == "batch-traced":
             spec, cotangent_spec = [None, *x.shape[1:]], [None, *cotangent.shape[1:]]
         else:
@@ -131,9 +141,10 @@ def _ours(x, kernel, cotangent, config, implementation, mode):
             spec, cotangent_spec = [None] * 5, [None] * 5
             spec[channel_axis] = config["channels"]
         function = tf.function(run).get_concrete_function(
-            tf.TensorSpec(spec), tf.TensorSpec(kernel.shape), tf.TensorSpec(cotangent_spec))
+            tf.TensorSpec(spec), tf.TensorSpec(kernel.shape), tf.TensorSpec(bias.shape),
+            tf.TensorSpec(cotangent_spec))
         return [t.numpy() for t in function(tf.constant(x), tf.constant(kernel),
-                                            tf.constant(cotangent))]
+                                            tf.constant(bias), tf.constant(cotangent))]
 
 
 def _assert_matches(actual, expected, what):
@@ -150,21 +161,56 @@ def _assert_matches(actual, expected, what):
     assert error <= 1e-4 * scale, f"{what}: max abs error {error:.3g}, scale {scale:.3g}"
 
 
+# Where each fused activation's slope changes.
+KINKS = {"linear": (), "relu": (0.0,), "relu6": (0.0, 6.0)}
+
+
+def _epilogue_reference(products, bias, activation, cotangent, channel_axis):
+    """The activated output of ``products + bias``, and the cotangent of the
+    products: zero where the activation is flat, and where the products lie
+    within float32 rounding of a kink, whose side float32 may not agree on."""
+    shape = [1] * products.ndim
+    shape[channel_axis] = -1
+    pre = products + bias.reshape(shape)
+    kinks = KINKS[activation]
+    y = pre if activation == "linear" else np.clip(pre, 0, 6 if activation == "relu6" else None)
+    slope = np.ones_like(pre) if activation == "linear" else (pre > 0) & (
+        pre < 6 if activation == "relu6" else True)
+    near = np.zeros(pre.shape, bool)
+    for kink in kinks:
+        near |= np.abs(pre - kink) < 1e-3 * max(np.abs(pre).max(initial=0.0), 1.0)
+    cotangent = np.where(near, 0.0, cotangent).astype("float32")
+    return y, cotangent, cotangent * slope
+
+
 def check_config(config, seed, implementations=IMPLEMENTATIONS):
     x, kernel, rng = _inputs(config, seed)
     arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
                                         "dilation_rate", "data_format", "output_shape")}
     expected_y = REFERENCE(x, kernel, None, **arguments)
+    bias, activation = None, config.get("epilogue")
+    channel_axis = 1 if config["data_format"] == "channels_first" else 4
+    if activation:
+        bias = rng.standard_normal(kernel.shape[3]).astype("float32")
     cotangent = rng.standard_normal(expected_y.shape).astype("float32")
-    expected = REFERENCE(x, kernel, cotangent, **arguments)
+    products_cotangent = cotangent
+    if activation:
+        expected_y, cotangent, products_cotangent = _epilogue_reference(
+            expected_y, bias, activation, cotangent, channel_axis)
+    expected = REFERENCE(x, kernel, products_cotangent, **arguments)
     for implementation in implementations:
         for mode in modes(config):
-            y, dx, dkernel = _ours(x, kernel, cotangent, config, implementation, mode)
+            y, dx, dkernel, dbias = _ours(x, kernel, bias, cotangent, config, implementation,
+                                          mode)
             where = f"seed {seed}, {implementation}, {mode}, {config}"
-            _assert_matches(y, expected[0], f"output ({where})")
+            _assert_matches(y, expected_y, f"output ({where})")
             _assert_matches(dx, expected[1], f"input gradient ({where})")
             if not config["non_finite"]:  # else NaN * 0 in the crop's gradient
                 _assert_matches(dkernel, expected[2], f"kernel gradient ({where})")
+            if activation:
+                axes = tuple(a for a in range(5) if a != channel_axis)
+                _assert_matches(dbias, products_cotangent.astype(np.float64).sum(axes),
+                                f"bias gradient ({where})")
 
 
 @op_only

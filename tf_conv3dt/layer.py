@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from tf_conv3dt import ops, shapes
 from tf_conv3dt._keras import LEGACY_KERAS, keras
-from tf_conv3dt.quantization import fake_quant, tfmot
+from tf_conv3dt.quantization import tfmot
 from tf_conv3dt.quantization.keras3_int8 import Int8Protocol
 from tf_conv3dt.quantization.qat import QATRanges
 
@@ -46,12 +46,14 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         stride on this device, ``tf_conv3dt.ops.resolve_implementation``),
         "native" (``tf.nn.conv3d_transpose``), "gemm" or "subpixel".
       quantization: None, or "qat" for quantization-aware training without
-        tfmot (``tf_conv3dt.quantization.quantize_model`` sets it): 8-bit fake
-        quantization of the kernel (symmetric, per tensor), of the products
-        before the bias and of the activated output, the last two on ranges
-        learned as moving averages (the input takes the range of the layer
-        before it, or the converter's calibration). Such a layer is traced
-        through the int8-oriented GEMM lowering.
+        tfmot (``tf_conv3dt.quantization.quantize_model`` sets it, and puts an
+        ``InputQuantizer`` before the layer where its input is not already on
+        an int8 grid): 8-bit fake quantization of the activated output on a
+        range learned as a moving average, and of the kernel (symmetric, per
+        tensor): the tensors an int8 TFLite file quantizes, as the layer is
+        then traced through the int8-oriented GEMM lowering with its bias and
+        activation fused into each product (an activation TFLite cannot fuse
+        gets a range of its own before it; ``quantization.qat``).
       **kwargs: base layer arguments (name, dtype, trainable, ...).
 
     Input shape:
@@ -122,9 +124,10 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.quantization = shapes.normalize_choice(
             quantization, "quantization", QUANTIZATION_MODES) if quantization else None
-        # (min, max) variables of the moving-average int8 ranges, by tensor:
-        # "conv_output" (the products before the bias) and "output".
+        # (min, max) variables of the moving-average int8 ranges, by tensor,
+        # and whether the layer is traced for int8 (quantization.qat).
         self._ranges = {}
+        self._for_int8 = False
 
     @property
     def _channel_axis(self):
@@ -208,22 +211,21 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
                 dtype=self.dtype,
             )
         if self.quantization == "qat":
-            self._add_quantization_ranges("conv_output", "output")
+            self._quantize_for_int8("output")
         self.built = True
 
     def call(self, inputs, output_shape=None, training=None):
         """Applies the layer; ``output_shape=(D, H, W)`` picks a legal output size."""
         inputs = tf.cast(inputs, self.compute_dtype)
         kernel = tf.cast(self.kernel, self.compute_dtype)
-        if self.quantization == "qat":
-            kernel = fake_quant.symmetric_per_tensor(kernel)
         return self._apply(inputs, kernel, output_shape, training)
 
     def _apply(self, inputs, kernel, output_shape, training):
         # A quantized layer is meant for integer TFLite, whichever converter
         # traces it: the GEMM lowering, each stride phase one product
         # (accumulated in int32), never the float-only CONV_3D_TRANSPOSE.
-        quantized = bool(self._ranges) or self._keras_quantization_mode() == "int8"
+        quantized = self._for_int8 or self._keras_quantization_mode() == "int8"
+        fused = self._fused_activation()
         outputs = ops.conv3d_transpose(
             inputs,
             kernel,
@@ -235,15 +237,12 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
             output_shape=output_shape,
             implementation="gemm" if quantized else self.implementation,
             one_product_per_phase=quantized,
+            bias=tf.cast(self.bias, self.compute_dtype) if self.use_bias else None,
+            activation=fused,
+            fake_quantize_kernel=self._for_int8,
         )
-        outputs = self._fake_quantize("conv_output", outputs, training)
-        if self.use_bias:
-            bias = tf.cast(self.bias, self.compute_dtype)
-            if self.data_format == "channels_first":
-                bias = tf.reshape(bias, (self.filters, 1, 1, 1))
-            outputs = outputs + bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
+        if fused is None:
+            outputs = self.activation(self._fake_quantize("pre_activation", outputs, training))
         return self._fake_quantize("output", outputs, training)
 
     def quantize(self, mode=None, type_check=True, config=None):

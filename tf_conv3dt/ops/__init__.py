@@ -57,8 +57,9 @@ __all__ = ["AUTO_RULE", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_con
 @tf.autograph.experimental.do_not_convert
 def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=None,
                      dilation_rate=1, data_format="channels_last", output_shape=None,
-                     implementation="auto", one_product_per_phase=False):
-    """Transposed 3-D convolution of ``inputs`` with ``kernel`` (no bias).
+                     implementation="auto", one_product_per_phase=False, bias=None,
+                     activation=None, fake_quantize_kernel=False):
+    """Transposed 3-D convolution of ``inputs`` with ``kernel``, then ``bias`` and ``activation``.
 
     Args:
       inputs: 5-D floating-point tensor, ``(N, D, H, W, C)`` for
@@ -83,6 +84,16 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         addition: its largest error drops from 2-4.5% of the output range to
         about 1% for overlapping kernels. Such a call always takes the GEMM
         lowering, whatever :func:`forced_implementation` says.
+      bias: None, or a ``(filters,)`` tensor added to every output.
+      activation: None, or one that TFLite fuses into FULLY_CONNECTED
+        (``FUSED_ACTIVATIONS``), applied after the bias. In the
+        ``one_product_per_phase`` form both are applied to each phase's
+        product, so that an int8 file requantizes every output once, at the
+        activated output's range; elsewhere, to the output.
+      fake_quantize_kernel: with ``one_product_per_phase``, for
+        quantization-aware training: each product's weights on the int8 grid
+        TFLite's converter gives a FULLY_CONNECTED's (symmetric, one scale
+        per output channel), so that training sees the file's weights.
 
     Returns:
       5-D tensor in ``data_format`` with ``filters`` channels.
@@ -118,6 +129,11 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         )
     kernel_size = tuple(kernel.shape[:3])
     shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
+    epilogue = _epilogue(bias, activation, kernel)
+    if fake_quantize_kernel and not one_product_per_phase:
+        raise ValueError("fake_quantize_kernel=True quantizes the weights of the products "
+                         "one_product_per_phase=True makes; received "
+                         "one_product_per_phase=False.")
     if one_product_per_phase:  # never overridden: a quantized layer's int8 form
         if implementation not in ("auto", "gemm"):
             raise ValueError("one_product_per_phase=True is a form of the GEMM lowering. "
@@ -149,14 +165,48 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     if checks:
         with tf.control_dependencies(checks):
             x = tf.identity(x)
+    fused = False
     if implementation == "native":
         y = native(x, kernel, plan, strides, padding, dilation)
     elif implementation == "subpixel":
         y = dilated_as_undilated(subpixel, x, kernel, plan, strides, padding, dilation)
     else:
-        y = gemm(x, kernel, plan, strides, dilation, one_product_per_phase)
+        y, fused = gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue,
+                        fake_quantize_kernel)
     y.set_shape([x.shape[0], *plan.static_output_lengths, kernel.shape[3]])
+    if epilogue is not None and not fused:
+        y = epilogue(y)
     return tf.transpose(y, (0, 4, 1, 2, 3)) if data_format == "channels_first" else y
+
+
+# The activations TFLite fuses into FULLY_CONNECTED, by the names Keras gives them.
+FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+_ACTIVATION_OPS = {"relu": tf.nn.relu, "relu6": tf.nn.relu6}
+
+
+def _epilogue(bias, activation, kernel):
+    """The elementwise function of the products that adds ``bias`` and applies
+    ``activation`` (None when there is neither), for a tensor whose last axis
+    holds one or more groups of the kernel's filters."""
+    if activation is not None:
+        activation = shapes.normalize_choice(activation, "activation", FUSED_ACTIVATIONS)
+    filters = kernel.shape[3]
+    if bias is not None:
+        bias = tf.convert_to_tensor(bias, dtype=kernel.dtype)
+        if bias.shape != (filters,):
+            raise ValueError(f"`bias` must have shape ({filters},), one value per filter. "
+                             f"Received: bias.shape={bias.shape}")
+    if bias is None and activation in (None, "linear"):
+        return None
+
+    def epilogue(values):
+        if bias is not None:
+            groups = values.shape[-1] // filters
+            values = values + (tf.tile(bias, [groups]) if groups > 1 else bias)
+        op = _ACTIVATION_OPS.get(activation)
+        return values if op is None else op(values)
+
+    return epilogue
 
 
 def _floating_tensor(inputs):

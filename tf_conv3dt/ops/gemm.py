@@ -6,28 +6,54 @@ import math
 
 import tensorflow as tf
 
-from tf_conv3dt.ops.plan import block_window, interleave_and_crop, overlaps_window
+from tf_conv3dt.ops import int8_grid
+from tf_conv3dt.ops.plan import (block_window, block_window_pads, interleave_and_crop,
+                                 overlaps_window)
 
 
-def gemm(x, kernel, plan, strides, dilation, one_product_per_phase):
+def gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue=None,
+         fake_quantize_kernel=False):
+    """The output, and whether ``epilogue`` (an elementwise function of the
+    products, by filter: the bias and activation) was applied to it.
+
+    In the ``one_product_per_phase`` form it is applied to each phase's
+    product as the matmul gives it, where TFLite fuses it into the
+    FULLY_CONNECTED (its int32 bias and fused activation), and to the phases
+    no tap reaches: every output is then one accumulation, requantized once.
+    Elsewhere (and where kernel == stride needs the window padded past the
+    products) it is not applied, and the caller applies it to the output.
+    ``fake_quantize_kernel`` puts each product's weights on the int8 grid the
+    converter gives them (``int8_grid.per_output_channel``).
+    """
+    def grid(matrix, input_axis):
+        if not fake_quantize_kernel:
+            return matrix
+        return int8_grid.per_output_channel(matrix, input_axis)
+
     kd, kh, kw, filters, channels = kernel.shape
     kernel_size = (kd, kh, kw)
     batch = tf.shape(x)[0]
+    fuse = epilogue is not None and one_product_per_phase
     if kernel_size == strides:
         # Each tap is its own stride phase and no tap overlaps another: one
         # matmul by the kernel as (C, kd*kh*kw*F) gives the phase tensor.
         matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
-        phases = tf.matmul(tf.reshape(x, (-1, channels)), matrix)
+        phases = tf.matmul(tf.reshape(x, (-1, channels)), grid(matrix, 0))
+        # Padding would put zeros, not the epilogue's value, past the products.
+        fuse = fuse and not block_window_pads(plan, (0, 0, 0))
+        if fuse:
+            phases = epilogue(phases)
         # The channel count spelled out: -1 is ambiguous for an empty batch.
         phases = tf.reshape(phases, [batch, *plan.input_lengths, kd * kh * kw * filters])
         phases = block_window(phases, plan, (0, 0, 0))
     else:
         phases = _overlap_add(x, kernel, batch, plan, strides, dilation,
-                              one_product_per_phase)
-    return interleave_and_crop(phases, batch, plan, strides, filters)
+                              one_product_per_phase, epilogue if fuse else None, grid)
+    return interleave_and_crop(phases, batch, plan, strides, filters), fuse
 
 
-def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phase):
+def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phase, epilogue,
+                 grid):
     """Sums the taps of each stride phase, each shifted by its block offset.
 
     Tap ``j`` lands at ``i * s + j * d = (i + q) * s + r`` with ``q, r =
@@ -37,9 +63,12 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
     materialise a tensor kd*kh*kw times the input's voxels by F and copy every
     tap out of it (2-2.5x slower here, with the memory peak to match). With
     ``one_product_per_phase`` each phase is one product of its taps' shifted
-    input windows instead. Returns the phases
-    concatenated on the channel axis in (rd, rh, rw) order.
+    input windows instead, by its weights put on ``grid``, and ``epilogue``
+    (if given) applies to each phase's product and to the phases without
+    taps. Returns the phases concatenated on the channel axis in (rd, rh, rw)
+    order.
     """
+    epilogue = epilogue or (lambda values: values)
     kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
     taps_by_phase = {}
     for offsets in itertools.product(*map(range, kernel_size)):
@@ -48,20 +77,21 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
         if overlaps_window(plan, shifts):  # else, e.g., an outer tap cropped by "same"
             taps_by_phase.setdefault(tuple(r for _, r in placed), []).append((offsets, shifts))
     if not taps_by_phase:  # every tap misses the window on some axis
-        return _unreached_zeros(x, kernel, tf.stack(
-            [batch, *plan.blocks(), math.prod(strides) * filters]))
+        return epilogue(_unreached_zeros(x, kernel, tf.stack(
+            [batch, *plan.blocks(), math.prod(strides) * filters])))
     rows = tf.reshape(x, (-1, channels))  # one row per input voxel
     phases = []
     for phase in itertools.product(*map(range, strides)):
         taps = taps_by_phase.get(phase)
         if not taps:
-            phases.append(tf.zeros(tf.stack([batch, *plan.blocks(), filters]), x.dtype))
+            phases.append(epilogue(tf.zeros(tf.stack([batch, *plan.blocks(), filters]),
+                                            x.dtype)))
         elif one_product_per_phase:
             windows = [block_window(x, plan, shifts) for _, shifts in taps]
             windows = tf.concat(windows, axis=-1) if len(windows) > 1 else windows[0]
             weights = tf.concat([kernel[offsets] for offsets, _ in taps], axis=1)
-            product = tf.matmul(tf.reshape(windows, (-1, len(taps) * channels)), weights,
-                                transpose_b=True)
+            product = epilogue(tf.matmul(tf.reshape(windows, (-1, len(taps) * channels)),
+                                         grid(weights, 1), transpose_b=True))
             phases.append(tf.reshape(product, [batch, *plan.blocks(), filters]))
         else:
             contributions = []

@@ -95,17 +95,29 @@ def overlaps_window(plan, shifts):
                                       plan.extra_blocks))
 
 
-def block_window(blocks, plan, shifts):
-    """Moves ``(N, n1, n2, n3, C)`` blocks, shifted by ``shifts``, into the
-    plan's window of output blocks: what falls outside is sliced off, what the
-    window has beyond them is zero. A tap at shift 0 inside the window is
-    returned as it is, without a copy."""
+def _window_moves(plan, shifts):
+    """Per axis, for blocks shifted by ``shifts``: the first one the window
+    keeps, how many it cuts, and the zeros it pads before and after."""
     begin, cut, paddings = [], [], []
     for q, first, extra in zip(shifts, plan.first_block, plan.extra_blocks):
         # The blocks cover [q, q + n); the window is [first, n + extra).
         begin.append(max(first - q, 0))
         cut.append(max(first - q, 0) + max(q - extra, 0))
         paddings.append([max(q - first, 0), max(extra - q, 0)])
+    return begin, cut, paddings
+
+
+def block_window_pads(plan, shifts):
+    """Whether :func:`block_window` pads blocks shifted by ``shifts`` with zeros."""
+    return any(p for pair in _window_moves(plan, shifts)[2] for p in pair)
+
+
+def block_window(blocks, plan, shifts):
+    """Moves ``(N, n1, n2, n3, C)`` blocks, shifted by ``shifts``, into the
+    plan's window of output blocks: what falls outside is sliced off, what the
+    window has beyond them is zero. A tap at shift 0 inside the window is
+    returned as it is, without a copy."""
+    begin, cut, paddings = _window_moves(plan, shifts)
     if any(cut):
         # tf.slice, not Python slicing: StridedSlice's gradient is far slower
         # than Slice's (a Pad) on CPU.

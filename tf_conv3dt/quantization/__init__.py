@@ -4,17 +4,18 @@
 
 * under tf_keras (``TF_USE_LEGACY_KERAS=1``, the ``tfmot`` extra), through
   tensorflow-model-optimization, the way tfmot quantizes its own
-  Conv2DTranspose: 8-bit symmetric kernel and 8-bit activation;
+  Conv2DTranspose: 8-bit symmetric kernel and 8-bit activated output;
 * under Keras 3, where tfmot does not import, without it: every
   Conv3DTranspose gets ``quantization="qat"`` (8-bit fake quantization of its
-  kernel, and of its products and output on learned ranges; its input takes
-  the range of the layer before it, or the converter's calibration); other
-  layers are left to the TFLite converter's calibration.
+  kernel and activated output, and of its input through an
+  :class:`InputQuantizer` where no such layer quantized it, on learned
+  ranges); other layers are left to the TFLite converter's calibration.
 
 Either way a quantized layer traces itself through the int8-oriented GEMM
-lowering, so ``tf.lite.TFLiteConverter.from_keras_model(qat_model)`` with
-``Optimize.DEFAULT`` gives integer FULLY_CONNECTED ops, never the float-only
-CONV_3D_TRANSPOSE.
+lowering, with its bias and activation fused into each stride phase's
+product (``quantization.qat``), so ``tf.lite.TFLiteConverter.from_keras_model(qat_model)``
+with ``Optimize.DEFAULT`` gives integer FULLY_CONNECTED ops, never the
+float-only CONV_3D_TRANSPOSE, and computes what the QAT model computes.
 
 Example::
 
@@ -29,6 +30,7 @@ Example::
 """
 
 from tf_conv3dt._keras import LEGACY_KERAS, keras
+from tf_conv3dt.quantization.input_quantizer import InputQuantizer
 from tf_conv3dt.quantization.tfmot import config_class, tfmot_module
 
 
@@ -47,7 +49,9 @@ def quantize_model(model, preserve_sparsity=False):
     ``tfmot.quantization.keras.quantize_annotate_layer`` to quantize them too).
     ``preserve_sparsity=True`` is tfmot's pruning-preserving QAT for our
     layers: the zeros of a pruned kernel stay zero in the quantized kernel.
-    Keras 3: every Conv3DTranspose is rebuilt with ``quantization="qat"``.
+    Keras 3: every Conv3DTranspose is rebuilt with ``quantization="qat"``,
+    after an :class:`InputQuantizer` where its input does not come from
+    another of them (the model's input, say).
     """
     if not LEGACY_KERAS:
         if preserve_sparsity:
@@ -70,16 +74,39 @@ def quantize_model(model, preserve_sparsity=False):
 
 
 def _keras3_quantize_model(model):
+    layer_class = _layer_class()
+
     def clone(layer):
         config = layer.get_config()
-        if isinstance(layer, _layer_class()):
+        if isinstance(layer, layer_class):
             config["quantization"] = "qat"
         return layer.__class__.from_config(config)
 
-    quantized = keras.models.clone_model(model, clone_function=clone)
-    for source, target in zip(model.layers, quantized.layers):
+    def on_a_grid(producer):
+        """Whether a layer's output is already fake-quantized (no InputQuantizer needed)."""
+        return isinstance(producer, (layer_class, InputQuantizer)) and (
+            isinstance(producer, InputQuantizer) or producer.quantization == "qat")
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, layer_class) and args:
+            history = getattr(args[0], "_keras_history", None)
+            if not on_a_grid(history.operation if history else None):
+                args = (InputQuantizer(name=f"{layer.name}_input")(args[0]), *args[1:])
+        return layer(*args, **kwargs)
+
+    if isinstance(model, keras.Sequential):
+        layers = []
+        for layer in map(clone, model.layers):
+            if isinstance(layer, layer_class) and not (layers and on_a_grid(layers[-1])):
+                layers.append(InputQuantizer(name=f"{layer.name}_input"))
+            layers.append(layer)
+        inputs = [keras.Input(model.input_shape[1:])] if model.built else []
+        quantized = keras.Sequential(inputs + layers, name=model.name)
+    else:
+        quantized = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for source in (layer for layer in model.layers if layer.weights):
         # The new range variables come after the copied kernel and bias.
-        for old, new in zip(source.weights, target.weights):
+        for old, new in zip(source.weights, quantized.get_layer(source.name).weights):
             new.assign(old)
     return quantized
 

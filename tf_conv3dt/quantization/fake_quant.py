@@ -1,18 +1,15 @@
-"""8-bit quantization in TensorFlow ops: the abs-max scale, and fake quantization for QAT.
+"""Fake quantization of activations for QAT: 8-bit, over a moving-average range.
 
-:func:`abs_max` gives the one symmetric int8 grid: Keras 3's int8 kernel and
-input and the QAT kernel are all quantized over it. The fake quantizers compute what
-tfmot's ``MovingAverageQuantizer`` and ``LastValueQuantizer`` do, without
-tfmot (which does not import under Keras 3): the TFLite converter reads the
-ranges of these ``FakeQuantWithMinMaxVars`` ops as the int8 scales of the
-tensors they quantize.
+What tfmot's ``MovingAverageQuantizer`` computes, without tfmot (which does
+not import under Keras 3): the TFLite converter reads the ranges of these
+``FakeQuantWithMinMaxVars`` ops as the int8 scales of the tensors they
+quantize. Weights have their own grid (``ops.int8_grid``).
 """
 
 import tensorflow as tf
 
 EMA_DECAY = 0.999  # tfmot's default
 INITIAL_RANGE = (-6.0, 6.0)  # tfmot's initial activation range
-TINY = 1e-12
 
 
 def moving_average(x, min_var, max_var, training):
@@ -42,18 +39,3 @@ def moving_average(x, min_var, max_var, training):
     low, high = tf.__internal__.smart_cond.smart_cond(
         training if training is not None else False, update, keep)
     return tf.quantization.fake_quant_with_min_max_vars(x, low, high, num_bits=8)
-
-
-def abs_max(x, axis=None, keepdims=False):
-    """The largest magnitude of ``x`` (over ``axis``; all of it by default),
-    at least ``TINY`` so that an all-zero tensor gets a finite scale: the
-    value a symmetric int8 grid maps to 127."""
-    return tf.maximum(tf.reduce_max(tf.abs(x), axis=axis, keepdims=keepdims), TINY)
-
-
-def symmetric_per_tensor(kernel):
-    """Symmetric, narrow-range 8-bit fake quantization over the kernel's own
-    largest magnitude (tfmot's ``LastValueQuantizer`` as used for kernels)."""
-    bound = abs_max(kernel)
-    return tf.quantization.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=8,
-                                                        narrow_range=True)

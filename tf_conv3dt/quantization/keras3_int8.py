@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from tf_conv3dt._keras import LEGACY_KERAS, keras
-from tf_conv3dt.quantization.fake_quant import abs_max
+from tf_conv3dt.ops.int8_grid import abs_max
 
 
 class Int8Protocol:

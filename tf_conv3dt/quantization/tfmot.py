@@ -35,32 +35,45 @@ def config_class():
     keras_quantization = tfmot_module().quantization.keras
     quantizers = keras_quantization.quantizers
 
+    def _activation_quantizer():
+        return quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                 narrow_range=False)
+
     class Conv3DTransposeQuantizeConfig(keras_quantization.QuantizeConfig):
-        """8-bit kernel (per tensor, symmetric) and activation, as tfmot's
-        default for Conv2DTranspose."""
+        """8-bit activated output (the input is the previous layer's output
+        or tfmot's input quantizer). The kernel is put on its int8 grid by
+        the layer, product by product, as the file's FULLY_CONNECTED weights
+        (``ops.int8_grid``); with ``preserve_sparsity`` tfmot's
+        prune-preserving quantizer (per tensor) keeps its zeros before that."""
 
         def __init__(self, preserve_sparsity=False):
             self.preserve_sparsity = bool(preserve_sparsity)
 
         def get_weights_and_quantizers(self, layer):
-            layer._add_quantization_ranges("conv_output")  # asked after the layer's build
-            kernel_quantizer = (_prune_preserve().PrunePreserveDefaultWeightsQuantizer
-                                if self.preserve_sparsity else quantizers.LastValueQuantizer)
-            return [(layer.kernel, kernel_quantizer(
+            layer._quantize_for_int8()  # asked after the layer's build
+            if not self.preserve_sparsity:
+                return []
+            return [(layer.kernel, _prune_preserve().PrunePreserveDefaultWeightsQuantizer(
                 num_bits=8, per_axis=False, symmetric=True, narrow_range=True))]
 
+        # An activation fused into the products is quantized with the
+        # output; another is wrapped by tfmot, after the layer's own range
+        # of the products plus the bias (quantization.qat).
         def get_activations_and_quantizers(self, layer):
-            return [(layer.activation, quantizers.MovingAverageQuantizer(
-                num_bits=8, per_axis=False, symmetric=False, narrow_range=False))]
+            if layer._fused_activation() is not None:
+                return []
+            return [(layer.activation, _activation_quantizer())]
 
         def set_quantize_weights(self, layer, quantize_weights):
-            (layer.kernel,) = quantize_weights
+            if quantize_weights:
+                (layer.kernel,) = quantize_weights
 
         def set_quantize_activations(self, layer, quantize_activations):
-            (layer.activation,) = quantize_activations
+            if quantize_activations:  # none for a fused activation
+                (layer.activation,) = quantize_activations
 
         def get_output_quantizers(self, layer):
-            return []
+            return [_activation_quantizer()] if layer._fused_activation() is not None else []
 
         def get_config(self):
             return {"preserve_sparsity": self.preserve_sparsity}
