@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
@@ -339,20 +340,26 @@ def test_bad_flag_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, bad_fi
     assert not out.exists()
 
 
-def _signal_when(argv, pattern, signum, attempts=3):
-    """Runs the CLI and sends ``signum`` once ``pattern`` globs a path; retried
-    if the export outran the poll. Returns the finished process."""
+def _signal_when(argv, signum, pattern=None, line=None, attempts=3):
+    """Runs the CLI and sends ``signum`` once ``pattern`` globs a path, or
+    once it has printed a progress line containing ``line``; retried if the
+    export outran the poll. Returns the finished process."""
     for _ in range(attempts):
-        process = subprocess.Popen([sys.executable, CLI, "--quiet", *argv],
+        process = subprocess.Popen([sys.executable, CLI, *([] if line else ["--quiet"]), *argv],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        printed = []
+        reader = threading.Thread(target=lambda: printed.extend(process.stdout), daemon=True)
+        reader.start()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if glob.glob(pattern):
+            if glob.glob(pattern) if pattern else any(line in p for p in list(printed)):
                 process.send_signal(signum)
                 break
             time.sleep(0.002)
-        process.out, process.err = process.communicate()
-        if process.returncode in (-signal.SIGKILL, 130):
+        process.err = process.communicate()[1]
+        reader.join()
+        process.out = "".join(printed)
+        if process.returncode in (-signal.SIGKILL, 128 + signum):
             break
     return process
 
@@ -368,20 +375,65 @@ def test_killed_then_interrupted_exports_publish_nothing_and_leave_nothing(expor
     shutil.copytree(os.path.join(out, "serving", "conv3dt", "1"), base / "1")
     before = _tree_digest(base / "1")
 
-    killed = _signal_when(["--out", str(tmp_path), "--formats", "savedmodel"],
-                          str(tmp_path / ".writing-*" / "saved_model" / "*"), signal.SIGKILL)
+    killed = _signal_when(["--out", str(tmp_path), "--formats", "savedmodel"], signal.SIGKILL,
+                          pattern=str(tmp_path / ".writing-*" / "saved_model" / "*"))
     assert killed.returncode == -signal.SIGKILL
     assert sorted(e for e in os.listdir(base) if e.isdigit()) == ["1"]
     assert _tree_digest(base / "1") == before
     assert glob.glob(str(tmp_path / f".writing-{killed.pid}-*"))  # what the next one cleans
 
     interrupted = _signal_when(["--out", str(tmp_path), "--formats", "keras,tflite"],
-                               str(tmp_path / ".writing-*" / "tflite" / "*"), signal.SIGINT)
+                               signal.SIGINT, pattern=str(tmp_path / ".writing-*" / "tflite" / "*"))
     assert interrupted.returncode == 130, interrupted.err
     assert interrupted.err.strip().splitlines()[-1] == (
         "error: interrupted; nothing was published")
     assert sorted(os.listdir(tmp_path)) == ["serving", "tflite"]
     assert os.listdir(tmp_path / "tflite") == [] and os.listdir(base) == ["1"]
+
+
+@cli_only
+def test_terminated_and_hung_up_exports_publish_nothing_then_the_next_one_does(exported,
+                                                                              tmp_path):
+    """SIGTERM (how Kubernetes, systemd and batch schedulers stop a job) and
+    SIGHUP at three stages end the export as Ctrl-C does: the conventional
+    status, one line saying so, nothing published and no staging left. The
+    next export then publishes the version none of them did."""
+    model, _, _ = exported
+    for signum, formats, stage in [
+            (signal.SIGTERM, "savedmodel", "writing TF Serving SavedModel"),
+            (signal.SIGHUP, "tflite", "converting TFLite float16"),
+            (signal.SIGTERM, "savedmodel", "running it in a fresh process")]:
+        stopped = _signal_when(["--out", str(tmp_path), "--formats", formats], signum,
+                               line=stage)
+        where = f"{signal.Signals(signum).name} after {stage!r}: {stopped.err[-2000:]}"
+        assert stopped.returncode == 128 + signum, where
+        assert stage in stopped.out.splitlines()[-1], where  # it stopped at that stage
+        word = "terminated" if signum == signal.SIGTERM else "hung up"
+        assert stopped.err.strip().splitlines()[-1] == f"error: {word}; nothing was published"
+        # Only the (empty) directories artifacts go in are left.
+        assert not [f for _, _, files in os.walk(tmp_path) for f in files], where
+        assert not glob.glob(str(tmp_path / "**" / ".writing-*"), recursive=True), where
+    with pytest.warns(UserWarning, match="synthetic"):
+        report = export.export_model(model, str(tmp_path), formats="savedmodel")
+    assert report["published"] and os.listdir(tmp_path / "serving" / "conv3dt") == ["1"]
+
+
+@cli_only
+def test_a_signal_while_publishing_waits_for_every_rename(tmp_path, capsys, monkeypatch):
+    """A SIGTERM that arrives once the renames have begun lets them all
+    finish, then ends the export with status 143, saying so: never half a
+    set of artifacts under their final names."""
+    real_publish = staging.Staging.publish
+
+    def publish_after_a_sigterm(self, *args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_publish(self, *args)
+
+    monkeypatch.setattr(staging.Staging, "publish", publish_after_a_sigterm)
+    code, _, err = _cli(capsys, "--quiet", "--out", str(tmp_path), "--formats", "keras")
+    assert code == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated; everything was published first"
+    assert sorted(os.listdir(tmp_path)) == ["model.keras", "report.json"]
 
 
 def test_stale_staging_of_a_dead_process_is_removed_only(tmp_path):

@@ -13,7 +13,11 @@ exit status:
   1    an artifact exceeded its tolerance: nothing published (report.json says which)
   2    a bad flag or input file, or a destination that cannot be written
   70   an internal error (a defect; the traceback is printed)
-  130  interrupted (Ctrl-C): nothing published
+  129  hung up (SIGHUP): nothing published
+  130  interrupted (Ctrl-C, SIGINT): nothing published
+  143  terminated (SIGTERM, as schedulers stop a job): nothing published
+A signal that arrives while the artifacts are being moved to their final
+names waits until they all are, then ends the export with its status.
 """
 
 import argparse
@@ -95,39 +99,56 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+# What each signal that stops an export is called, in the one line it prints.
+STOPPING_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
+                    signal.SIGHUP: "hung up"}
+
+
 def main(argv=None):
     """Runs the export; returns the exit status (see the module docstring)."""
     args = parse_args(argv)
-    interrupted = []
+    received = []
+    publishing = []
 
-    def on_interrupt(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
+    def on_signal(signum, frame):
+        received.append(signum)
+        if not publishing:
+            raise KeyboardInterrupt
 
     def say(line):
         # TensorFlow can swallow a KeyboardInterrupt raised inside its own
         # calls; every progress line (the last one comes before publishing)
         # raises it again.
-        if interrupted:
+        if received and not publishing:
             raise KeyboardInterrupt
+        if line.startswith("["):  # the library's progress, TensorFlow imported by then
+            from tf_conv3dt.export.pipeline import PUBLISHING_STEP
+
+            if line.endswith(f"] {PUBLISHING_STEP}"):  # a signal now waits for the renames
+                publishing.append(True)
         if not args.quiet:
             print(line, flush=True)
 
     started = time.perf_counter()
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    report = None
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOPPING_SIGNALS}
     try:
         with command_line.native_output_silenced(args.quiet):
             report = _export(args, say)
     except KeyboardInterrupt:
-        interrupted.append(signal.SIGINT)
+        received.append(signal.SIGINT)  # a Ctrl-C that came before the handler, or TF's own
     except Exception as error:  # noqa: BLE001 - each class has its exit status
-        if not interrupted:
+        if not received:
             return _fail(error, args)
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted:
-        print("error: interrupted; nothing was published", file=sys.stderr)
-        return 130
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        signum = received[0]
+        outcome = ("everything was published first" if report and report["published"]
+                   else "nothing was published")
+        print(f"error: {STOPPING_SIGNALS[signum]}; {outcome}", file=sys.stderr)
+        return 128 + signum
     say(f"finished in {time.perf_counter() - started:.1f}s; report: "
         f"{os.path.join(args.out, 'report.json')}")
     return 0 if report["published"] else 1

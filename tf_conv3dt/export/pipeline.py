@@ -37,6 +37,8 @@ IMPLEMENTATIONS = ("gemm", "native", "auto")
 REFERENCE_INPUT_SHAPE = (10, 8, 12, 128)
 SYNTHETIC_CALIBRATION_SAMPLES = 128
 VERIFICATION_SAMPLES = 4
+# The progress line after which the artifacts are moved to their final names.
+PUBLISHING_STEP = "publishing"
 # Relative to the Keras output's largest magnitude (TFLite modes: tflite.MODES).
 EXACT = {"tolerance": 1e-5, "scale": "max |output|"}
 
@@ -138,7 +140,7 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
         _stage(job, staged, x, expected, report, step)
         published = report.all_within_tolerance()
         if published:
-            step("publishing")  # the caller's last chance to abort
+            step(PUBLISHING_STEP)  # the caller's last chance to abort
             _publish(job, staged, report)
         else:
             step("an artifact exceeds its tolerance: nothing is published")
