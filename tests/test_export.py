@@ -1,5 +1,7 @@
 """Export artifacts, run the way their consumers run them, against independent references."""
 
+import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -340,6 +342,10 @@ def test_bad_flag_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, bad_fi
     assert not out.exists()
 
 
+def _files_under(path):
+    return [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+
+
 def _signal_when(argv, signum, pattern=None, line=None, attempts=3):
     """Runs the CLI and sends ``signum`` once ``pattern`` globs a path, or
     once it has printed a progress line containing ``line``; retried if the
@@ -411,7 +417,7 @@ def test_terminated_and_hung_up_exports_publish_nothing_then_the_next_one_does(e
         word = "terminated" if signum == signal.SIGTERM else "hung up"
         assert stopped.err.strip().splitlines()[-1] == f"error: {word}; nothing was published"
         # Only the (empty) directories artifacts go in are left.
-        assert not [f for _, _, files in os.walk(tmp_path) for f in files], where
+        assert not _files_under(tmp_path), where
         assert not glob.glob(str(tmp_path / "**" / ".writing-*"), recursive=True), where
     with pytest.warns(UserWarning, match="synthetic"):
         report = export.export_model(model, str(tmp_path), formats="savedmodel")
@@ -434,6 +440,75 @@ def test_a_signal_while_publishing_waits_for_every_rename(tmp_path, capsys, monk
     assert code == 143, err
     assert err.strip().splitlines()[-1] == "error: terminated; everything was published first"
     assert sorted(os.listdir(tmp_path)) == ["model.keras", "report.json"]
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size):
+    """A tmpfs of ``size`` mounted at ``path`` for the block; skips the test,
+    with mount's reason, where this process cannot mount one."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                              str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="no mount command")
+def test_a_full_disk_at_any_stage_names_out_and_the_reason(exported, tmp_path, capsys):
+    """Exports onto a small tmpfs, of sizes that run out (here) in the
+    model.keras write, the SavedModel's variables, its warmup records, the
+    fresh-process check's input and a TFLite conversion's intermediate
+    SavedModel: each ends with the OS reason and ``out_dir``, nothing
+    published and no staging left; the CLI says it in one line, exit 2."""
+    model, _, _ = exported
+    for i, (formats, size) in enumerate([("keras", "100k"), ("savedmodel", "100k"),
+                                         ("savedmodel", "1200k"), ("savedmodel", "2800k"),
+                                         ("tflite", "300k")]):
+        with _tmpfs(tmp_path / f"disk{i}", size) as disk:
+            with pytest.raises(export.ExportError) as raised, \
+                    pytest.warns(UserWarning, match="synthetic"):
+                export.export_model(model, str(disk), formats=formats)
+            assert (raised.value.argument, raised.value.value) == ("out_dir", str(disk))
+            assert raised.value.problem == ("cannot be written: No space left on device; "
+                                            "nothing was published"), (formats, size)
+            assert not _files_under(disk), (formats, size)
+            assert not glob.glob(str(disk / "**" / ".writing-*"), recursive=True)
+            if i == 0:
+                code, _, err = _cli(capsys, "--quiet", "--out", str(disk), "--formats", formats)
+                assert code == 2 and err == (f"error: --out {str(disk)!r}: cannot be written: "
+                                             "No space left on device; nothing was published\n")
+
+
+@pytest.mark.parametrize("code, formats, name", [
+    (errno.ENOSPC, "keras", "model.keras"), (errno.EDQUOT, "savedmodel", "saved_model"),
+    (errno.EIO, "tflite", "tflite/model_float32.tflite"),
+    (errno.EROFS, "tflite", "tflite/model_int8.tflite")],
+    ids=["ENOSPC-keras", "EDQUOT-savedmodel", "EIO-tflite", "EROFS-tflite-int8"])
+def test_a_failed_write_at_any_stage_names_out_and_the_reason(exported, tmp_path, monkeypatch,
+                                                              code, formats, name):
+    """An OS write error injected at a stage's write ends the export with an
+    ExportError naming ``out_dir`` and the OS reason: nothing published, no
+    staging left."""
+    model, _, _ = exported
+    real_path_of = staging.Staging.path_of
+
+    def failing_path_of(self, staged_name):
+        if staged_name == name:
+            raise OSError(code, os.strerror(code), os.path.join(self.path, staged_name))
+        return real_path_of(self, staged_name)
+
+    monkeypatch.setattr(staging.Staging, "path_of", failing_path_of)
+    with pytest.raises(export.ExportError) as raised, pytest.warns(UserWarning, match="synthetic"):
+        export.export_model(model, str(tmp_path), formats=formats)
+    assert raised.value.argument == "out_dir" and raised.value.value == str(tmp_path)
+    assert raised.value.problem == (f"cannot be written: {os.strerror(code)}; "
+                                    "nothing was published")
+    assert not _files_under(tmp_path) and not glob.glob(str(tmp_path / "**" / ".writing-*"),
+                                                        recursive=True)
 
 
 def test_stale_staging_of_a_dead_process_is_removed_only(tmp_path):

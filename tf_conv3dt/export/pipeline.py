@@ -11,6 +11,8 @@ size, its largest error against the Keras model on the same inputs, its
 latency, and for TFLite its op list with tensor dtypes.
 """
 
+import errno
+import io
 import json
 import math
 import numbers
@@ -23,6 +25,7 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+import tensorflow as tf
 
 from tf_conv3dt import model_file, shapes
 from tf_conv3dt.export import serving, staging, tflite
@@ -109,7 +112,11 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
     Raises:
       ExportError: a bad argument (``argument`` and ``value`` name it), an
         unwritable destination, or a model that cannot be exported. Nothing
-        is written then.
+        is written then. A write that fails while the artifacts are staged
+        (a full disk or quota, an I/O error, a filesystem turned read-only:
+        ``WRITE_ERRNOS``, from Python's writes or TensorFlow's) is one too,
+        naming ``out_dir`` and the OS reason: nothing is published, and the
+        staging directory is removed.
     """
     job = _validate(model, out_dir, name, version, formats, calibration, batch_size,
                     implementation, dynamic_batch, tolerances)
@@ -137,7 +144,14 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
     except OSError as error:  # e.g. an immutable directory, which root cannot write either
         raise _unwritable(out_dir, error) from None
     with staged:
-        _stage(job, staged, x, expected, report, step)
+        try:
+            _stage(job, staged, x, expected, report, step)
+        except Exception as error:  # noqa: BLE001 - only a failed write is re-raised as ours
+            reason = write_failure(error)
+            if reason is None:
+                raise
+            raise ExportError(f"cannot be written: {reason}; nothing was published",
+                              "out_dir", out_dir) from None
         published = report.all_within_tolerance()
         if published:
             step(PUBLISHING_STEP)  # the caller's last chance to abort
@@ -146,8 +160,11 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
             step("an artifact exceeds its tolerance: nothing is published")
         step("writing report.json")
         result = report.as_dict(published)
-        with open(staged.path_of("report.json"), "w") as f:
-            json.dump(result, f, indent=1)
+        try:
+            with open(staged.path_of("report.json"), "w") as f:
+                json.dump(result, f, indent=1)
+        except OSError as error:
+            raise _unwritable(out_dir, error) from None
         staged.publish("report.json", job.paths["report"])
     step("done")
     return result
@@ -299,6 +316,24 @@ def _prepare_destination(out_dir, name, version, formats):
     return paths
 
 
+# What a filesystem that runs out of space or quota, fails or turns read-only
+# under a running export gives its writes.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
+
+
+def write_failure(error):
+    """The OS reason (``os.strerror``) when ``error`` is a failed write:
+    an OSError with one of ``WRITE_ERRNOS``, or an error of TensorFlow's own
+    file writes or of the fresh-process check whose message carries that
+    reason. None for any other error."""
+    if isinstance(error, OSError):
+        return os.strerror(error.errno) if error.errno in WRITE_ERRNOS else None
+    if not isinstance(error, (tf.errors.OpError, ExportError)):
+        return None
+    return next((os.strerror(code) for code in WRITE_ERRNOS if os.strerror(code) in str(error)),
+                None)
+
+
 def _unwritable(out_dir, error):
     return ExportError(f"cannot be written: {error.strerror or error}"
                        f"{': ' + error.filename if error.filename else ''}", "out_dir", out_dir)
@@ -373,7 +408,12 @@ def run_in_fresh_process(saved_model_dir, x, scratch_dir=None):
     script = os.path.join(os.path.dirname(__file__), "fresh_process_check.py")
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
         inputs, outputs = os.path.join(scratch, "x.npy"), os.path.join(scratch, "y.npz")
-        np.save(inputs, x)
+        # Written by Python, not np.save: numpy reports a short write (a full
+        # disk) without its errno.
+        encoded = io.BytesIO()
+        np.save(encoded, x)
+        with open(inputs, "wb") as f:
+            f.write(encoded.getbuffer())
         env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
         done = subprocess.run(
