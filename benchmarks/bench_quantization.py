@@ -76,7 +76,8 @@ def main():
     parser.add_argument("--fine-tune-epochs", type=int, default=8)
     args = parser.parse_args()
     if not LEGACY_KERAS:
-        raise SystemExit("run with TF_USE_LEGACY_KERAS=1: tfmot prunes and clusters tf_keras models")
+        raise SystemExit("run with TF_USE_LEGACY_KERAS=1: tfmot prunes and clusters tf_keras "
+                         "models")
     import tensorflow_model_optimization as tfmot
 
     rng = np.random.default_rng(0)

@@ -4,8 +4,9 @@ Random configurations (seeded; each test id carries its seed) over kernel
 sizes 1-5 per axis, strides 1-3, dilation 1-3 (with stride 1), both paddings,
 output_padding, requested output sizes across the whole legal range, both
 data formats, batch 0-3, channels 1-4 and spatial sizes 1-7. Each is checked
-for every lowering (the named cases for "auto" too), eagerly and through a trace with unknown batch and
-spatial sizes, and for two in five configurations (every one with batch 0)
+for every lowering (the named cases for "auto" too), eagerly and through a
+trace with unknown batch and spatial sizes, and for two in five
+configurations (every one with batch 0)
 through a trace with only the batch unknown, as in a Keras model's graph:
 the output, and the gradients of ``sum(output * cotangent)`` with respect to
 the input and the kernel, within 1e-4 of the reference's largest magnitude.

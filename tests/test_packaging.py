@@ -1,6 +1,8 @@
 """The package as a user installs it: a wheel built from this tree, installed
 where the source tree is not importable, its command and module run."""
 
+import ast
+import glob
 import os
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ def installed(tmp_path_factory):
     work = tmp_path_factory.mktemp("package")
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "out"))
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "out"))
     built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir",
                             str(work / "dist"), str(source)],
                            capture_output=True, text=True)
@@ -93,3 +95,20 @@ def test_installed_tune_command_tunes_the_exported_model(installed, tmp_path):
     assert done.returncode == 0, done.stderr
     (row,) = [line for line in done.stdout.splitlines() if "ms forward/training" in line]
     assert "input (10, 8, 12, 128) at batch 1" in row and row.endswith("(measured)"), row
+
+
+def test_every_module_opens_by_stating_its_one_job():
+    """Each library file's docstring opens with one sentence of its own: one
+    line, at most 100 characters, that no other file's repeats."""
+    openings = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "tf_conv3dt", "**", "*.py"),
+                                 recursive=True)):
+        with open(path) as f:
+            docstring = ast.get_docstring(ast.parse(f.read()))
+        name = os.path.relpath(path, ROOT)
+        assert docstring, f"{name} has no opening docstring"
+        first, _, rest = docstring.partition("\n")
+        assert first.endswith(".") and ". " not in first and len(first) <= 97, (name, first)
+        assert not rest or rest.startswith("\n"), f"{name}: the opening sentence runs on"
+        openings.setdefault(first, []).append(name)
+    assert all(len(names) == 1 for names in openings.values()), openings

@@ -56,7 +56,8 @@ class TestQuantizationAwareTraining:
         x = rng.uniform(size=(2, 4, 3, 5, 6)).astype("float32")
         qat(x, training=True)  # one training-mode pass sets the activation ranges
         ranges = {w.name.split("/")[-1].split(":")[0]: float(np.asarray(w))
-                  for w in qat.get_layer("quant_up1").weights + qat.get_layer("quantize_layer").weights
+                  for w in (qat.get_layer("quant_up1").weights
+                            + qat.get_layer("quantize_layer").weights)
                   if w.shape.rank == 0 and "optimizer_step" not in w.name}
         first = model.get_layer("up1")
         # NumPy reference of the first layer with every quantizer: input over its

@@ -1,4 +1,4 @@
-"""The user's own TFLite flows (tflite_hook.py): GEMM-based files in every converter mode, no CONV_3D_TRANSPOSE."""
+"""The user's own TFLite flows (tflite_hook.py): GEMM files in every converter mode."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The one hook on TFLite's converters: a model holding Conv3DTranspose converts through the GEMM lowering.
+"""The hook on TFLite's converters: a model holding Conv3DTranspose converts through GEMM.
 
 The native op converts to CONV_3D_TRANSPOSE, which TFLite keeps in float in
 every quantized mode; the GEMM lowering converts to FULLY_CONNECTED and data

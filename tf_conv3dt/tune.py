@@ -6,8 +6,9 @@ lowering, forward and training step, at --batch-size (the batch "auto"
 assumes for a Keras model's graph, whose batch is unknown), and the winners
 go into the tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
 directory), which "auto" reads in a run with TF_CONV3DT_AUTOTUNE=1 (timing
-is off by default; a cached configuration is not timed again). One row per layer: its configuration, each
-candidate's forward / training-step milliseconds, and the winner.
+is off by default; a cached configuration is not timed again). One row per
+layer: its configuration, each candidate's forward / training-step
+milliseconds, and the winner.
 
 exit status:
   0    every layer tuned (or fixed to one lowering by its configuration)

@@ -436,7 +436,7 @@ def format_report(report):
             f"{row['artifact']:<22} {row['size_bytes'] / 1024:9.1f} "
             f"{_fmt(error.get('max_abs'), '.2e'):>12} {_fmt(error.get('relative'), '.2e'):>9} "
             f"{_fmt(error.get('tolerance'), 'g'):>6} "
-            f"{'' if 'within_tolerance' not in row else ('yes' if row['within_tolerance'] else 'NO'):>3} "
+            f"{_within(row):>3} "
             f"{_fmt(row.get('latency_ms'), '.3f'):>11}  {row.get('latency_runtime') or ''}")
     if "tflite_baseline" in report:
         base = report["tflite_baseline"]
@@ -448,8 +448,9 @@ def format_report(report):
                              f"faster than the baseline; ops: {', '.join(row['ops'])}")
     if "serving" in report:
         s = report["serving"]
-        lines += [f"TF Serving: {s['path'] or 'not published'} ({s['warmup_records']} warmup records; "
-                  f"ops the server lacks: {', '.join(s['ops_missing_in_server']) or 'none'})",
+        lines += [f"TF Serving: {s['path'] or 'not published'} "
+                  f"({s['warmup_records']} warmup records; ops the server lacks: "
+                  f"{', '.join(s['ops_missing_in_server']) or 'none'})",
                   "REST:", s["rest_request"], "gRPC:", s["grpc_request"]]
     lines.append("all artifacts within tolerance" if report["all_within_tolerance"]
                  else "SOME ARTIFACTS EXCEED THEIR TOLERANCE: nothing was published")
@@ -530,3 +531,10 @@ def _op_summary(op_list):
 
 def _fmt(value, spec):
     return "" if value is None else format(value, spec)
+
+
+def _within(row):
+    """A report row's "ok" column: yes, NO, or blank where nothing was judged."""
+    if "within_tolerance" not in row:
+        return ""
+    return "yes" if row["within_tolerance"] else "NO"

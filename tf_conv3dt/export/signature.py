@@ -38,7 +38,8 @@ def save_signature(model, path, spec, implementation="gemm", one_product_per_pha
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
-    quiet = {"verbose": False} if "verbose" in inspect.signature(archive.write_out).parameters else {}
+    takes_verbose = "verbose" in inspect.signature(archive.write_out).parameters
+    quiet = {"verbose": False} if takes_verbose else {}
     archive.write_out(path, **quiet)
 
 

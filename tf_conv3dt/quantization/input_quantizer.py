@@ -1,4 +1,4 @@
-"""InputQuantizer: the learned int8 range of a tensor entering a quantization-aware Conv3DTranspose."""
+"""InputQuantizer: the learned int8 range of a tensor entering a quantized Conv3DTranspose."""
 
 from tf_conv3dt._keras import keras
 from tf_conv3dt.quantization import fake_quant
