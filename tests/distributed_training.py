@@ -3,7 +3,8 @@
 TensorFlow fixes its logical devices and its oneDNN setting when it starts,
 so every run here is a fresh process, which trains one model per lowering in
 turn: ``python distributed_training.py MODE IMPLEMENTATION[,...] OUT_DIR``
-writes ``OUT_DIR/IMPLEMENTATION.npz`` for each.
+writes ``OUT_DIR/IMPLEMENTATION.npz`` for each (``resume`` takes one
+lowering and writes by run name).
 
 Modes:
   mirrored        MirroredStrategy over two logical CPUs and one device, from
@@ -11,6 +12,14 @@ Modes:
                   (the last batch of 1 leaves one replica empty); writes both
                   results.
   mirrored-bf16   the same under the mixed_bfloat16 policy.
+  resume          MirroredStrategy fits backed up by BackupAndRestore: the
+                  arguments after OUT_DIR are runs, in order, each
+                  ``NAME[:epoch=E|:batch=B]``, backed up in OUT_DIR/NAME. A run
+                  with a kill point SIGKILLs this process right after the
+                  E-th epoch ends or the B-th batch (counted from 1 across
+                  epochs) is trained; a run without one restores the backup
+                  if there is one, trains to the end and writes
+                  OUT_DIR/NAME.npz (with the epochs it trained).
   worker          one worker of a MultiWorkerMirroredStrategy (TF_CONFIG set by
                   the caller): fit under tf_keras, a ``strategy.run`` loop under
                   Keras 3, which has no multi-worker fit (keras-team/keras#20585);
@@ -97,6 +106,55 @@ def run_mirrored(outs, policy=None):
         np.savez(out, *two, *one, losses=np.array([two_loss, one_loss]))
 
 
+RESUME_EPOCHS = 4  # two batches each: 8 examples, then 1 (one replica empty)
+
+
+def run_resumable(implementation, out_dir, runs):
+    import signal
+
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tf_conv3dt
+    from tf_conv3dt._keras import keras
+
+    class KillAfter(keras.callbacks.Callback):
+        """SIGKILL once the ``epoch``-th epoch ends or the ``batch``-th batch is trained."""
+
+        def __init__(self, epoch=None, batch=None):
+            super().__init__()
+            self.epoch, self.batch, self.batches = epoch, batch, 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+            if self.batches == self.batch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == self.epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    weights = initial_weights(keras, tf_conv3dt, implementation)
+    x, y = data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    for run in runs:
+        name, _, kill = run.partition(":")
+        with strategy.scope():
+            model = build_model(keras, tf_conv3dt, implementation)
+            model.set_weights(weights)
+            # Momentum: the optimizer's own state has to come back too.
+            model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+        callbacks = [keras.callbacks.BackupAndRestore(os.path.join(out_dir, name))]
+        if kill:
+            point, _, number = kill.partition("=")
+            callbacks.append(KillAfter(**{point: int(number)}))
+        history = model.fit(dataset, epochs=RESUME_EPOCHS, verbose=0, callbacks=callbacks)
+        np.savez(os.path.join(out_dir, f"{name}.npz"), *model.get_weights(),
+                 epochs=np.array(history.epoch))
+
+
 def run_workers(outs):
     import tensorflow as tf
     import tf_conv3dt
@@ -163,6 +221,9 @@ def train_loop(tf, keras, strategy, model, optimizer, dataset):
 
 if __name__ == "__main__":
     mode, implementations, out_dir = sys.argv[1:4]
+    if mode == "resume":
+        run_resumable(implementations, out_dir, sys.argv[4:])
+        sys.exit()
     outs = {implementation: os.path.join(out_dir, f"{implementation}.npz")
             for implementation in implementations.split(",")}
     if mode == "mirrored":

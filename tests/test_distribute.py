@@ -3,6 +3,7 @@ as one device does, empty replica batches included (distributed_training.py)."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,8 +34,9 @@ def _where(implementation, onednn):
 
 
 def _results(out_dir, implementation):
+    """The arrays a run saved in order (its weights), without the named extras."""
     saved = np.load(os.path.join(out_dir, f"{implementation}.npz"))
-    return [saved[f"arr_{i}"] for i in range(len(saved.files) - ("losses" in saved.files))]
+    return [saved[f"arr_{i}"] for i in range(sum(f.startswith("arr_") for f in saved.files))]
 
 
 def _run_mirrored(mode, implementations, tmp_path, **env):
@@ -100,6 +102,32 @@ def test_mirrored_fit_with_an_empty_replica_batch_matches_one_device(
             "training did not move the weights"
 
     _check_each(implementations, onednn, check)
+
+
+def test_a_killed_mirrored_fit_resumes_to_the_uninterrupted_weights(tmp_path):
+    """BackupAndRestore under MirroredStrategy, SGD with momentum: a fit
+    SIGKILLed right after an epoch's backup, and one SIGKILLed mid-epoch (its
+    backup an epoch old, so the epoch is trained again), each restarted in a
+    new process, end with exactly the weights of a fit never interrupted."""
+    processes = [(["uninterrupted", "between:epoch=2"], -signal.SIGKILL),
+                 (["between", "mid:batch=5"], -signal.SIGKILL),
+                 (["mid"], 0)]
+    for runs, status in processes:
+        result = subprocess.run([sys.executable, SCRIPT, "resume", "auto", str(tmp_path), *runs],
+                                env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert result.returncode == status, (runs, result.stdout[-3000:] + result.stderr[-3000:])
+        if status:  # killed where its last run says: a backup there, no result
+            killed = runs[-1].split(":")[0]
+            assert os.listdir(tmp_path / killed) and not (tmp_path / f"{killed}.npz").exists()
+    expected = _results(tmp_path, "uninterrupted")
+    for name in ("between", "mid"):
+        # Both restarts begin after the second epoch's backup.
+        epochs = np.load(tmp_path / f"{name}.npz")["epochs"].tolist()
+        assert epochs == list(range(2, distributed_training.RESUME_EPOCHS)), (name, epochs)
+        resumed = _results(tmp_path, name)
+        assert len(resumed) == len(expected)
+        for a, b in zip(resumed, expected):
+            np.testing.assert_array_equal(a, b, err_msg=f"resumed after the {name} kill")
 
 
 def test_mirrored_mixed_bfloat16(tmp_path):
