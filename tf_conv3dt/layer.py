@@ -49,8 +49,9 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         tfmot (``tf_conv3dt.quantization.quantize_model`` sets it, and puts an
         ``InputQuantizer`` before the layer where its input is not already on
         an int8 grid): 8-bit fake quantization of the activated output on a
-        range learned as a moving average, and of the kernel (symmetric, per
-        tensor): the tensors an int8 TFLite file quantizes, as the layer is
+        range learned as a moving average, and of the kernel (symmetric, one
+        scale per output channel of each stride phase's product): the
+        tensors an int8 TFLite file quantizes, as the layer is
         then traced through the int8-oriented GEMM lowering with its bias and
         activation fused into each product (an activation TFLite cannot fuse
         gets a range of its own before it; ``quantization.qat``).

@@ -84,8 +84,8 @@ def _keras3_quantize_model(model):
 
     def on_a_grid(producer):
         """Whether a layer's output is already fake-quantized (no InputQuantizer needed)."""
-        return isinstance(producer, (layer_class, InputQuantizer)) and (
-            isinstance(producer, InputQuantizer) or producer.quantization == "qat")
+        return isinstance(producer, InputQuantizer) or (
+            isinstance(producer, layer_class) and producer.quantization == "qat")
 
     def call(layer, *args, **kwargs):
         if isinstance(layer, layer_class) and args:

@@ -8,8 +8,18 @@ quantize. Weights have their own grid (``ops.int8_grid``).
 
 import tensorflow as tf
 
+from tf_conv3dt._keras import keras
+
 EMA_DECAY = 0.999  # tfmot's default
 INITIAL_RANGE = (-6.0, 6.0)  # tfmot's initial activation range
+
+
+def add_range(layer, tensor):
+    """A (min, max) pair of non-trainable weights of ``layer``, named
+    ``<tensor>_min`` and ``<tensor>_max``, starting at ``INITIAL_RANGE``."""
+    return tuple(layer.add_weight(name=f"{tensor}_{end}", shape=(), trainable=False,
+                                  initializer=keras.initializers.Constant(value))
+                 for end, value in zip(("min", "max"), INITIAL_RANGE))
 
 
 def moving_average(x, min_var, max_var, training):

@@ -12,11 +12,7 @@ class InputQuantizer(keras.layers.Layer):
     so that the model computes on the grid an int8 file's input has."""
 
     def build(self, input_shape):
-        low, high = fake_quant.INITIAL_RANGE
-        self.ranges = tuple(
-            self.add_weight(name=f"input_{end}", shape=(), trainable=False,
-                            initializer=keras.initializers.Constant(value))
-            for end, value in (("min", low), ("max", high)))
+        self.ranges = fake_quant.add_range(self, "input")
         self.built = True
 
     def call(self, inputs, training=None):

@@ -35,13 +35,9 @@ class QATRanges:
         self._for_int8 = True
         if self._fused_activation() is None:
             tensors += ("pre_activation",)
-        low, high = fake_quant.INITIAL_RANGE
         for tensor in tensors:
             if tensor not in self._ranges:
-                self._ranges[tensor] = tuple(
-                    self.add_weight(name=f"{tensor}_{end}", shape=(), trainable=False,
-                                    initializer=keras.initializers.Constant(value))
-                    for end, value in (("min", low), ("max", high)))
+                self._ranges[tensor] = fake_quant.add_range(self, tensor)
 
     def _fake_quantize(self, tensor, values, training):
         """``values`` fake-quantized on ``tensor``'s range, if the layer has one."""
