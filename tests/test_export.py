@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -224,12 +225,11 @@ def test_custom_model_with_dilation_and_channels_first(tmp_path, rng):
 
 
 def _cli(capsys, *argv):
-    """Runs the README's script in this process: (exit status, stdout, stderr)."""
-    from importlib.machinery import SourceFileLoader
+    """Runs the command's main() in this process: (exit status, stdout, stderr)."""
+    from tf_conv3dt.export.cli import main
 
-    script = SourceFileLoader("export_model", CLI).load_module()
     try:
-        code = script.main(list(argv))
+        code = main(list(argv))
     except SystemExit as exit_info:  # argparse's --help and bad flags
         code = exit_info.code
     captured = capsys.readouterr()
@@ -240,7 +240,8 @@ def test_help_states_every_flag_and_exit_status(capsys):
     code, text, _ = _cli(capsys, "--help")
     assert code == 0
     for flag in ("--out", "--model", "--name", "--version", "--formats",
-                 "--calibration-data", "--batch-size", "--implementation", "--quiet"):
+                 "--calibration-data", "--batch-size", "--implementation", "--quiet",
+                 "--verbose"):
         assert flag in text
     for status in ("0 ", "1 ", "2 ", "70 ", "130 "):
         assert f"\n  {status}" in text, status
@@ -340,6 +341,46 @@ def test_bad_flag_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, bad_fi
     assert err.startswith("error: ") and fragment in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+# What TensorFlow's and LiteRT's C and C++ code writes: absl's lines
+# ("I0000 00:00:1796161091.939969   15975 cudart_stub.cc:31] ..."), the older
+# TensorFlow stamp, absl's and LiteRT's bare prefixes, the quantizer's echo.
+NATIVE_LOG = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\]"
+                        r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "
+                        r"|WARNING: All log messages|INFO: |fully_quantize: ")
+
+
+def _native_lines(text):
+    return [line for line in text.splitlines() if NATIVE_LOG.match(line)]
+
+
+@cli_only
+def test_the_command_prints_its_own_lines_and_no_cpp_log_unless_verbose(tmp_path):
+    """The README's main job, in a fresh process with TensorFlow's logging
+    at its defaults: its progress lines and report on stdout, the one
+    warning for the user on stderr, none of the C++ lines TensorFlow and
+    LiteRT write while they load, convert and run. The module form with
+    --verbose shows those too."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP_")}
+    done = subprocess.run([sys.executable, CLI, "--out", str(tmp_path / "default")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: No calibration data given: int8 TFLite is calibrated on synthetic uniform "
+        "[0, 1) inputs; pass calibration data for real ranges."], done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["importing TensorFlow and tf_conv3dt", "building the reference model"]
+    assert "all artifacts within tolerance" in lines and lines[-1].startswith("finished in")
+    assert not _native_lines(done.stdout), done.stdout
+
+    verbose = subprocess.run([sys.executable, "-m", "tf_conv3dt_cli", "export", "--verbose",
+                              "--out", str(tmp_path / "verbose"), "--formats", "tflite"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert verbose.returncode == 0, verbose.stderr
+    shown = _native_lines(verbose.stderr)
+    assert any("flatbuffer_export.cc" in line for line in shown), verbose.stderr
+    assert verbose.stdout.splitlines()[-1].startswith("finished in"), verbose.stdout
 
 
 def _files_under(path):

@@ -1,9 +1,6 @@
-"""What the package's commands share: one-line usage errors, ASCII integers, quiet C++ logs."""
+"""What the package's commands share: one-line usage errors, ASCII integers, the output flags."""
 
 import argparse
-import contextlib
-import os
-import sys
 
 
 class Parser(argparse.ArgumentParser):
@@ -20,25 +17,21 @@ def ascii_integer(text):
     return int(text)
 
 
-@contextlib.contextmanager
-def native_output_silenced(silenced):
-    """With --quiet, TensorFlow's and LiteRT's C++ logging (which ignores
-    TF_CPP_MIN_LOG_LEVEL before absl is initialised) goes to /dev/null too."""
-    if not silenced:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
+def add_output_flags(parser):
+    """--quiet and --verbose: what a command prints besides its own lines."""
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    shown.add_argument("--verbose", action="store_true",
+                       help="print TensorFlow's and LiteRT's C++ log too (by default the "
+                            "installed command and `python -m tf_conv3dt_cli` keep it off)")
+
+
+def route_native_output(args, native_output):
+    """Shows or drops the C++ output that ``tf_conv3dt_cli`` held while the
+    command was imported, per --verbose; nothing when ``native_output`` is
+    None (``main`` called in-process, which leaves the descriptors alone)."""
+    if native_output is not None:
+        if args.verbose:
+            native_output.show()
+        else:
+            native_output.drop()

@@ -45,16 +45,19 @@ def parse_args(argv):
     parser.add_argument("--policy", choices=POLICIES,
                         help="time in this Keras mixed-precision policy's compute dtype "
                              "(default: each layer's own)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    command_line.add_output_flags(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"argument --batch-size: must be at least 1, got {args.batch_size}")
     return args
 
 
-def main(argv=None):
-    """Tunes the model; returns the exit status (see the module docstring)."""
+def main(argv=None, native_output=None):
+    """Tunes the model; returns the exit status (see the module docstring).
+    ``native_output``: the C++ output ``tf_conv3dt_cli`` holds, if it started
+    the command."""
     args = parse_args(argv)
+    command_line.route_native_output(args, native_output)
 
     def say(line):
         if not args.quiet:
@@ -63,8 +66,7 @@ def main(argv=None):
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.perf_counter()
     try:
-        with command_line.native_output_silenced(args.quiet):
-            path = _tune(args, say)
+        path = _tune(args, say)
     except KeyboardInterrupt:
         print("error: interrupted; the layers tuned before it are cached", file=sys.stderr)
         return 130
@@ -141,5 +143,7 @@ def _row(layer, decision):
             f"({decision.source})")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m tf_conv3dt.tune, as python -m tf_conv3dt_cli tune
+    import tf_conv3dt_cli
+
+    sys.exit(tf_conv3dt_cli.run("tune", sys.argv[1:]))

@@ -93,9 +93,7 @@ def parse_args(argv):
                              "e.g. int8=0.25 for a deep network judged by its task metric; "
                              "repeatable (defaults: " + ", ".join(
                                  f"{mode}={v['tolerance']:g}" for mode, v in MODES.items()) + ")")
-    parser.add_argument("--quiet", action="store_true",
-                        help="print nothing but errors (TensorFlow's own start-up lines, "
-                             "printed while it is imported, come before this flag is read)")
+    command_line.add_output_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -104,9 +102,12 @@ STOPPING_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
                     signal.SIGHUP: "hung up"}
 
 
-def main(argv=None):
-    """Runs the export; returns the exit status (see the module docstring)."""
+def main(argv=None, native_output=None):
+    """Runs the export; returns the exit status (see the module docstring).
+    ``native_output``: the C++ output ``tf_conv3dt_cli`` holds, if it started
+    the command."""
     args = parse_args(argv)
+    command_line.route_native_output(args, native_output)
     received = []
     publishing = []
 
@@ -133,8 +134,7 @@ def main(argv=None):
     report = None
     previous = {signum: signal.signal(signum, on_signal) for signum in STOPPING_SIGNALS}
     try:
-        with command_line.native_output_silenced(args.quiet):
-            report = _export(args, say)
+        report = _export(args, say)
     except KeyboardInterrupt:
         received.append(signal.SIGINT)  # a Ctrl-C that came before the handler, or TF's own
     except Exception as error:  # noqa: BLE001 - each class has its exit status
@@ -176,6 +176,9 @@ def _export(args, say):
         model = export.reference_model()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        if args.quiet:
+            warnings.simplefilter("ignore")
+        warnings.showwarning = _one_line_warning
         report = export.export_model(
             model, args.out, name=args.name, version=args.version, formats=args.formats,
             calibration=calibration, batch_size=args.batch_size,
@@ -185,6 +188,11 @@ def _export(args, say):
             log=say)
     say(export.format_report(report))
     return report
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning for the user (synthetic calibration, say), without the source line."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _fail(error, args):
