@@ -28,10 +28,12 @@ def native(x, kernel, plan, strides, padding, dilation):
         return dilated_as_undilated(_native_full, x, kernel, plan, strides, padding, dilation)
     batch = tf.shape(x)[0]
     kernel_size = tuple(kernel.shape[:3])
-    if padding == "same" and any(k < s for k, s in zip(kernel_size, strides)):
+    if padding == "valid":
+        return _valid(x, kernel, plan.input_lengths, plan.output_lengths, strides)
+    if any(k < s for k, s in zip(kernel_size, strides)):
         return _native_same_as_valid(x, kernel, plan, strides)
     output_shape = tf.stack([batch, *plan.output_lengths, kernel.shape[3]])
-    return _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), padding.upper())
+    return _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), "SAME")
 
 
 def _native_same_as_valid(x, kernel, plan, strides):
@@ -52,15 +54,32 @@ def _native_same_as_valid(x, kernel, plan, strides):
         begin.append(start)
         lengths.append(tf.maximum(full, start + out) if not isinstance(full, int)
                        else max(full, start + out))
-    output_shape = tf.stack([tf.shape(x)[0], *lengths, kernel.shape[3]])
-    y = _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), "VALID")
+    y = _valid(x, kernel, plan.input_lengths, lengths, strides)
     return tf.slice(y, [0, *begin, 0], [-1, *plan.output_lengths, -1])
 
 
 def _native_full(x, kernel, plan, strides):
-    """The op's full ("valid") output for ``plan``."""
-    output_shape = tf.stack([tf.shape(x)[0], *plan.output_lengths, kernel.shape[3]])
-    return _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), "VALID")
+    """The op's "valid" output for ``plan``."""
+    return _valid(x, kernel, plan.input_lengths, plan.output_lengths, strides)
+
+
+def _valid(x, kernel, input_lengths, lengths, strides):
+    """The op's "valid" output, ``lengths`` long per axis, as the op at the
+    full length and zeros after it where a length is longer (by up to
+    ``s - 1``: a kernel shorter than its stride, or ``output_padding``).
+
+    ONNX's ConvTranspose, which tf2onnx makes of the op, cannot reach past
+    the full output: tf2onnx gives it negative pads, which ONNX Runtime
+    refuses. The zeros cost one copy of the output, only where they are needed.
+    """
+    full = [shapes.full_length(n, k, s)
+            for n, k, s in zip(input_lengths, kernel.shape[:3], strides)]
+    output_shape = tf.stack([tf.shape(x)[0], *full, kernel.shape[3]])
+    y = _conv3d_transpose_op(x, kernel, output_shape, (1, *strides, 1), "VALID")
+    after = [length - f for length, f in zip(lengths, full)]
+    if all(isinstance(a, int) and a == 0 for a in after):
+        return y
+    return tf.pad(y, [[0, 0], *[[0, a] for a in after], [0, 0]])
 
 
 def _conv3d_transpose_op(x, kernel, output_shape, strides, padding):
