@@ -62,7 +62,7 @@ def test_every_artifact_written_and_within_tolerance(exported):
     assert json.load(open(os.path.join(out, "report.json"))) == json.loads(json.dumps(report))
     labels = [row["artifact"] for row in report["artifacts"]]
     assert labels == ["keras", "saved_model", "tfsm_layer", "tflite float32",
-                      "tflite float16", "tflite dynamic_range", "tflite int8"]
+                      "tflite float16", "tflite dynamic_range", "tflite int8", "onnx"]
     for row in report["artifacts"]:
         assert os.path.exists(row["path"]) and row["size_bytes"] > 0
         assert row["error"]["relative"] <= row["error"]["tolerance"]
@@ -161,6 +161,26 @@ def test_float_tflite_matches_reference(exported, rng):
         assert_close(tflite.run(flatbuffer, x), _reference_output(model, x), rel=rel)
 
 
+def test_onnx_file_runs_any_batch_in_onnx_runtime(exported, rng):
+    """The published model.onnx in a session of its own: the model's input and
+    output names, a symbolic batch, the NumPy reference's values at batches 1
+    and 3, and the GEMM lowering's MatMuls (no ConvTranspose node)."""
+    import onnxruntime
+
+    model, out, report = exported
+    session = onnxruntime.InferenceSession(os.path.join(out, "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    (inp,), (output,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.shape) == ("voxels", ["batch", 10, 8, 12, 128])
+    assert (output.name, output.shape) == ("upsampled", ["batch", 20, 16, 24, 32])
+    for batch in (1, 3):
+        x = rng.uniform(size=(batch, 10, 8, 12, 128)).astype("float32")
+        assert_close(session.run(None, {"voxels": x})[0], _reference_output(model, x))
+    (row,) = [row for row in report["artifacts"] if row["artifact"] == "onnx"]
+    assert "MatMul" in row["nodes"] and "ConvTranspose" not in row["nodes"], row
+    assert row["latency_ms"] > 0 and row["path"] == os.path.join(out, "model.onnx")
+
+
 def _tree_digest(path):
     digest = hashlib.sha256()
     for directory, _, files in sorted(os.walk(path)):
@@ -208,11 +228,12 @@ def test_custom_model_with_dilation_and_channels_first(tmp_path, rng):
     model = export.load_model(path)
     calibration = rng.uniform(size=(8, 2, 5, 4, 6)).astype("float32")
     report = export.export_model(model, str(tmp_path / "out"), name="custom",
-                                 formats=("savedmodel", "tflite"), calibration=calibration)
+                                 formats=("savedmodel", "tflite", "onnx"),
+                                 calibration=calibration)
     errors = {row["artifact"]: row for row in report["artifacts"]}
     # int8 included: an overlapping dilated kernel, accumulated in int32 per phase.
     for label in ("saved_model", "tfsm_layer", "tflite float32", "tflite float16",
-                  "tflite dynamic_range", "tflite int8"):
+                  "tflite dynamic_range", "tflite int8", "onnx"):
         assert errors[label]["within_tolerance"], errors[label]
     signature = tf.saved_model.load(report["serving"]["path"]).signatures["serving_default"]
     (spec,) = signature.structured_input_signature[1].values()
@@ -293,7 +314,7 @@ CLI_ERRORS = [
         ("name with ..", ["--name", "../escape"], "--name '../escape': must be"),
         ("name of 300 characters", ["--name", "n" * 300], "1 to 200 letters"),
         ("name empty", ["--name", ""], "--name '': must be"),
-        ("formats unknown", ["--formats", "keras,onnx"], "--formats 'keras,onnx': choose"),
+        ("formats unknown", ["--formats", "keras,caffe"], "--formats 'keras,caffe': choose"),
         ("formats empty", ["--formats", ","], "--formats ',': choose"),
         ("version 0", ["--version", "0"], "--version 0: must be an integer from 1"),
         ("version beyond int64", ["--version", str(10**30)], "9223372036854775807"),

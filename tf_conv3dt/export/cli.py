@@ -2,8 +2,8 @@
 
 Writes under --out: model.keras, a TF Serving SavedModel version under
 serving/<name>/<version>/ (with warmup records), TFLite files (float32,
-float16, dynamic-range, full-integer int8) and report.json, then prints the
-verification report. Every flag and the destination are checked before
+float16, dynamic-range, full-integer int8), model.onnx and report.json,
+then prints the verification report. Every flag and the destination are checked before
 anything is written; the artifacts are verified before they are published,
 each under its final name only when complete; an existing serving version
 is never touched.
@@ -67,15 +67,16 @@ def parse_args(argv):
                              "example, Input (10, 8, 12, 128) -> Conv3DTranspose(32, 2, 2, relu))")
     parser.add_argument("--name", default="conv3dt",
                         help="TF Serving model name, a directory name (default: conv3dt)")
-    from tf_conv3dt.export.pipeline import IMPLEMENTATIONS
+    from tf_conv3dt.export.pipeline import FORMATS, IMPLEMENTATIONS
     from tf_conv3dt.export.serving import LAST_VERSION
     from tf_conv3dt.export.tflite import MODES
 
     parser.add_argument("--version", type=command_line.ascii_integer, metavar="N",
                         help=f"serving version to write, 1 to {LAST_VERSION}; refused if it "
                              "exists (default: the next free integer)")
-    parser.add_argument("--formats", default="keras,savedmodel,tflite",
-                        help="comma-separated subset of keras,savedmodel,tflite (default: all)")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help=f"comma-separated subset of {','.join(FORMATS)} (default: all; "
+                             "onnx needs the onnx extra)")
     parser.add_argument("--calibration-data", metavar="FILE.npy",
                         help="int8 calibration samples, shape (n, *input_shape), finite; "
                              "default: synthetic uniform [0, 1) data, with a warning")
@@ -86,7 +87,7 @@ def parse_args(argv):
                         help="TFLite files that take any batch (shape signature -1: "
                              "interpreter.resize_tensor_input, then allocate_tensors)")
     parser.add_argument("--implementation", default=IMPLEMENTATIONS[0], choices=IMPLEMENTATIONS,
-                        help="lowering traced into the SavedModel and TFLite files "
+                        help="lowering traced into the SavedModel, TFLite and ONNX files "
                              f"(default: {IMPLEMENTATIONS[0]})")
     parser.add_argument("--tolerance", type=_typed_tolerance, action="append", metavar="MODE=X",
                         help="replace a TFLite mode's tolerance (relative, as in the report), "

@@ -2,13 +2,13 @@
 
 Under ``out_dir`` it writes ``model.keras``, a TF Serving version under
 ``serving/<name>/<version>/``, ``tflite/model_<mode>.tflite`` for each TFLite
-mode and ``report.json``, in three steps: every argument, and the
+mode, ``model.onnx`` and ``report.json``, in three steps: every argument, and the
 destination, is checked before anything is written (``_validate``); the
 artifacts are written and verified in a staging directory (``_stage``,
 ``staging.Staging``); they are published by rename only when every one is
 within its tolerance (``_publish``). The report holds, for each artifact, its
 size, its largest error against the Keras model on the same inputs, its
-latency, and for TFLite its op list with tensor dtypes.
+latency, for TFLite its op list with tensor dtypes, for ONNX its node types.
 """
 
 import errno
@@ -28,12 +28,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_conv3dt import model_file, shapes
-from tf_conv3dt.export import serving, staging, tflite
+from tf_conv3dt.export import onnx, serving, staging, tflite
 from tf_conv3dt.export.errors import ExportError
 from tf_conv3dt.layer import Conv3DTranspose
 from tf_conv3dt._keras import keras
 
-FORMATS = ("keras", "savedmodel", "tflite")
+FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 # The lowerings an export can be asked to trace, the default first; the CLI
 # offers these. "auto" lets each layer choose (subpixel included).
 IMPLEMENTATIONS = ("gemm", "native", "auto")
@@ -71,6 +71,10 @@ def check_formats(formats):
     if unknown or not formats:
         raise ExportError(f"choose one or more of {', '.join(FORMATS)}", "formats",
                           tuple(formats))
+    missing = onnx.missing_packages() if "onnx" in formats else []
+    if missing:
+        raise ExportError(f"onnx needs {', '.join(missing)}: pip install 'tf_conv3dt[onnx]', "
+                          "or leave onnx out", "formats", tuple(formats))
     return tuple(formats)
 
 
@@ -89,9 +93,9 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
         None uses synthetic uniform [0, 1) data, with a warning.
       batch_size: the TFLite files' static batch size, or with
         ``dynamic_batch`` the batch they are verified and timed at.
-      implementation: the lowering traced into the SavedModel and TFLite
-        files ("gemm" by default: integer-quantizable, and fast on CPUs where
-        the native op has no oneDNN kernel).
+      implementation: the lowering traced into the SavedModel, TFLite and
+        ONNX files ("gemm" by default: integer-quantizable, fast on CPUs where
+        the native op has no oneDNN kernel, and in ONNX Runtime).
       dynamic_batch: TFLite files that take any batch (shape signature -1;
         ``interpreter.resize_tensor_input`` before ``allocate_tensors``).
       tolerances: ``{TFLite mode: tolerance}`` replacing the defaults of
@@ -237,6 +241,8 @@ def _stage(job, staged, x, expected, report, step):
         _stage_saved_model(job, staged, x, expected, report, step)
     if "tflite" in job.formats:
         _stage_tflite(job, staged, x, expected, report, step)
+    if "onnx" in job.formats:
+        _stage_onnx(job, staged, x, expected, report, step)
 
 
 def _publish(job, staged, report):
@@ -253,6 +259,20 @@ def _publish(job, staged, report):
     for row in report.artifacts:
         if row["staged"] is not None:
             staged.publish(row["staged"], row["path"])
+
+
+def _stage_onnx(job, staged, x, expected, report, step):
+    step(f"converting ONNX (lowering: {job.implementation}, tf2onnx, opset {onnx.OPSET})")
+    model_bytes = onnx.convert(job.model, job.implementation)
+    with open(staged.path_of("model.onnx"), "wb") as f:
+        f.write(model_bytes)
+    step(f"  running it in ONNX Runtime at batch {len(x)} and 1")
+    report.artifacts.append(_artifact_row(
+        "onnx", staged, "model.onnx", job.paths["onnx"],
+        error=_error_metrics(onnx.run(model_bytes, x), expected, **EXACT),
+        latency_ms=onnx.latency_ms(model_bytes, batch=1),
+        latency_runtime="ONNX Runtime CPU, batch 1 of any",
+        nodes=onnx.node_types(model_bytes)))
 
 
 def check_tolerances(tolerances):
@@ -290,6 +310,7 @@ def _prepare_destination(out_dir, name, version, formats):
         raise ExportError("must be a directory path", "out_dir", out_dir)
     out_dir = os.fspath(out_dir)
     paths = {"keras": os.path.join(out_dir, "model.keras"),
+             "onnx": os.path.join(out_dir, "model.onnx"),
              "tflite": os.path.join(out_dir, "tflite"),
              "model_dir": os.path.join(out_dir, "serving", name),
              "report": os.path.join(out_dir, "report.json")}
@@ -297,7 +318,7 @@ def _prepare_destination(out_dir, name, version, formats):
         if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
             raise ExportError("is a file; it must be a directory", "out_dir", out_dir)
         for label, path in paths.items():
-            if label in ("keras", "report") and os.path.isdir(path):
+            if label in ("keras", "onnx", "report") and os.path.isdir(path):
                 raise ExportError(f"{path} is a directory; it must be a file or absent",
                                   "out_dir", out_dir)
         if "savedmodel" in formats:
@@ -446,6 +467,9 @@ def format_report(report):
             if "ops" in row:
                 lines.append(f"{row['artifact']:<22} {row['speedup_vs_native_tflite']:5.1f}x "
                              f"faster than the baseline; ops: {', '.join(row['ops'])}")
+    for row in report["artifacts"]:
+        if "nodes" in row:
+            lines.append(f"{row['artifact']:<22} nodes: {', '.join(row['nodes'])}")
     if "serving" in report:
         s = report["serving"]
         lines += [f"TF Serving: {s['path'] or 'not published'} "

@@ -1,4 +1,4 @@
-"""The serving_default signature that the SavedModel and the TFLite files are traced with."""
+"""The serving_default signature that the SavedModel, TFLite and ONNX files are traced with."""
 
 import inspect
 
@@ -25,19 +25,27 @@ def output_name(model):
     return model.layers[-1].name
 
 
-def save_signature(model, path, spec, implementation="gemm", one_product_per_phase=False):
-    """Writes ``model`` as a SavedModel whose one signature, serving_default,
-    takes ``spec`` and returns ``{output_name(model): output}``, traced under
-    ``ops.forced_implementation(implementation, one_product_per_phase)``."""
+def serving_function(model, implementation="gemm", one_product_per_phase=False):
+    """The signature's Python function: ``x -> {output_name(model): output}``,
+    traced under ``ops.forced_implementation(implementation,
+    one_product_per_phase)``."""
     key = output_name(model)
 
     def serve(x):
         with ops.forced_implementation(implementation, one_product_per_phase):
             return {key: model(x, training=False)}
 
+    return serve
+
+
+def save_signature(model, path, spec, implementation="gemm", one_product_per_phase=False):
+    """Writes ``model`` as a SavedModel whose one signature, serving_default,
+    takes ``spec`` and returns ``serving_function``'s output."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
+    archive.add_endpoint(SIGNATURE, serving_function(model, implementation,
+                                                     one_product_per_phase),
+                         input_signature=[spec])
     takes_verbose = "verbose" in inspect.signature(archive.write_out).parameters
     quiet = {"verbose": False} if takes_verbose else {}
     archive.write_out(path, **quiet)
