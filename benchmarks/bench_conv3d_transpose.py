@@ -9,7 +9,7 @@ OpenMP threads slow whatever runs next in its process). For each case and
 each path: median milliseconds, GFLOP/s, percent of the NumPy sgemm GFLOP/s
 measured in the same run, and the peak extra resident memory; then, per
 case, how "auto" (tuned, and the static rule's choice) compares with the
-fastest path, and what tuning cost (the targets in README.md).
+fastest path, and what tuning cost (the targets in docs/performance.md).
 
 --configurations runs the whole benchmark once per CPU configuration, each in
 a child process with its environment: "default" (this machine as it is),

@@ -5,7 +5,7 @@ export's own ``tf_conv3dt.export.onnx.convert`` (``implementation="native"``
 gives one ConvTranspose node, ``"gemm"`` MatMul / Reshape / Transpose) and
 timed in ONNX Runtime's CPU provider on 2 threads, as the export times it:
 median of ``--repeats`` runs, in interleaved rounds, in one process. The
-result goes to benchmarks/results/onnx_<cpu>_<date>.json with the machine:
+result goes to benchmarks/results/onnx/<cpu>_<date>.json with the machine:
 
     python benchmarks/bench_onnx.py
 """
@@ -49,7 +49,8 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out",
+                        default=os.path.join(os.path.dirname(__file__), "results", "onnx"))
     args = parser.parse_args()
     import onnxruntime
     import tensorflow as tf
@@ -83,7 +84,7 @@ def main():
               "rounds": args.rounds, "onnxruntime": onnxruntime.__version__,
               "tensorflow": tf.__version__, "opset": onnx.OPSET, "rows": rows}
     slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "")
-    path = os.path.join(args.out, f"onnx_{slug}_{result['date']}.json")
+    path = os.path.join(args.out, f"{slug}_{result['date']}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")

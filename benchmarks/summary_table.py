@@ -1,4 +1,4 @@
-"""The README's short Performance table, generated from benchmark JSON files.
+"""The short Performance table of the docs, generated from benchmark JSON files.
 
 One row per configuration of each run (bench_conv3d_transpose.py --json, with
 or without --configurations): the worst ratio over the cases of tuned
@@ -36,10 +36,14 @@ def row(name, run):
             f"{max(entry['tuning_s'] for entry in summary):.1f} s |")
 
 
-def main(paths):
-    print("| machine | configuration | policy | tuned auto / our fastest (fwd / train) "
+HEADER = ("| machine | configuration | policy | tuned auto / our fastest (fwd / train) "
           "| rule / our fastest | tuned auto / PyTorch | tuning, slowest case |")
-    print("|---|---|---|---|---|---|---|")
+RULE = "|---|---|---|---|---|---|---|"
+
+
+def main(paths):
+    print(HEADER)
+    print(RULE)
     for path in paths:
         for name, run in runs(path):
             print(row(name, run))

@@ -22,6 +22,8 @@ import tensorflow as tf
 from tf_conv3dt._keras import keras
 from tf_conv3dt.layer import Conv3DTranspose
 
+__all__ = ["SHAPES", "dice", "shapes_dataset", "soft_dice_crossentropy", "unet"]
+
 SHAPES = ("sphere", "cube", "torus")
 
 

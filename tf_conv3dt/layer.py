@@ -38,10 +38,15 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
       dilation_rate: int or 1 or 3 ints.
       activation: activation function or its name; None for linear.
       use_bias: whether to add a bias vector.
-      kernel_initializer, bias_initializer: initializers.
-      kernel_regularizer, bias_regularizer, activity_regularizer: regularizers.
-      kernel_constraint, bias_constraint: constraints applied by the
-        optimizer after each update.
+      kernel_initializer: initializer of the kernel.
+      bias_initializer: initializer of the bias.
+      kernel_regularizer: regularizer of the kernel; its loss reaches
+        ``layer.losses``.
+      bias_regularizer: regularizer of the bias.
+      activity_regularizer: regularizer of the output.
+      kernel_constraint: constraint the optimizer applies to the kernel after
+        each update.
+      bias_constraint: constraint applied to the bias likewise.
       implementation: "auto" (the fastest lowering for this kernel and
         stride on this device, ``tf_conv3dt.ops.resolve_implementation``),
         "native" (``tf.nn.conv3d_transpose``), "gemm" or "subpixel".

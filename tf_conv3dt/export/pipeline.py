@@ -86,8 +86,9 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
     Args:
       model: a Keras model with one input and one output.
       out_dir: the output directory (created; it must be writable).
-      name, version: the TF Serving model name and version (None: the next
-        free one, retried if a concurrent export takes it first).
+      name: the TF Serving model name.
+      version: the TF Serving version (None: the next free one, retried if a
+        concurrent export takes it first).
       formats: a subset of ``FORMATS`` (or a comma-separated string).
       calibration: int8 calibration samples ``(n, *input_shape)``, finite;
         None uses synthetic uniform [0, 1) data, with a warning.

@@ -66,9 +66,10 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         "channels_last" or ``(N, C, D, H, W)`` for "channels_first". Batch and
         spatial sizes may be unknown until run time.
       kernel: ``(kd, kh, kw, filters, C)`` tensor of the inputs' dtype.
-      strides, dilation_rate: int or 1 or 3 ints.
+      strides: int or 1 or 3 ints.
       padding: "valid" or "same" (case-insensitive).
       output_padding: None, or int / 1 or 3 ints, each smaller than its stride.
+      dilation_rate: int or 1 or 3 ints.
       data_format: "channels_last" or "channels_first".
       output_shape: optional ``(D', H', W')`` output size, any size legal for
         this input (PyTorch's ``output_size``); overrides ``output_padding``.

@@ -33,6 +33,8 @@ from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.quantization.input_quantizer import InputQuantizer
 from tf_conv3dt.quantization.tfmot import config_class, tfmot_module
 
+__all__ = ["InputQuantizer", "quantize_config", "quantize_model", "quantize_scope"]
+
 
 def _layer_class():
     # The layer imports this package's pieces, so it is imported on use here.

@@ -1,0 +1,136 @@
+"""The documentation's result tables, rendered from the benchmarks' and the export's JSON files.
+
+A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
+(PATH relative to the repository):
+
+- ``benchmark FILE CONFIGURATION``: one configuration of a
+  bench_conv3d_transpose.py run, every case and path, then the per-case summary;
+- ``summary FILE``: benchmarks/summary_table.py's rows for a run;
+- ``onnx FILE``: a bench_onnx.py run;
+- ``export FILE``: the artifact rows of an export's report.json.
+
+Each table opens with the run's machine and configuration as the file
+records them. ``python docs/tables.py PAGE.md`` prints a page with its
+tables filled in.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKER = re.compile(r"^<!-- table: (\w+) (\S+)(?: (\S+))? -->$", re.MULTILINE)
+
+
+def fill(markdown):
+    """``markdown`` with every marker replaced by its table."""
+    return MARKER.sub(lambda m: render(*m.groups()), markdown)
+
+
+def render(kind, path, name=None):
+    with open(os.path.join(ROOT, path)) as f:
+        content = json.load(f)
+    source = f"(from `{path}`)"
+    if kind == "benchmark":
+        return _benchmark(content[name], name, source)
+    if kind == "summary":
+        return _summary(path, source)
+    if kind == "onnx":
+        return _onnx(content, source)
+    if kind == "export":
+        return _export(content, source)
+    raise ValueError(f"unknown table kind {kind!r} in a marker for {path}")
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _number(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def _benchmark(run, name, source):
+    head = (f"{run['machine']}, {run['cores']} cores, TensorFlow {run['tensorflow']} "
+            f"(configuration `{name}`: {run['cpu_configuration']} kernels), {run['policy']}, "
+            f"{run['data_format']}, torch {run['torch']}; NumPy sgemm "
+            f"{run['sgemm_gflops']:.1f} GFLOP/s {source}")
+    rows = [(r["case"], r["path"], _number(r["forward_ms"], ".2f"),
+             _number(r["forward_gflops"], ".1f"), _number(r["percent_sgemm"], ".0f") + "%",
+             _number(r["train_ms"], ".2f"), _number(r["train_gflops"], ".1f"),
+             _number(r.get("train_peak_mib"), ".0f")) for r in run["rows"]]
+    summary = [(s["case"], s["auto"], _number(s["forward_over_best"], ".2f") + "x",
+                _number(s["train_over_best"], ".2f") + "x",
+                _number(s["forward_over_own"], ".2f") + "x",
+                _number(s["train_over_own"], ".2f") + "x",
+                _number(s["best_percent_sgemm"], ".0f") + "%",
+                _number(s.get("peak_over_torch"), ".2f") + "x") for s in run["summary"]]
+    return "\n\n".join([
+        head + ":",
+        _table(["case", "path", "fwd ms", "GFLOP/s", "% sgemm", "train ms", "GFLOP/s",
+                "train peak MiB"], rows),
+        _table(["case", "auto", "fwd / fastest path", "train / fastest path",
+                "fwd / our fastest", "train / our fastest", "best % sgemm",
+                "peak / PyTorch's"], summary)])
+
+
+def _summary(path, source):
+    spec = importlib.util.spec_from_file_location(
+        "summary_table", os.path.join(ROOT, "benchmarks", "summary_table.py"))
+    summary_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary_table)
+    lines = [summary_table.HEADER, summary_table.RULE]
+    lines += [summary_table.row(name, run)
+              for name, run in summary_table.runs(os.path.join(ROOT, path))]
+    return f"Worst case of each run, forward / training step {source}:\n\n" + "\n".join(lines)
+
+
+def _onnx(content, source):
+    head = (f"{content['date']}, {content['cpu']}, {content['cores']} cores; ONNX Runtime "
+            f"{content['onnxruntime']} CPU provider on {content['threads']} threads, "
+            f"TensorFlow {content['tensorflow']}, opset {content['opset']}; median of "
+            f"{content['repeats']} runs in {content['rounds']} interleaved rounds {source}")
+    rows, ratios = [], []
+    for r in content["rows"]:
+        ratio = r["ms"]["native"] / r["ms"]["gemm"]
+        ratios.append(ratio)
+        rows.append((r["configuration"], r["batch"], f"{r['ms']['native']:.2f}",
+                     f"{r['ms']['gemm']:.2f}", f"{ratio:.2f}"))
+    mean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+    faster = sum(ratio >= 1 for ratio in ratios)
+    return "\n\n".join([
+        head + ":",
+        _table(["configuration", "batch", "ConvTranspose (native) ms", "MatMul (gemm) ms",
+                "native / gemm"], rows),
+        f"The MatMul form as fast or faster on {faster} of {len(ratios)} rows; geometric "
+        f"mean of native / gemm {mean:.2f}x."])
+
+
+def _export(report, source):
+    rows = []
+    for row in report["artifacts"]:
+        error = row.get("error") or {}
+        ok = "" if "within_tolerance" not in row else ("yes" if row["within_tolerance"]
+                                                      else "NO")
+        rows.append((row["artifact"], f"{row['size_bytes'] / 1024:.1f}",
+                     _number(error.get("max_abs"), ".2e"), _number(error.get("relative"), ".2e"),
+                     _number(error.get("tolerance"), "g"), ok,
+                     _number(row.get("latency_ms"), ".3f"), row.get("latency_runtime") or ""))
+    baseline = report.get("tflite_baseline")
+    text = [f"Model `{report['model']}`, input {tuple(report['input_shape'])} {source}:",
+            _table(["artifact", "size KiB", "max abs err", "rel err", "tol", "ok",
+                    "latency ms", "runtime"], rows)]
+    if baseline:
+        text.append(f"Native CONV_3D_TRANSPOSE TFLite baseline: {baseline['latency_ms']:.3f} ms "
+                    f"({', '.join(baseline['ops'])}).")
+    return "\n\n".join(text)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as f:
+        print(fill(f.read()))
