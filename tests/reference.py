@@ -41,7 +41,17 @@ def tf_window(spatial, kernel_size, strides, padding, output_padding=None,
 
 def np_conv3d_transpose(x, kernel, bias=None, strides=(1, 1, 1), padding="valid",
                         output_padding=None, dilation_rate=(1, 1, 1),
-                        data_format="channels_last", output_shape=None):
+                        data_format="channels_last", output_shape=None, groups=1):
+    """The loop reference; ``groups`` > 1 runs it on each group of channels
+    (kernel ``(kd, kh, kw, filters // groups, in)``) and concatenates."""
+    if groups > 1:
+        axis = 1 if data_format == "channels_first" else 4
+        biases = [None] * groups if bias is None else np.split(np.asarray(bias), groups)
+        return np.concatenate([
+            np_conv3d_transpose(xg, kg, bg, strides, padding, output_padding, dilation_rate,
+                                data_format, output_shape)
+            for xg, kg, bg in zip(np.split(np.asarray(x), groups, axis),
+                                  np.split(np.asarray(kernel), groups, 4), biases)], axis)
     x = np.asarray(x, np.float64)
     kernel = np.asarray(kernel, np.float64)
     if data_format == "channels_first":
@@ -79,7 +89,8 @@ def np_conv3d_transpose(x, kernel, bias=None, strides=(1, 1, 1), padding="valid"
 def np_conv3d_transpose_with_gradients(x, kernel, cotangent, strides=(1, 1, 1),
                                        padding="valid", output_padding=None,
                                        dilation_rate=(1, 1, 1),
-                                       data_format="channels_last", output_shape=None):
+                                       data_format="channels_last", output_shape=None,
+                                       groups=1):
     """The NumPy loop reference's output and the gradients of
     ``sum(output * cotangent)``: the cotangent is placed into the full output
     (zero outside TF's window) and gathered back tap by tap, the adjoint of
@@ -90,7 +101,18 @@ def np_conv3d_transpose_with_gradients(x, kernel, cotangent, strides=(1, 1, 1),
     """
     if cotangent is None:
         return np_conv3d_transpose(x, kernel, None, strides, padding, output_padding,
-                                   dilation_rate, data_format, output_shape)
+                                   dilation_rate, data_format, output_shape, groups)
+    if groups > 1:  # each group alone; outputs and input gradients by channel, kernels by input
+        axis = 1 if data_format == "channels_first" else 4
+        parts = [np_conv3d_transpose_with_gradients(
+                     xg, kg, gg, strides, padding, output_padding, dilation_rate, data_format,
+                     output_shape)
+                 for xg, kg, gg in zip(np.split(np.asarray(x), groups, axis),
+                                       np.split(np.asarray(kernel), groups, 4),
+                                       np.split(np.asarray(cotangent), groups, axis))]
+        return (np.concatenate([p[0] for p in parts], axis),
+                np.concatenate([p[1] for p in parts], axis),
+                np.concatenate([p[2] for p in parts], 4))
     args = (strides, padding, output_padding, dilation_rate, "channels_last", output_shape)
     x = np.asarray(x, np.float64)
     g = np.asarray(cotangent, np.float64)
@@ -123,7 +145,8 @@ def np_conv3d_transpose_with_gradients(x, kernel, cotangent, strides=(1, 1, 1),
 def torch_conv3d_transpose_with_gradients(x, kernel, cotangent, strides=(1, 1, 1),
                                           padding="valid", output_padding=None,
                                           dilation_rate=(1, 1, 1),
-                                          data_format="channels_last", output_shape=None):
+                                          data_format="channels_last", output_shape=None,
+                                          groups=1):
     """PyTorch float64: the output, and the gradients of ``sum(output * cotangent)``
     with respect to ``x`` and ``kernel``, all in TF's layouts.
 
@@ -135,13 +158,13 @@ def torch_conv3d_transpose_with_gradients(x, kernel, cotangent, strides=(1, 1, 1
     if data_format == "channels_last":
         x = x.permute(0, 4, 1, 2, 3)
     x = x.detach().requires_grad_(True)
-    # TF's (kd, kh, kw, filters, in) is PyTorch's (in, filters, kd, kh, kw).
+    # TF's (kd, kh, kw, filters // groups, in) is PyTorch's (in, filters // groups, kd, kh, kw).
     weight = torch.tensor(np.asarray(kernel, np.float64)).permute(4, 3, 0, 1, 2)
     weight = weight.detach().requires_grad_(True)
     window = tf_window(tuple(x.shape[2:]), tuple(weight.shape[2:]), strides, padding,
                        output_padding, dilation_rate, output_shape)
     full = torch.nn.functional.conv_transpose3d(x, weight, stride=tuple(strides),
-                                                dilation=tuple(dilation_rate))
+                                                dilation=tuple(dilation_rate), groups=groups)
     pads = []
     for (start, length), total in zip(reversed(window), reversed(full.shape[2:])):
         pads += [-start, length - (total - start)]  # negative pads crop

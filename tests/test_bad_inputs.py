@@ -19,9 +19,9 @@ X = np.zeros((1, 2, 2, 2, 3), np.float32)
 KERNEL = np.zeros((2, 2, 2, 4, 3), np.float32)
 
 
-def _built(**kwargs):
+def _built(input_channels=3, **kwargs):
     layer = Layer(2, 2, **kwargs)
-    layer(X)
+    layer(np.zeros((1, 2, 2, 2, input_channels), np.float32))
     return layer
 
 
@@ -101,11 +101,23 @@ CONSTRUCTOR = [
          "implementation='fast'"),
     case("quantization='int4'", lambda: Layer(2, 3, quantization="int4"), ValueError,
          "quantization='int4'"),
+    case("groups=0", lambda: Layer(2, 3, groups=0), ValueError, "groups=0"),
+    case("groups=2.0", lambda: Layer(2, 3, groups=2.0), ValueError, "groups=2.0"),
+    case("groups=True", lambda: Layer(2, 3, groups=True), ValueError, "groups=True"),
+    case("groups not dividing the filters", lambda: Layer(2, 3, groups=3), ValueError,
+         "`groups`=3", "the filters, 2"),
+    case("groups with QAT", lambda: Layer(2, 3, groups=2, quantization="qat"), ValueError,
+         "groups=2", "quantization='qat'"),
     # Keras 3 raises ValueError, tf_keras TypeError.
     case("unknown keyword", lambda: Layer(2, 3, stride=2), (TypeError, ValueError), "stride"),
 ]
 
 CALL = [
+    case("groups not dividing the input channels", lambda: Layer(2, 2, groups=2)(X),
+         ValueError, "`groups`=2", "the input channels, 3"),
+    case("int8 quantization of a grouped layer",
+         lambda: _built(groups=2, input_channels=4).quantize("int8"), ValueError,
+         "groups=2", "quantize('int8')"),
     case("rank 4", lambda: Layer(2, 3)(np.zeros((2, 4, 4, 3), np.float32)), ValueError,
          "5-D", "input_shape=(2, 4, 4, 3)"),
     case("0-d array", lambda: Layer(2, 3)(np.float32(1)), ValueError, "5-D",
@@ -140,6 +152,10 @@ CALL = [
 ]
 
 OP = [
+    case("groups not dividing the kernel's input channels", lambda: _op(groups=2), ValueError,
+         "`groups`=2", "the input channels, 3"),
+    case("grouped bias of one group's filters", lambda: _op(groups=3, bias=np.zeros(4)),
+         ValueError, "`bias` must have shape (12,)", "bias.shape=(4,)"),
     case("inputs int32", lambda: _op(X.astype("int32"), KERNEL.astype("int32")), TypeError,
          "`inputs`", "dtype=int32"),
     case("inputs int32, native",

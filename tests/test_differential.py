@@ -3,7 +3,8 @@
 Random configurations (seeded; each test id carries its seed) over kernel
 sizes 1-5 per axis, strides 1-3, dilation 1-3 (with stride 1), both paddings,
 output_padding, requested output sizes across the whole legal range, both
-data formats, batch 0-3, channels 1-4 and spatial sizes 1-7. Each is checked
+data formats, batch 0-3, channels 1-4, spatial sizes 1-7 and groups (one, a
+common divisor of the channels and filters, or depthwise). Each is checked
 for every lowering (the named cases for "auto" too), eagerly and through a
 trace with unknown batch and spatial sizes, and for two in five
 configurations (every one with batch 0)
@@ -91,6 +92,10 @@ def draw_config(seed):
     config["epilogue"] = None
     if not non_finite and rng.random() < 0.3:
         config["epilogue"] = str(rng.choice(ops.FUSED_ACTIVATIONS))
+    # Groups, where the channels and filters share a divisor: one, or any
+    # common divisor (the channel count itself is depthwise). Drawn last too.
+    common = [g for g in range(2, 5) if not config["channels"] % g and not config["filters"] % g]
+    config["groups"] = int(rng.choice(common)) if common and rng.random() < 0.6 else 1
     return config
 
 
@@ -109,7 +114,8 @@ def _inputs(config, seed):
     for value in config["non_finite"] or ():
         x[tuple(int(rng.integers(n)) for n in shape)] = value
     kernel = rng.standard_normal(
-        (*config["kernel_size"], config["filters"], config["channels"])).astype("float32")
+        (*config["kernel_size"], config["filters"] // config.get("groups", 1),
+         config["channels"])).astype("float32")
     return x, kernel, rng
 
 
@@ -117,8 +123,7 @@ def _ours(x, kernel, bias, cotangent, config, implementation, mode):
     """Output and gradients (input, kernel, and bias where there is one) from
     tf_conv3dt, called as ``mode`` (:func:`modes`)."""
     scope, implementation = lowering(implementation)
-    arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
-                                        "dilation_rate", "data_format", "output_shape")}
+    arguments = _arguments(config)
 
     def run(x, kernel, bias, cotangent):
         arguments["bias"] = None if bias.shape[0] == 0 else bias
@@ -184,15 +189,22 @@ def _epilogue_reference(products, bias, activation, cotangent, channel_axis):
     return y, cotangent, cotangent * slope
 
 
-def check_config(config, seed, implementations=IMPLEMENTATIONS):
-    x, kernel, rng = _inputs(config, seed)
+def _arguments(config):
+    """The call's arguments of ``config``, as tf_conv3dt and the references take them."""
     arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
                                         "dilation_rate", "data_format", "output_shape")}
+    arguments["groups"] = config.get("groups", 1)
+    return arguments
+
+
+def check_config(config, seed, implementations=IMPLEMENTATIONS):
+    x, kernel, rng = _inputs(config, seed)
+    arguments = _arguments(config)
     expected_y = REFERENCE(x, kernel, None, **arguments)
     bias, activation = None, config.get("epilogue")
     channel_axis = 1 if config["data_format"] == "channels_first" else 4
     if activation:
-        bias = rng.standard_normal(kernel.shape[3]).astype("float32")
+        bias = rng.standard_normal(config["filters"]).astype("float32")
     cotangent = rng.standard_normal(expected_y.shape).astype("float32")
     products_cotangent = cotangent
     if activation:
@@ -229,8 +241,7 @@ def test_references_agree_with_each_other():
         config = draw_config(seed)
         x, kernel, rng = _inputs(config, seed)
         x[~np.isfinite(x)] = 1.0
-        arguments = {k: config[k] for k in ("strides", "padding", "output_padding",
-                                            "dilation_rate", "data_format", "output_shape")}
+        arguments = _arguments(config)
         y = reference.np_conv3d_transpose(x, kernel, **arguments)
         cotangent = rng.standard_normal(y.shape)
         for a, b in zip(reference.torch_conv3d_transpose_with_gradients(
@@ -238,6 +249,26 @@ def test_references_agree_with_each_other():
                         reference.np_conv3d_transpose_with_gradients(
                             x, kernel, cotangent, **arguments)):
             reference.assert_close(a, b, rel=1e-12)
+
+
+@pytest.mark.parametrize("config", [
+    pytest.param(dict(kernel_size=(3, 3, 3), strides=(2, 2, 2), padding="same",
+                      output_padding=(1, 1, 1), dilation_rate=(1, 1, 1), output_shape=None,
+                      data_format="channels_first", batch=0, channels=4, filters=8,
+                      spatial=(3, 2, 4), non_finite=None, batch_only_trace=True, groups=4,
+                      epilogue="relu"),
+                 id="depthwise-k3s2-same-cf-batch0"),
+    pytest.param(dict(kernel_size=(3, 2, 3), strides=(1, 1, 1), padding="valid",
+                      output_padding=None, dilation_rate=(2, 1, 2), output_shape=None,
+                      data_format="channels_last", batch=2, channels=4, filters=2,
+                      spatial=(4, 3, 5), non_finite=[float("nan")], batch_only_trace=False,
+                      groups=2),
+                 id="groups2-dilated-nan-stays-in-its-group"),
+])
+def test_grouped_and_depthwise_layers_match_reference(config):
+    """Named grouped cases beside the random draws: depthwise with an empty
+    batch, and a NaN that must reach only its own group's outputs."""
+    check_config(config, SEED, LOWERINGS)
 
 
 # The reproductions of the wrong results TensorFlow's kernels gave, as named cases.

@@ -27,6 +27,10 @@ FULL_ARGS = dict(
 )
 
 
+# Two groups of the four input channels (channels_first: the first axis).
+GROUPED_ARGS = dict(FULL_ARGS, filters=4, groups=2)
+
+
 def _model(layer, input_shape=(4, 5, 3, 2)):
     inputs = keras.Input(input_shape)
     return keras.Model(inputs, layer(inputs))
@@ -62,9 +66,10 @@ def _file_formats():
     return ["model.keras"]
 
 
+@pytest.mark.parametrize("arguments", [FULL_ARGS, GROUPED_ARGS], ids=["ungrouped", "grouped"])
 @pytest.mark.parametrize("filename", _file_formats())
-def test_file_round_trip_without_custom_objects(filename, tmp_path, rng):
-    layer = tf_conv3dt.Conv3DTranspose(**FULL_ARGS)
+def test_file_round_trip_without_custom_objects(filename, arguments, tmp_path, rng):
+    layer = tf_conv3dt.Conv3DTranspose(**arguments)
     model = _model(layer)
     x = rng.standard_normal((2, 4, 5, 3, 2)).astype("float32")
     path = str(tmp_path / filename)
@@ -73,6 +78,27 @@ def test_file_round_trip_without_custom_objects(filename, tmp_path, rng):
     assert isinstance(restored.layers[-1], tf_conv3dt.Conv3DTranspose)
     assert restored.layers[-1].get_config() == layer.get_config()
     assert_close(restored(x), model(x), rel=1e-6)
+
+
+def test_a_grouped_layer_with_pytorch_weights_computes_what_pytorch_does(rng):
+    """A depthwise-separable decoder's grouped layer, ported: PyTorch's
+    ConvTranspose3d(4, 8, 3, stride=2, groups=4) (no padding: "valid") and
+    its weights through kernel_from_torch give PyTorch's output (float64)."""
+    torch = pytest.importorskip("torch", reason="PyTorch's layer is the reference here; "
+                                "the oldest-TensorFlow job installs none")
+    torch.manual_seed(0)
+    ported = torch.nn.ConvTranspose3d(4, 8, 3, stride=2, groups=4).double()
+    weight = ported.weight.detach().numpy()
+    assert weight.shape == (4, 2, 3, 3, 3)
+    layer = tf_conv3dt.Conv3DTranspose(8, 3, 2, groups=4, data_format="channels_first",
+                                       dtype="float64")
+    x = rng.standard_normal((2, 4, 3, 5, 4))
+    layer.build(x.shape)
+    assert tuple(layer.kernel.shape) == (3, 3, 3, 2, 4)
+    layer.set_weights([tf_conv3dt.kernel_from_torch(weight), ported.bias.detach().numpy()])
+    np.testing.assert_array_equal(tf_conv3dt.kernel_to_torch(layer.kernel.numpy()), weight)
+    expected = ported(torch.tensor(x)).detach().numpy()
+    assert_close(layer(x), expected, rel=1e-12)
 
 
 def test_regularizer_losses(rng):

@@ -7,6 +7,7 @@ from tf_conv3dt import ops, shapes
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.quantization import tfmot
 from tf_conv3dt.quantization.keras3_int8 import Int8Protocol
+from tf_conv3dt.quantization import qat
 from tf_conv3dt.quantization.qat import QATRanges
 
 
@@ -60,6 +61,13 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         then traced through the int8-oriented GEMM lowering with its bias and
         activation fused into each product (an activation TFLite cannot fuse
         gets a range of its own before it; ``quantization.qat``).
+      groups: PyTorch's grouped transposed convolution: the input channels
+        and the filters in ``groups`` equal groups, each group's inputs
+        reaching only its own filters (``groups`` = the input channels is
+        depthwise). The kernel is then ``(kd, kh, kw, filters // groups,
+        in_channels)``; :func:`kernel_from_torch` and :func:`kernel_to_torch`
+        map it to and from PyTorch's ``(in_channels, filters // groups, kd,
+        kh, kw)``. Each group is one call of the lowering.
       **kwargs: base layer arguments (name, dtype, trainable, ...).
 
     Input shape:
@@ -89,7 +97,7 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
                  bias_initializer="zeros", kernel_regularizer=None,
                  bias_regularizer=None, activity_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, implementation="auto",
-                 quantization=None, **kwargs):
+                 quantization=None, groups=1, **kwargs):
         super().__init__(
             activity_regularizer=_regularizer(activity_regularizer, "activity_regularizer"),
             **kwargs
@@ -112,6 +120,7 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
             else shapes.normalize_tuple(output_padding, "output_padding", allow_zero=True)
         )
         self.dilation_rate = shapes.normalize_tuple(dilation_rate, "dilation_rate")
+        self.groups = shapes.check_groups(groups, filters=self.filters)
         shapes.check_conv_arguments(self.kernel_size, self.strides, self.padding,
                                     self.dilation_rate, self.output_padding)
         self.implementation = shapes.normalize_choice(
@@ -130,6 +139,9 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.quantization = shapes.normalize_choice(
             quantization, "quantization", QUANTIZATION_MODES) if quantization else None
+        if self.quantization and self.groups > 1:
+            raise qat.grouped_quantization_error(self.groups,
+                                                 f"quantization={self.quantization!r}")
         # (min, max) variables of the moving-average int8 ranges, by tensor,
         # and whether the layer is traced for int8 (quantization.qat).
         self._ranges = {}
@@ -191,6 +203,7 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
     def build(self, input_shape):
         input_shape = self._check_input_shape(input_shape)
         self._input_channels = int(input_shape[self._channel_axis])
+        shapes.check_groups(self.groups, self._input_channels)
         self.input_spec = keras.layers.InputSpec(
             ndim=5, axes={self._channel_axis: self._input_channels})
         if self._keras_quantization_mode() == "int8":  # a .keras file of a quantized model
@@ -198,7 +211,7 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         else:
             self.kernel = self.add_weight(
                 name="kernel",
-                shape=(*self.kernel_size, self.filters, self._input_channels),
+                shape=(*self.kernel_size, self.filters // self.groups, self._input_channels),
                 initializer=self.kernel_initializer,
                 regularizer=self.kernel_regularizer,
                 constraint=self.kernel_constraint,
@@ -246,6 +259,7 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
             bias=tf.cast(self.bias, self.compute_dtype) if self.use_bias else None,
             activation=fused,
             fake_quantize_kernel=self._for_int8,
+            groups=self.groups,
         )
         if fused is None:
             outputs = self.activation(self._fake_quantize("pre_activation", outputs, training))
@@ -256,6 +270,8 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         :class:`~tf_conv3dt.quantization.keras3_int8.Int8Protocol`."""
         if type_check and not LEGACY_KERAS and type(self) is not Conv3DTranspose:
             raise self._not_implemented_error(self.quantize)
+        if self.groups > 1:
+            raise qat.grouped_quantization_error(self.groups, f"quantize({mode!r})")
         self.quantize_int8(mode)
 
     def compute_output_shape(self, input_shape, output_shape=None):
@@ -332,9 +348,25 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
                 "bias_constraint": keras.constraints.serialize(self.bias_constraint),
                 "implementation": self.implementation,
                 "quantization": self.quantization,
+                "groups": self.groups,
             }
         )
         return config
+
+
+def kernel_from_torch(weight):
+    """A PyTorch ``ConvTranspose3d`` weight ``(in_channels, filters // groups,
+    kd, kh, kw)`` as this layer's kernel ``(kd, kh, kw, filters // groups,
+    in_channels)``, for ``layer.kernel.assign`` or ``set_weights``; grouped or
+    not, the group of input channel ``c`` is ``c // (in_channels // groups)``
+    in both."""
+    return np.transpose(np.asarray(weight), (2, 3, 4, 1, 0))
+
+
+def kernel_to_torch(kernel):
+    """This layer's kernel as a PyTorch ``ConvTranspose3d`` weight: the
+    inverse of :func:`kernel_from_torch`."""
+    return np.transpose(np.asarray(kernel), (4, 3, 0, 1, 2))
 
 
 def _regularizer(value, name):

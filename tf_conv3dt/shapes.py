@@ -248,5 +248,21 @@ def check_unrolled(kernel_size, strides, implementation):
         )
 
 
+def check_groups(groups, in_channels=None, filters=None):
+    """``groups`` as an int that divides ``in_channels`` and ``filters`` (each
+    checked where given): PyTorch's grouped convolution, where group ``i``
+    maps its ``in_channels // groups`` inputs to its ``filters // groups``
+    outputs."""
+    if not is_int(groups) or groups < 1:
+        raise ValueError(f"The `groups` argument must be a positive integer. Received: "
+                         f"groups={groups!r}")
+    for name, count in (("input channels", in_channels), ("filters", filters)):
+        if count is not None and count % groups:
+            raise ValueError(f"`groups`={groups} must divide the {name}, {count}; choose a "
+                             f"common divisor of the input channels and the filters "
+                             f"(groups=1, or groups=channels for depthwise).")
+    return int(groups)
+
+
 def is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

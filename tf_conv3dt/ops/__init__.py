@@ -58,14 +58,14 @@ __all__ = ["AUTO_RULE", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_con
 def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=None,
                      dilation_rate=1, data_format="channels_last", output_shape=None,
                      implementation="auto", one_product_per_phase=False, bias=None,
-                     activation=None, fake_quantize_kernel=False):
+                     activation=None, fake_quantize_kernel=False, groups=1):
     """Transposed 3-D convolution of ``inputs`` with ``kernel``, then ``bias`` and ``activation``.
 
     Args:
       inputs: 5-D floating-point tensor, ``(N, D, H, W, C)`` for
         "channels_last" or ``(N, C, D, H, W)`` for "channels_first". Batch and
         spatial sizes may be unknown until run time.
-      kernel: ``(kd, kh, kw, filters, C)`` tensor of the inputs' dtype.
+      kernel: ``(kd, kh, kw, filters // groups, C)`` tensor of the inputs' dtype.
       strides: int or 1 or 3 ints.
       padding: "valid" or "same" (case-insensitive).
       output_padding: None, or int / 1 or 3 ints, each smaller than its stride.
@@ -95,6 +95,12 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         quantization-aware training: each product's weights on the int8 grid
         TFLite's converter gives a FULLY_CONNECTED's (symmetric, one scale
         per output channel), so that training sees the file's weights.
+      groups: PyTorch's grouped transposed convolution: the input channels
+        and the filters in ``groups`` equal groups, group ``i``'s inputs
+        reaching only its own outputs through ``kernel[..., i * C // groups:
+        (i + 1) * C // groups]`` (``groups == C`` is depthwise). Each group is
+        one call of the chosen lowering, so every lowering, device and export
+        takes it; ``bias`` then has ``filters`` values.
 
     Returns:
       5-D tensor in ``data_format`` with ``filters`` channels.
@@ -130,6 +136,13 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         )
     kernel_size = tuple(kernel.shape[:3])
     shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
+    groups = shapes.check_groups(groups, kernel.shape[4])
+    if groups > 1:
+        return _grouped(inputs, kernel, groups, bias, dict(
+            strides=strides, padding=padding, output_padding=output_padding,
+            dilation_rate=dilation, data_format=data_format, output_shape=output_shape,
+            implementation=implementation, one_product_per_phase=one_product_per_phase,
+            activation=activation, fake_quantize_kernel=fake_quantize_kernel))
     epilogue = _epilogue(bias, activation, kernel)
     if fake_quantize_kernel and not one_product_per_phase:
         raise ValueError("fake_quantize_kernel=True quantizes the weights of the products "
@@ -178,6 +191,33 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     if epilogue is not None and not fused:
         y = epilogue(y)
     return tf.transpose(y, (0, 4, 1, 2, 3)) if data_format == "channels_first" else y
+
+
+def _grouped(inputs, kernel, groups, bias, arguments):
+    """``groups`` ungrouped calls, one per group of channels, concatenated.
+
+    One call per group rather than one call with a block-diagonal kernel: its
+    zeros would cost ``groups`` times the products and carry an Inf or NaN
+    input of one group into every other group's outputs (0 * Inf).
+    """
+    axis = 1 if arguments["data_format"] == "channels_first" else 4
+    per_group = kernel.shape[3]
+    if bias is not None:
+        bias = tf.convert_to_tensor(bias, dtype=kernel.dtype)
+        if bias.shape != (per_group * groups,):
+            raise ValueError(f"`bias` must have shape ({per_group * groups},), one value per "
+                             f"filter of the {groups} groups. Received: bias.shape={bias.shape}")
+    channels = inputs.shape[axis]
+    if channels is not None and channels != kernel.shape[4]:
+        raise ValueError(
+            f"The input has {channels} channels but the kernel expects "
+            f"{kernel.shape[4]}. Received: inputs.shape={inputs.shape}, "
+            f"kernel.shape={kernel.shape}, data_format={arguments['data_format']!r}")
+    xs = tf.split(inputs, groups, axis=axis)
+    kernels = tf.split(kernel, groups, axis=4)
+    biases = [None] * groups if bias is None else tf.split(bias, groups)
+    return tf.concat([conv3d_transpose(x, k, bias=b, **arguments)
+                      for x, k, b in zip(xs, kernels, biases)], axis=axis)
 
 
 # The activations TFLite fuses into FULLY_CONNECTED, by the names Keras gives them.
