@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from tf_conv3dt import ops, shapes
+from tf_conv3dt import initializers, ops, shapes
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.quantization import tfmot
 from tf_conv3dt.quantization.keras3_int8 import Int8Protocol
@@ -39,7 +39,9 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
       dilation_rate: int or 1 or 3 ints.
       activation: activation function or its name; None for linear.
       use_bias: whether to add a bias vector.
-      kernel_initializer: initializer of the kernel.
+      kernel_initializer: initializer of the kernel; "checkerboard_free"
+        (:class:`tf_conv3dt.initializers.CheckerboardFree`) starts a strided
+        layer as nearest-neighbour up-sampling, free of checkerboard artifacts.
       bias_initializer: initializer of the bias.
       kernel_regularizer: regularizer of the kernel; its loss reaches
         ``layer.losses``.
@@ -131,7 +133,10 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
             raise TypeError(f"The `use_bias` argument must be True or False. "
                             f"Received: use_bias={use_bias!r}")
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        if isinstance(self.kernel_initializer, initializers.CheckerboardFree):
+            self.kernel_initializer = self.kernel_initializer.for_layer(self.kernel_size,
+                                                                        self.strides)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = _regularizer(kernel_regularizer, "kernel_regularizer")
         self.bias_regularizer = _regularizer(bias_regularizer, "bias_regularizer")
