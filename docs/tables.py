@@ -7,6 +7,7 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
   bench_conv3d_transpose.py run, every case and path, then the per-case summary;
 - ``summary FILE``: benchmarks/summary_table.py's rows for a run;
 - ``onnx FILE``: a bench_onnx.py run;
+- ``groups FILE``: a bench_groups.py run;
 - ``export FILE``: the artifact rows of an export's report.json.
 
 Each table opens with the run's machine and configuration as the file
@@ -42,6 +43,8 @@ def render(kind, path, name=None):
         return _onnx(content, source)
     if kind == "export":
         return _export(content, source)
+    if kind == "groups":
+        return _groups(content, source)
     raise ValueError(f"unknown table kind {kind!r} in a marker for {path}")
 
 
@@ -109,6 +112,19 @@ def _onnx(content, source):
                 "native / gemm"], rows),
         f"The MatMul form as fast or faster on {faster} of {len(ratios)} rows; geometric "
         f"mean of native / gemm {mean:.2f}x."])
+
+
+def _groups(content, source):
+    paths = ("auto", "native", "gemm", "subpixel", "torch")
+    head = (f"{content['date']}, {content['cpu']}, {content['cores']} cores, TensorFlow "
+            f"{content['tensorflow']}; median of {content['repeats']} rounds, forward / "
+            f"training step ms {source}")
+    rows = [(r["configuration"], tuple(r["input_shape"]), r["groups"],
+             *(f"{_number(r[p]['forward_ms'], '.1f')} / {_number(r[p]['train_ms'], '.1f')}"
+               for p in paths)) for r in content["rows"]]
+    return head + ":\n\n" + _table(
+        ["configuration", "input", "groups", "auto", "native", "gemm", "subpixel",
+         "PyTorch"], rows)
 
 
 def _export(report, source):

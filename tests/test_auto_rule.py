@@ -23,3 +23,29 @@ def test_rule_table_is_derived_from_the_kept_benchmark_runs():
     runs = derive.load_runs(sorted(glob.glob(os.path.join(BENCHMARKS, "results", "*.json"))))
     assert {run["cpu_configuration"] for run in runs} == {"eigen", "onednn"}
     assert derive.derive(runs) == ops.AUTO_RULE
+
+
+def test_depthwise_layers_take_gemm_where_the_rule_takes_no_native_op():
+    """The grouped rule, from the kept groups run: where the kept result file
+    has GEMM faster than the rule's choice for every depthwise case, an
+    untuned depthwise call traces GEMM's matmuls and no convolution."""
+    import json
+
+    import tensorflow as tf
+
+    (path,) = glob.glob(os.path.join(BENCHMARKS, "results", "groups", "*.json"))
+    with open(path) as f:
+        rows = [row for row in json.load(f)["rows"]
+                if row["groups"] == row["input_shape"][-1]]
+    assert rows and all(row["gemm"][step] < row["subpixel"][step]
+                        for row in rows for step in ("forward_ms", "train_ms"))
+
+    kernel = tf.zeros((3, 3, 3, 2, 4))
+    traced = tf.function(lambda x: ops.conv3d_transpose(x, kernel, 2, "same", 1, groups=4))
+    graph = traced.get_concrete_function(tf.TensorSpec((1, 3, 3, 3, 4))).graph
+    types = {op.type for op in graph.get_operations()}
+    if ops.resolve_implementation("auto", (3, 3, 3), (2, 2, 2)) == "native":
+        assert "Conv3DBackpropInputV2" in types  # the rule's own choice stands
+    else:
+        assert not any(t.startswith("Conv3D") for t in types), types
+        assert "MatMul" in types or "BatchMatMulV2" in types, types
