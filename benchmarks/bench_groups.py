@@ -21,7 +21,7 @@ import tensorflow as tf
 
 import tf_conv3dt
 from bench_conv3d_transpose import interleaved_ms
-from bench_onnx import cpu_model
+from bench_onnx import cpu_model, write_result
 
 # (name, input shape (N, D, H, W, C), filters, kernel, stride, padding, groups)
 CONFIGS = [
@@ -114,12 +114,7 @@ def main():
               "environment": {k: v for k, v in os.environ.items()
                               if k.startswith(("TF_ENABLE_ONEDNN", "ONEDNN", "OPENBLAS"))},
               "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "")
-    path = os.path.join(args.out, f"{slug}_{result['date']}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,17 @@ def cpu_model():
         return platform.processor() or platform.machine()
 
 
+def write_result(result, out_dir):
+    """Writes a run's ``result`` (with its "cpu" and "date") to
+    ``out_dir/<cpu>_<date>.json``, the name the results directories use."""
+    os.makedirs(out_dir, exist_ok=True)
+    slug = "-".join(result["cpu"].lower().split()[:2]).replace("(r)", "")
+    path = os.path.join(out_dir, f"{slug}_{result['date']}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
@@ -83,11 +94,7 @@ def main():
               "cores": os.cpu_count(), "threads": 2, "repeats": args.repeats,
               "rounds": args.rounds, "onnxruntime": onnxruntime.__version__,
               "tensorflow": tf.__version__, "opset": onnx.OPSET, "rows": rows}
-    slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "")
-    path = os.path.join(args.out, f"{slug}_{result['date']}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
