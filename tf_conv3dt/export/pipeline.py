@@ -407,10 +407,11 @@ def _stage_tflite(job, staged, x, expected, report, step):
     baseline_ms = tflite.latency_ms(baseline, batch=batch)
     report.sections["tflite_baseline"] = {"latency_ms": baseline_ms,
                                           "ops": _op_summary(tflite.op_list(baseline))}
+    files = tflite.convert_each(job.model, list(job.verifications), shape, job.samples,
+                                job.implementation, scratch_dir=staged.path)
     for mode, verification in job.verifications.items():
         step(f"converting TFLite {mode}")
-        flatbuffer = tflite.convert(job.model, mode, shape, job.samples, job.implementation,
-                                    scratch_dir=staged.path)
+        _, flatbuffer = next(files)
         name = os.path.join("tflite", f"model_{mode}.tflite")
         with open(staged.path_of(name), "wb") as f:
             f.write(flatbuffer)

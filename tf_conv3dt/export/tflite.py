@@ -6,6 +6,8 @@ GEMM lowering the same layer becomes FULLY_CONNECTED / RESHAPE / TRANSPOSE /
 PAD / SLICE / ADD / CONCATENATION, all of which have int8 kernels.
 """
 
+import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -45,20 +47,38 @@ def convert(model, mode, input_shape, calibration=None, implementation="gemm",
     Returns:
       The flatbuffer as bytes.
     """
-    if mode not in MODES:
-        raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {tuple(MODES)}.")
+    (flatbuffer,) = (flatbuffer for _, flatbuffer in convert_each(
+        model, [mode], input_shape, calibration, implementation, scratch_dir))
+    return flatbuffer
+
+
+def convert_each(model, modes, input_shape, calibration=None, implementation="gemm",
+                 scratch_dir=None):
+    """Yields ``(mode, flatbuffer)`` for each of ``modes`` in turn, as
+    :func:`convert` gives them (same arguments), tracing and saving the model
+    once for the float modes and once for int8 rather than once per file."""
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        raise ValueError(f"Unknown TFLite mode {unknown[0]!r}; expected one of {tuple(MODES)}.")
     spec = signature.serving_spec(model)
     spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
-        # Through a SavedModel, as Keras's own LiteRT export does: the
-        # converter freezes its variables into constants. int8 sums each
-        # stride phase inside one product (int32 accumulation) rather than
-        # requantizing after every tap's addition.
-        signature.save_signature(model, scratch, spec, implementation,
-                               one_product_per_phase=mode == "int8")
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            scratch, signature_keys=[signature.SIGNATURE])
-        return _convert(converter, mode, input_shape, calibration)
+        saved = None  # (one_product_per_phase, path): the SavedModel the last file came from
+        for mode in modes:
+            # Through a SavedModel, as Keras's own LiteRT export does: the
+            # converter freezes its variables into constants. int8 sums each
+            # stride phase inside one product (int32 accumulation) rather
+            # than requantizing after every tap's addition.
+            one_product_per_phase = mode == "int8"
+            if saved is None or saved[0] != one_product_per_phase:
+                if saved is not None:  # one at a time on the disk, as each file needs it
+                    shutil.rmtree(saved[1])
+                saved = one_product_per_phase, os.path.join(scratch, mode)
+                signature.save_signature(model, saved[1], spec, implementation,
+                                         one_product_per_phase=one_product_per_phase)
+            converter = tf.lite.TFLiteConverter.from_saved_model(
+                saved[1], signature_keys=[signature.SIGNATURE])
+            yield mode, _convert(converter, mode, input_shape, calibration)
 
 
 def _convert(converter, mode, input_shape, calibration):
