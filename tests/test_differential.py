@@ -251,6 +251,7 @@ def test_references_agree_with_each_other():
             reference.assert_close(a, b, rel=1e-12)
 
 
+@op_only
 @pytest.mark.parametrize("config", [
     pytest.param(dict(kernel_size=(3, 3, 3), strides=(2, 2, 2), padding="same",
                       output_padding=(1, 1, 1), dilation_rate=(1, 1, 1), output_shape=None,
@@ -370,12 +371,13 @@ def test_one_nan_voxel_reaches_only_its_footprint():
 @op_only
 def test_under_the_other_onednn_setting():
     """The native path depends on whether TensorFlow runs its oneDNN kernels:
-    run the random configurations (fewer) and the named regressions again in a
-    process with the other setting."""
+    run 8 more random configurations (those after this run's, so that no two
+    of a run's configurations are the same) and the named regressions again in
+    a process with the other setting."""
     onednn = ops.cpu_configuration() == "onednn"
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0" if onednn else "1",
                TF_CONV3DT_DIFFERENTIAL_CHILD="1", TF_CONV3DT_DIFFERENTIAL_CONFIGS="8",
-               TF_CPP_MIN_LOG_LEVEL="2")
+               TF_CONV3DT_DIFFERENTIAL_SEED=str(SEED + CONFIGS), TF_CPP_MIN_LOG_LEVEL="2")
     probe = subprocess.run(
         [sys.executable, "-c",
          "from tf_conv3dt import ops; print(ops.cpu_configuration() == 'onednn')"],

@@ -248,6 +248,7 @@ def test_custom_model_with_dilation_and_channels_first(tmp_path, rng):
     assert_close(signature(volume=tf.constant(x))["up"], expected)
 
 
+@cli_only
 def test_a_grouped_model_exports_to_every_format(tmp_path, rng):
     """A depthwise layer and a two-group layer: every artifact within its
     tolerance, the int8 file integer end to end (each group its own
