@@ -13,11 +13,15 @@ import pytest
 import tensorflow as tf
 
 import distributed_training
+import two_hosts
 import tf_conv3dt
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 
 SCRIPT = distributed_training.__file__
 TIMEOUT_S = 150
+# Any port: each namespace is a host of its own, with nothing else listening.
+TWO_HOSTS_PORT = 23456
+NO_TWO_HOSTS = two_hosts.unavailable()  # why not, where the namespaces cannot be made
 
 
 def _env(**extra):
@@ -148,22 +152,23 @@ def _free_ports(count):
             s.close()
 
 
-@pytest.mark.parametrize("implementations,onednn", LOWERINGS)
-def test_multi_worker_mirrored_two_processes(implementations, onednn, tmp_path):
-    """Two workers on 127.0.0.1 (fit under tf_keras, a strategy.run loop under
-    Keras 3), whose last step gives one worker an empty batch, end with
-    identical weights, and the chief's checkpoint restores into a
+def _run_workers(implementations, onednn, tmp_path, workers, launch=lambda index, argv: argv,
+                 **env):
+    """One MultiWorkerMirroredStrategy worker process per address of
+    ``workers``, each started as ``launch(index, argv)``, each writing under
+    ``tmp_path / worker<i>``; checks that both end with the same weights, which
+    training moved, and that the chief's checkpoint restores into a
     single-device model."""
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    out_dirs = [tmp_path / f"worker{i}" for i in range(2)]
+    out_dirs = [tmp_path / f"worker{i}" for i in range(len(workers))]
     processes = []
     try:
         for index, out_dir in enumerate(out_dirs):
             out_dir.mkdir()
             config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
             processes.append(subprocess.Popen(
-                [sys.executable, SCRIPT, "worker", ",".join(implementations), str(out_dir)],
-                env=_env(TF_CONFIG=json.dumps(config), **_onednn_env(onednn)),
+                launch(index, [sys.executable, SCRIPT, "worker", ",".join(implementations),
+                               str(out_dir)]),
+                env=_env(TF_CONFIG=json.dumps(config), **_onednn_env(onednn), **env),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in processes]
     finally:
@@ -172,8 +177,9 @@ def test_multi_worker_mirrored_two_processes(implementations, onednn, tmp_path):
                 p.kill()
                 p.wait()
     for index, (p, log) in enumerate(zip(processes, logs)):
-        assert p.returncode == 0, (f"worker {index} failed, {implementations}, "
-                                   f"TF_ENABLE_ONEDNN_OPTS={onednn}:\n{log[-3000:]}")
+        assert p.returncode == 0, (f"worker {index} ({workers[index]}) failed, "
+                                   f"{implementations}, TF_ENABLE_ONEDNN_OPTS={onednn}:\n"
+                                   f"{log[-3000:]}")
 
     def check(implementation, where):
         chief, other = (_results(out_dir, implementation) for out_dir in out_dirs)
@@ -189,3 +195,35 @@ def test_multi_worker_mirrored_two_processes(implementations, onednn, tmp_path):
             np.testing.assert_array_equal(a, b, err_msg=where)
 
     _check_each(implementations, onednn, check)
+
+
+@pytest.mark.parametrize("implementations,onednn", LOWERINGS)
+def test_multi_worker_mirrored_two_processes(implementations, onednn, tmp_path):
+    """Two workers on 127.0.0.1 (fit under tf_keras, a strategy.run loop under
+    Keras 3), whose last step gives one worker an empty batch, end with
+    identical weights, and the chief's checkpoint restores into a
+    single-device model."""
+    _run_workers(implementations, onednn, tmp_path,
+                 [f"127.0.0.1:{port}" for port in _free_ports(2)])
+
+
+@pytest.mark.skipif(NO_TWO_HOSTS is not None, reason=f"two network namespaces: {NO_TWO_HOSTS}")
+def test_multi_worker_mirrored_on_two_hosts(tmp_path):
+    """The same training with each worker on its own host: a network
+    namespace of its own, joined to the other's by one veth pair (198.18.0.1
+    and .2, no default route), so the workers' collectives cross that link
+    and nothing else. The namespaces are removed afterwards, whatever happened."""
+    with two_hosts.two_hosts() as hosts:
+        for namespace, _ in hosts:
+            routes = subprocess.run(["ip", "-n", namespace, "route", "show"], check=True,
+                                    capture_output=True, text=True).stdout.splitlines()
+            # The link's own subnet, and no way anywhere else.
+            assert len(routes) == 1 and routes[0].startswith(
+                f"198.18.0.0/{two_hosts.PREFIX} dev "), routes
+        # No proxy either: gRPC would send the workers' traffic to one.
+        unproxied = {name: "" for name in os.environ if name.lower().endswith("_proxy")}
+        _run_workers(("auto",), None, tmp_path,
+                     [f"{address}:{TWO_HOSTS_PORT}" for _, address in hosts],
+                     lambda index, argv: two_hosts.command(hosts[index][0], argv), **unproxied)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not {namespace for namespace, _ in hosts} & set(listed.split()), listed
