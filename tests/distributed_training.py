@@ -20,6 +20,9 @@ Modes:
                   epochs) is trained; a run without one restores the backup
                   if there is one, trains to the end and writes
                   OUT_DIR/NAME.npz (with the epochs it trained).
+  worker-resume   one worker of a resumable MultiWorkerMirroredStrategy run:
+                  ``worker-resume IMPLEMENTATION OUT_DIR NAME [KILL_EPOCH]``
+                  (run_resumable_worker).
   worker          one worker of a MultiWorkerMirroredStrategy (TF_CONFIG set by
                   the caller): fit under tf_keras, a ``strategy.run`` loop under
                   Keras 3, which has no multi-worker fit (keras-team/keras#20585);
@@ -106,22 +109,13 @@ def run_mirrored(outs, policy=None):
         np.savez(out, *two, *one, losses=np.array([two_loss, one_loss]))
 
 
-RESUME_EPOCHS = 4  # two batches each: 8 examples, then 1 (one replica empty)
-
-
-def run_resumable(implementation, out_dir, runs):
+def kill_after(keras):
+    """A callback class: SIGKILL this process once the ``epoch``-th epoch ends
+    (after BackupAndRestore's backup, which comes first) or the ``batch``-th
+    batch (counted from 1 across epochs) is trained."""
     import signal
 
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import tf_conv3dt
-    from tf_conv3dt._keras import keras
-
     class KillAfter(keras.callbacks.Callback):
-        """SIGKILL once the ``epoch``-th epoch ends or the ``batch``-th batch is trained."""
-
         def __init__(self, epoch=None, batch=None):
             super().__init__()
             self.epoch, self.batch, self.batches = epoch, batch, 0
@@ -135,6 +129,21 @@ def run_resumable(implementation, out_dir, runs):
             if epoch + 1 == self.epoch:
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    return KillAfter
+
+
+RESUME_EPOCHS = 4  # two batches each: 8 examples, then 1 (one replica empty)
+
+
+def run_resumable(implementation, out_dir, runs):
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tf_conv3dt
+    from tf_conv3dt._keras import keras
+
+    KillAfter = kill_after(keras)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     weights = initial_weights(keras, tf_conv3dt, implementation)
     x, y = data()
@@ -191,9 +200,11 @@ def run_worker(tf, keras, tf_conv3dt, strategy, implementation, out):
     checkpoint.write(path)
 
 
-def train_loop(tf, keras, strategy, model, optimizer, dataset):
+def train_loop(tf, keras, strategy, model, optimizer, dataset, epochs=range(EPOCHS),
+               after_epoch=lambda epoch: None):
     """What fit does, as a custom loop: per-replica mean squared error over the
-    global batch, plus the regularization losses divided among the replicas."""
+    global batch, plus the regularization losses divided among the replicas;
+    ``after_epoch(epoch)`` after each of ``epochs``."""
     distributed = strategy.experimental_distribute_dataset(dataset)
 
     @tf.function
@@ -214,15 +225,76 @@ def train_loop(tf, keras, strategy, model, optimizer, dataset):
 
         strategy.run(replica_step, args=(x, y))
 
-    for _ in range(EPOCHS):
+    for epoch in epochs:
         for batch in distributed:
             step(batch)
+        after_epoch(epoch)
+
+
+def run_resumable_worker(implementation, out_dir, name, kill_epoch=None):
+    """One worker of a resumable MultiWorkerMirroredStrategy run ``name``:
+    SGD with momentum for RESUME_EPOCHS epochs, backed up after each in
+    OUT_DIR/NAME (BackupAndRestore under tf_keras's fit; a CheckpointManager
+    in Keras 3's loop, the chief's there, the other worker's in a scratch
+    directory beside it), resuming from a backup where there is one. With
+    ``kill_epoch`` it SIGKILLs itself after that epoch's backup; otherwise it
+    writes OUT_DIR/NAME-worker<index>.npz: its weights and the epochs it trained."""
+    import signal
+
+    import tensorflow as tf
+    import tf_conv3dt
+    from tf_conv3dt._keras import LEGACY_KERAS, keras
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    weights = initial_weights(keras, tf_conv3dt, implementation)
+    x, y = data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    with strategy.scope():
+        model = build_model(keras, tf_conv3dt, implementation)
+        model.set_weights(weights)
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    backup = os.path.join(out_dir, name)
+    trained = []
+    if LEGACY_KERAS:
+        model.compile(optimizer=optimizer, loss="mse")
+        callbacks = [keras.callbacks.BackupAndRestore(backup)]
+        if kill_epoch:
+            callbacks.append(kill_after(keras)(epoch=kill_epoch))
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.DATA
+        trained = model.fit(dataset.with_options(options), epochs=RESUME_EPOCHS, verbose=0,
+                            callbacks=callbacks).epoch
+    else:
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)  # its momentum, restored with the rest
+        done = tf.Variable(0)  # epochs trained
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epochs=done)
+        manager = tf.train.CheckpointManager(
+            checkpoint, backup if index == 0 else f"{backup}-scratch{index}", max_to_keep=1)
+        checkpoint.restore(manager.latest_checkpoint)  # None: from the start
+
+        def after_epoch(epoch):
+            done.assign(epoch + 1)
+            manager.save()  # on every worker: the save is collective
+            trained.append(epoch)
+            if epoch + 1 == kill_epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        train_loop(tf, keras, strategy, model, optimizer, dataset,
+                   range(int(done.numpy()), RESUME_EPOCHS), after_epoch)
+    np.savez(os.path.join(out_dir, f"{name}-worker{index}.npz"), *model.get_weights(),
+             epochs=np.array(trained))
 
 
 if __name__ == "__main__":
     mode, implementations, out_dir = sys.argv[1:4]
     if mode == "resume":
         run_resumable(implementations, out_dir, sys.argv[4:])
+        sys.exit()
+    if mode == "worker-resume":
+        run_resumable_worker(implementations, out_dir, sys.argv[4],
+                             int(sys.argv[5]) if len(sys.argv) > 5 else None)
         sys.exit()
     outs = {implementation: os.path.join(out_dir, f"{implementation}.npz")
             for implementation in implementations.split(",")}

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -39,7 +40,11 @@ def _where(implementation, onednn):
 
 def _results(out_dir, implementation):
     """The arrays a run saved in order (its weights), without the named extras."""
-    saved = np.load(os.path.join(out_dir, f"{implementation}.npz"))
+    return _results_of(os.path.join(out_dir, f"{implementation}.npz"))
+
+
+def _results_of(path):
+    saved = np.load(path)
     return [saved[f"arr_{i}"] for i in range(sum(f.startswith("arr_") for f in saved.files))]
 
 
@@ -205,6 +210,74 @@ def test_multi_worker_mirrored_two_processes(implementations, onednn, tmp_path):
     single-device model."""
     _run_workers(implementations, onednn, tmp_path,
                  [f"127.0.0.1:{port}" for port in _free_ports(2)])
+
+
+def _resumable_pair(tmp_path, name, kill_epoch=None):
+    """Starts the two workers of resumable run ``name`` on fresh 127.0.0.1
+    ports; ``kill_epoch`` goes to worker 1 alone. Returns the processes."""
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        kill = [str(kill_epoch)] if kill_epoch and index == 1 else []
+        processes.append(subprocess.Popen(
+            [sys.executable, SCRIPT, "worker-resume", "auto", str(tmp_path), name, *kill],
+            env=_env(TF_CONFIG=json.dumps(config)), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    return processes
+
+
+def _finish(processes, timeout=TIMEOUT_S):
+    """Each process's (status, log); kills whatever is still running at the end."""
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [(p.returncode, log) for p, log in zip(processes, logs)]
+
+
+# How long the surviving worker may take to fail once its peer is gone (it
+# took about 2 s here: the next collective finds the peer's port closed).
+SURVIVOR_TIMEOUT_S = 60
+
+
+def test_a_worker_killed_alone_fails_the_other_cleanly_and_the_pair_resumes(tmp_path):
+    """MultiWorkerMirroredStrategy, SGD with momentum, backed up after every
+    epoch (BackupAndRestore under tf_keras's fit, a CheckpointManager in Keras
+    3's loop). Worker 1 is SIGKILLed after the second epoch's backup; worker 0
+    then fails on its next collective with UnavailableError well within
+    SURVIVOR_TIMEOUT_S, not a hang. Restarted, the pair trains the last two
+    epochs from the backup and ends with the weights of a pair never
+    interrupted, bitwise, on both workers."""
+    statuses = _finish(_resumable_pair(tmp_path, "uninterrupted"))
+    assert [status for status, _ in statuses] == [0, 0], statuses[0][1][-3000:] + \
+        statuses[1][1][-3000:]
+    survivor, killed = _resumable_pair(tmp_path, "interrupted", kill_epoch=2)
+    try:
+        killed.wait(timeout=TIMEOUT_S)
+        assert killed.returncode == -signal.SIGKILL, killed.communicate()[0][-3000:]
+        started = time.monotonic()
+        (status, log), = _finish([survivor], timeout=SURVIVOR_TIMEOUT_S)
+        waited = time.monotonic() - started
+    finally:
+        _finish([survivor, killed], timeout=1)
+    assert status not in (0, None) and "UnavailableError" in log, (status, log[-3000:])
+    assert waited < SURVIVOR_TIMEOUT_S
+    assert not (tmp_path / "interrupted-worker0.npz").exists()
+    statuses = _finish(_resumable_pair(tmp_path, "interrupted"))
+    assert [status for status, _ in statuses] == [0, 0], statuses[0][1][-3000:] + \
+        statuses[1][1][-3000:]
+    expected = _results_of(tmp_path / "uninterrupted-worker0.npz")
+    for index in range(2):
+        saved = np.load(tmp_path / f"interrupted-worker{index}.npz")
+        assert saved["epochs"].tolist() == list(range(2, distributed_training.RESUME_EPOCHS))
+        resumed = _results_of(tmp_path / f"interrupted-worker{index}.npz")
+        assert len(resumed) == len(expected)
+        for a, b in zip(resumed, expected):
+            np.testing.assert_array_equal(a, b, err_msg=f"worker {index}, resumed")
 
 
 @pytest.mark.skipif(NO_TWO_HOSTS is not None, reason=f"two network namespaces: {NO_TWO_HOSTS}")
