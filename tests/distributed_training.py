@@ -21,7 +21,7 @@ Modes:
                   if there is one, trains to the end and writes
                   OUT_DIR/NAME.npz (with the epochs it trained).
   worker-resume   one worker of a resumable MultiWorkerMirroredStrategy run:
-                  ``worker-resume IMPLEMENTATION OUT_DIR NAME [KILL_EPOCH]``
+                  ``worker-resume IMPLEMENTATION OUT_DIR NAME [epoch=E|batch=B]``
                   (run_resumable_worker).
   worker          one worker of a MultiWorkerMirroredStrategy (TF_CONFIG set by
                   the caller): fit under tf_keras, a ``strategy.run`` loop under
@@ -201,10 +201,10 @@ def run_worker(tf, keras, tf_conv3dt, strategy, implementation, out):
 
 
 def train_loop(tf, keras, strategy, model, optimizer, dataset, epochs=range(EPOCHS),
-               after_epoch=lambda epoch: None):
+               after_batch=lambda: None, after_epoch=lambda epoch: None):
     """What fit does, as a custom loop: per-replica mean squared error over the
     global batch, plus the regularization losses divided among the replicas;
-    ``after_epoch(epoch)`` after each of ``epochs``."""
+    ``after_batch()`` after each step, ``after_epoch(epoch)`` after each of ``epochs``."""
     distributed = strategy.experimental_distribute_dataset(dataset)
 
     @tf.function
@@ -228,17 +228,19 @@ def train_loop(tf, keras, strategy, model, optimizer, dataset, epochs=range(EPOC
     for epoch in epochs:
         for batch in distributed:
             step(batch)
+            after_batch()
         after_epoch(epoch)
 
 
-def run_resumable_worker(implementation, out_dir, name, kill_epoch=None):
+def run_resumable_worker(implementation, out_dir, name, kill=None):
     """One worker of a resumable MultiWorkerMirroredStrategy run ``name``:
     SGD with momentum for RESUME_EPOCHS epochs, backed up after each in
     OUT_DIR/NAME (BackupAndRestore under tf_keras's fit; a CheckpointManager
     in Keras 3's loop, the chief's there, the other worker's in a scratch
-    directory beside it), resuming from a backup where there is one. With
-    ``kill_epoch`` it SIGKILLs itself after that epoch's backup; otherwise it
-    writes OUT_DIR/NAME-worker<index>.npz: its weights and the epochs it trained."""
+    directory beside it), resuming from a backup where there is one. With a
+    ``kill`` point, ``epoch=E`` or ``batch=B`` as :func:`kill_after` takes
+    them, it SIGKILLs itself there; otherwise it writes
+    OUT_DIR/NAME-worker<index>.npz: its weights and the epochs it trained."""
     import signal
 
     import tensorflow as tf
@@ -254,12 +256,14 @@ def run_resumable_worker(implementation, out_dir, name, kill_epoch=None):
         model.set_weights(weights)
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
     backup = os.path.join(out_dir, name)
+    point, _, number = (kill or "").partition("=")
+    number = int(number or 0)
     trained = []
     if LEGACY_KERAS:
         model.compile(optimizer=optimizer, loss="mse")
         callbacks = [keras.callbacks.BackupAndRestore(backup)]
-        if kill_epoch:
-            callbacks.append(kill_after(keras)(epoch=kill_epoch))
+        if kill:
+            callbacks.append(kill_after(keras)(**{point: number}))
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = \
             tf.data.experimental.AutoShardPolicy.DATA
@@ -274,15 +278,22 @@ def run_resumable_worker(implementation, out_dir, name, kill_epoch=None):
             checkpoint, backup if index == 0 else f"{backup}-scratch{index}", max_to_keep=1)
         checkpoint.restore(manager.latest_checkpoint)  # None: from the start
 
+        batches = []
+
+        def after_batch():
+            batches.append(None)
+            if point == "batch" and len(batches) == number:
+                os.kill(os.getpid(), signal.SIGKILL)
+
         def after_epoch(epoch):
             done.assign(epoch + 1)
             manager.save()  # on every worker: the save is collective
             trained.append(epoch)
-            if epoch + 1 == kill_epoch:
+            if point == "epoch" and epoch + 1 == number:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         train_loop(tf, keras, strategy, model, optimizer, dataset,
-                   range(int(done.numpy()), RESUME_EPOCHS), after_epoch)
+                   range(int(done.numpy()), RESUME_EPOCHS), after_batch, after_epoch)
     np.savez(os.path.join(out_dir, f"{name}-worker{index}.npz"), *model.get_weights(),
              epochs=np.array(trained))
 
@@ -293,8 +304,7 @@ if __name__ == "__main__":
         run_resumable(implementations, out_dir, sys.argv[4:])
         sys.exit()
     if mode == "worker-resume":
-        run_resumable_worker(implementations, out_dir, sys.argv[4],
-                             int(sys.argv[5]) if len(sys.argv) > 5 else None)
+        run_resumable_worker(implementations, out_dir, *sys.argv[4:6])
         sys.exit()
     outs = {implementation: os.path.join(out_dir, f"{implementation}.npz")
             for implementation in implementations.split(",")}

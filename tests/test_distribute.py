@@ -212,16 +212,17 @@ def test_multi_worker_mirrored_two_processes(implementations, onednn, tmp_path):
                  [f"127.0.0.1:{port}" for port in _free_ports(2)])
 
 
-def _resumable_pair(tmp_path, name, kill_epoch=None):
+def _resumable_pair(tmp_path, name, kill=None):
     """Starts the two workers of resumable run ``name`` on fresh 127.0.0.1
-    ports; ``kill_epoch`` goes to worker 1 alone. Returns the processes."""
+    ports; the ``kill`` point (``epoch=E`` or ``batch=B``) goes to worker 1
+    alone. Returns the processes."""
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        kill = [str(kill_epoch)] if kill_epoch and index == 1 else []
         processes.append(subprocess.Popen(
-            [sys.executable, SCRIPT, "worker-resume", "auto", str(tmp_path), name, *kill],
+            [sys.executable, SCRIPT, "worker-resume", "auto", str(tmp_path), name,
+             *([kill] if kill and index == 1 else [])],
             env=_env(TF_CONFIG=json.dumps(config)), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True))
     return processes
@@ -247,37 +248,39 @@ SURVIVOR_TIMEOUT_S = 60
 def test_a_worker_killed_alone_fails_the_other_cleanly_and_the_pair_resumes(tmp_path):
     """MultiWorkerMirroredStrategy, SGD with momentum, backed up after every
     epoch (BackupAndRestore under tf_keras's fit, a CheckpointManager in Keras
-    3's loop). Worker 1 is SIGKILLed after the second epoch's backup; worker 0
-    then fails on its next collective with UnavailableError well within
-    SURVIVOR_TIMEOUT_S, not a hang. Restarted, the pair trains the last two
-    epochs from the backup and ends with the weights of a pair never
-    interrupted, bitwise, on both workers."""
+    3's loop; two steps an epoch). Worker 1 is SIGKILLed right after the
+    second epoch's backup, and in another run after the fifth step (the third
+    epoch's first, past that backup). Each time worker 0 then fails on its
+    next collective with UnavailableError well within SURVIVOR_TIMEOUT_S, not
+    a hang; restarted, the pair trains the last two epochs from the backup and
+    ends with the weights of a pair never interrupted, bitwise, on both."""
     statuses = _finish(_resumable_pair(tmp_path, "uninterrupted"))
     assert [status for status, _ in statuses] == [0, 0], statuses[0][1][-3000:] + \
         statuses[1][1][-3000:]
-    survivor, killed = _resumable_pair(tmp_path, "interrupted", kill_epoch=2)
-    try:
-        killed.wait(timeout=TIMEOUT_S)
-        assert killed.returncode == -signal.SIGKILL, killed.communicate()[0][-3000:]
-        started = time.monotonic()
-        (status, log), = _finish([survivor], timeout=SURVIVOR_TIMEOUT_S)
-        waited = time.monotonic() - started
-    finally:
-        _finish([survivor, killed], timeout=1)
-    assert status not in (0, None) and "UnavailableError" in log, (status, log[-3000:])
-    assert waited < SURVIVOR_TIMEOUT_S
-    assert not (tmp_path / "interrupted-worker0.npz").exists()
-    statuses = _finish(_resumable_pair(tmp_path, "interrupted"))
-    assert [status for status, _ in statuses] == [0, 0], statuses[0][1][-3000:] + \
-        statuses[1][1][-3000:]
     expected = _results_of(tmp_path / "uninterrupted-worker0.npz")
-    for index in range(2):
-        saved = np.load(tmp_path / f"interrupted-worker{index}.npz")
-        assert saved["epochs"].tolist() == list(range(2, distributed_training.RESUME_EPOCHS))
-        resumed = _results_of(tmp_path / f"interrupted-worker{index}.npz")
-        assert len(resumed) == len(expected)
-        for a, b in zip(resumed, expected):
-            np.testing.assert_array_equal(a, b, err_msg=f"worker {index}, resumed")
+    for name, kill in [("between", "epoch=2"), ("mid", "batch=5")]:
+        survivor, killed = _resumable_pair(tmp_path, name, kill)
+        try:
+            killed.wait(timeout=TIMEOUT_S)
+            assert killed.returncode == -signal.SIGKILL, (kill, killed.communicate()[0][-3000:])
+            started = time.monotonic()
+            (status, log), = _finish([survivor], timeout=SURVIVOR_TIMEOUT_S)
+            waited = time.monotonic() - started
+        finally:
+            _finish([survivor, killed], timeout=1)
+        assert status not in (0, None) and "UnavailableError" in log, (kill, status, log[-3000:])
+        assert waited < SURVIVOR_TIMEOUT_S, kill
+        assert not (tmp_path / f"{name}-worker0.npz").exists(), kill
+        statuses = _finish(_resumable_pair(tmp_path, name))
+        assert [status for status, _ in statuses] == [0, 0], statuses[0][1][-3000:] + \
+            statuses[1][1][-3000:]
+        for index in range(2):
+            saved = np.load(tmp_path / f"{name}-worker{index}.npz")
+            assert saved["epochs"].tolist() == list(range(2, distributed_training.RESUME_EPOCHS))
+            resumed = _results_of(tmp_path / f"{name}-worker{index}.npz")
+            assert len(resumed) == len(expected)
+            for a, b in zip(resumed, expected):
+                np.testing.assert_array_equal(a, b, err_msg=f"worker {index}, resumed after {kill}")
 
 
 @pytest.mark.skipif(NO_TWO_HOSTS is not None, reason=f"two network namespaces: {NO_TWO_HOSTS}")
