@@ -157,6 +157,18 @@ def _free_ports(count):
             s.close()
 
 
+def _finish(processes, timeout=TIMEOUT_S):
+    """Each process's (status, log); kills whatever is still running at the end."""
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [(p.returncode, log) for p, log in zip(processes, logs)]
+
+
 def _run_workers(implementations, onednn, tmp_path, workers, launch=lambda index, argv: argv,
                  **env):
     """One MultiWorkerMirroredStrategy worker process per address of
@@ -166,23 +178,16 @@ def _run_workers(implementations, onednn, tmp_path, workers, launch=lambda index
     single-device model."""
     out_dirs = [tmp_path / f"worker{i}" for i in range(len(workers))]
     processes = []
-    try:
-        for index, out_dir in enumerate(out_dirs):
-            out_dir.mkdir()
-            config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-            processes.append(subprocess.Popen(
-                launch(index, [sys.executable, SCRIPT, "worker", ",".join(implementations),
-                               str(out_dir)]),
-                env=_env(TF_CONFIG=json.dumps(config), **_onednn_env(onednn), **env),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for index, (p, log) in enumerate(zip(processes, logs)):
-        assert p.returncode == 0, (f"worker {index} ({workers[index]}) failed, "
+    for index, out_dir in enumerate(out_dirs):
+        out_dir.mkdir()
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(subprocess.Popen(
+            launch(index, [sys.executable, SCRIPT, "worker", ",".join(implementations),
+                           str(out_dir)]),
+            env=_env(TF_CONFIG=json.dumps(config), **_onednn_env(onednn), **env),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for index, (status, log) in enumerate(_finish(processes)):
+        assert status == 0, (f"worker {index} ({workers[index]}) failed, "
                                    f"{implementations}, TF_ENABLE_ONEDNN_OPTS={onednn}:\n"
                                    f"{log[-3000:]}")
 
@@ -226,18 +231,6 @@ def _resumable_pair(tmp_path, name, kill=None):
             env=_env(TF_CONFIG=json.dumps(config)), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True))
     return processes
-
-
-def _finish(processes, timeout=TIMEOUT_S):
-    """Each process's (status, log); kills whatever is still running at the end."""
-    try:
-        logs = [p.communicate(timeout=timeout)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [(p.returncode, log) for p, log in zip(processes, logs)]
 
 
 # How long the surviving worker may take to fail once its peer is gone (it
