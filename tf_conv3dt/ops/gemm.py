@@ -80,6 +80,11 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
         return epilogue(_unreached_zeros(x, kernel, tf.stack(
             [batch, *plan.blocks(), math.prod(strides) * filters])))
     rows = tf.reshape(x, (-1, channels))  # one row per input voxel
+    # Each tap's (F, C) weights, FULLY_CONNECTED's own layout, from one
+    # Unpack: per-tap slices cost an op each, and a StridedSliceGrad each.
+    tap_weights = dict(zip(itertools.product(*map(range, kernel_size)),
+                           tf.unstack(tf.reshape(kernel, (-1, filters, channels)))))
+    product_shape = tf.stack([batch, *plan.input_lengths, filters])
     phases = []
     for phase in itertools.product(*map(range, strides)):
         taps = taps_by_phase.get(phase)
@@ -89,16 +94,15 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
         elif one_product_per_phase:
             windows = [block_window(x, plan, shifts) for _, shifts in taps]
             windows = tf.concat(windows, axis=-1) if len(windows) > 1 else windows[0]
-            weights = tf.concat([kernel[offsets] for offsets, _ in taps], axis=1)
+            weights = tf.concat([tap_weights[offsets] for offsets, _ in taps], axis=1)
             product = epilogue(tf.matmul(tf.reshape(windows, (-1, len(taps) * channels)),
                                          grid(weights, 1), transpose_b=True))
             phases.append(tf.reshape(product, [batch, *plan.blocks(), filters]))
         else:
             contributions = []
             for offsets, shifts in taps:
-                # kernel[offsets] is (F, C): FULLY_CONNECTED's own weight layout.
-                product = tf.matmul(rows, kernel[offsets], transpose_b=True)
-                product = tf.reshape(product, [batch, *plan.input_lengths, filters])
+                product = tf.matmul(rows, tap_weights[offsets], transpose_b=True)
+                product = tf.reshape(product, product_shape)
                 contributions.append(block_window(product, plan, shifts))
             # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
             phases.append(functools.reduce(tf.add, contributions))
