@@ -106,8 +106,6 @@ CONSTRUCTOR = [
     case("groups=True", lambda: Layer(2, 3, groups=True), ValueError, "groups=True"),
     case("groups not dividing the filters", lambda: Layer(2, 3, groups=3), ValueError,
          "`groups`=3", "the filters, 2"),
-    case("groups with QAT", lambda: Layer(2, 3, groups=2, quantization="qat"), ValueError,
-         "groups=2", "quantization='qat'"),
     # Keras 3 raises ValueError, tf_keras TypeError.
     case("unknown keyword", lambda: Layer(2, 3, stride=2), (TypeError, ValueError), "stride"),
 ]
@@ -115,9 +113,6 @@ CONSTRUCTOR = [
 CALL = [
     case("groups not dividing the input channels", lambda: Layer(2, 2, groups=2)(X),
          ValueError, "`groups`=2", "the input channels, 3"),
-    case("int8 quantization of a grouped layer",
-         lambda: _built(groups=2, input_channels=4).quantize("int8"), ValueError,
-         "groups=2", "quantize('int8')"),
     case("rank 4", lambda: Layer(2, 3)(np.zeros((2, 4, 4, 3), np.float32)), ValueError,
          "5-D", "input_shape=(2, 4, 4, 3)"),
     case("0-d array", lambda: Layer(2, 3)(np.float32(1)), ValueError, "5-D",

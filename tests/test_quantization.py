@@ -18,7 +18,7 @@ def _model():
     inputs = keras.Input((4, 3, 5, 6), name="voxels")
     hidden = tf_conv3dt.Conv3DTranspose(4, 3, 2, padding="same", activation="relu",
                                         name="up1")(inputs)
-    outputs = tf_conv3dt.Conv3DTranspose(2, 2, 2, name="up2")(hidden)
+    outputs = tf_conv3dt.Conv3DTranspose(2, 2, 2, groups=2, name="up2")(hidden)
     return keras.Model(inputs, outputs)
 
 
@@ -109,14 +109,14 @@ def _assert_follows(converted, simulated, step):
 
 def _mixed_model():
     """Overlapping and non-overlapping kernels, "same" and "valid", relu and
-    linear, biases away from zero."""
+    linear, one group, two and depthwise, biases away from zero."""
     inputs = keras.Input((3, 3, 3, 2), name="voxels")
     hidden = inputs
-    for name, filters, kernel, stride, padding, activation in (
-            ("up1", 6, 3, 2, "same", "relu"), ("up2", 4, 2, 1, "valid", "relu"),
-            ("up3", 4, 2, 2, "valid", None), ("up4", 2, 3, 1, "same", None)):
+    for name, filters, kernel, stride, padding, activation, groups in (
+            ("up1", 6, 3, 2, "same", "relu", 1), ("up2", 4, 2, 1, "valid", "relu", 2),
+            ("up3", 4, 2, 2, "valid", None, 4), ("up4", 2, 3, 1, "same", None, 1)):
         hidden = tf_conv3dt.Conv3DTranspose(
-            filters, kernel, stride, padding=padding, activation=activation,
+            filters, kernel, stride, padding=padding, activation=activation, groups=groups,
             bias_initializer=keras.initializers.RandomNormal(stddev=0.3), name=name)(hidden)
     return keras.Model(inputs, hidden)
 
@@ -308,7 +308,7 @@ class TestKeras3Quantize:
         hidden = tf_conv3dt.Conv3DTranspose(4, 3, 2, padding="same", activation="relu",
                                             bias_initializer="random_normal",
                                             name="up1")(hidden)
-        outputs = tf_conv3dt.Conv3DTranspose(2, 2, 2, name="up2")(hidden)
+        outputs = tf_conv3dt.Conv3DTranspose(2, 2, 2, groups=2, name="up2")(hidden)
         return keras.Model(inputs, outputs)
 
     def test_int8_quantizes_our_layers_with_dense(self, rng, tmp_path):
@@ -316,6 +316,7 @@ class TestKeras3Quantize:
         model = self._model()
         x = rng.uniform(size=(2, 4, 3, 5, 6)).astype("float32")
         float_kernel = model.get_layer("up1").kernel.numpy()
+        grouped_kernel = model.get_layer("up2").kernel.numpy()
         float_y = np.asarray(model(x))
         model.quantize("int8")
         for name in ("dense", "up1", "up2"):
@@ -333,6 +334,16 @@ class TestKeras3Quantize:
         expected = np.maximum(np_conv3d_transpose(inputs, kernel, up1.bias.numpy(), (2, 2, 2),
                                                   "same"), 0)
         assert_close(up1(hidden), expected)
+        # Grouped: filter f of group i is scaled over group i's input channels.
+        up2 = model.get_layer("up2")
+        np.testing.assert_allclose(up2.kernel_scale.numpy(), [
+            127 / np.abs(grouped_kernel[..., 0, :2]).max(),
+            127 / np.abs(grouped_kernel[..., 0, 2:]).max()], rtol=1e-6)
+        hidden = np.asarray(up1(hidden))
+        step = np.abs(hidden).max() / 127
+        kernel = up2.kernel.numpy() / np.repeat(up2.kernel_scale.numpy(), 2)
+        assert_close(up2(hidden), np_conv3d_transpose(
+            np.round(hidden / step) * step, kernel, up2.bias.numpy(), (2, 2, 2), groups=2))
         y = np.asarray(model(x))
         assert _range_fraction(y, float_y) <= 0.02
 
@@ -449,7 +460,7 @@ class TestPruningAndClustering:
         second = stripped.get_layer("up2")
         hidden = stripped.get_layer("up1")(x[:2])
         assert_close(stripped(x[:2]), np_conv3d_transpose(
-            hidden, second.kernel.numpy(), second.bias.numpy(), (2, 2, 2), "valid"))
+            hidden, second.kernel.numpy(), second.bias.numpy(), (2, 2, 2), "valid", groups=2))
 
 
 def test_importing_tf_conv3dt_does_not_import_tfmot():

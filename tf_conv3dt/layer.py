@@ -7,7 +7,6 @@ from tf_conv3dt import initializers, ops, shapes
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.quantization import tfmot
 from tf_conv3dt.quantization.keras3_int8 import Int8Protocol
-from tf_conv3dt.quantization import qat
 from tf_conv3dt.quantization.qat import QATRanges
 
 
@@ -144,9 +143,6 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.quantization = shapes.normalize_choice(
             quantization, "quantization", QUANTIZATION_MODES) if quantization else None
-        if self.quantization and self.groups > 1:
-            raise qat.grouped_quantization_error(self.groups,
-                                                 f"quantization={self.quantization!r}")
         # (min, max) variables of the moving-average int8 ranges, by tensor,
         # and whether the layer is traced for int8 (quantization.qat).
         self._ranges = {}
@@ -275,8 +271,6 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         :class:`~tf_conv3dt.quantization.keras3_int8.Int8Protocol`."""
         if type_check and not LEGACY_KERAS and type(self) is not Conv3DTranspose:
             raise self._not_implemented_error(self.quantize)
-        if self.groups > 1:
-            raise qat.grouped_quantization_error(self.groups, f"quantize({mode!r})")
         self.quantize_int8(mode)
 
     def compute_output_shape(self, input_shape, output_shape=None):

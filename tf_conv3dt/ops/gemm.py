@@ -34,7 +34,11 @@ def gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue=Non
     kernel_size = (kd, kh, kw)
     batch = tf.shape(x)[0]
     fuse = epilogue is not None and one_product_per_phase
-    if kernel_size == strides:
+    # One filter's bias, tiled over the taps, folds into a constant of one
+    # repeated value, which the converter's QAT path quantizes with the first
+    # output channel's scale only (5 to 138 steps off, docs/quantization.md):
+    # that case takes one product per phase, each with its own bias.
+    if kernel_size == strides and not (fuse and filters == 1 and math.prod(strides) > 1):
         # Each tap is its own stride phase and no tap overlaps another: one
         # matmul by the kernel as (C, kd*kh*kw*F) gives the phase tensor.
         matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))

@@ -10,9 +10,9 @@ class Int8Protocol:
     """What ``model.quantize("int8")`` asks of a layer, for Conv3DTranspose.
 
     Mode "int8": the kernel becomes int8 with one scale per filter (the
-    largest magnitude over the taps and input channels maps to 127), and the
-    input is quantized to int8 at call time; the dtype policy becomes
-    ``int8_from_<policy>``, and .keras files keep the int8 kernel.
+    largest magnitude over the taps and its group's input channels maps to
+    127), and the input is quantized to int8 at call time; the dtype policy
+    becomes ``int8_from_<policy>``, and .keras files keep the int8 kernel.
     """
 
     def quantize_int8(self, mode):
@@ -31,12 +31,18 @@ class Int8Protocol:
                              "training (quantization='qat'); convert it with the TFLite "
                              "converter instead of quantize('int8').")
         kernel = tf.convert_to_tensor(self.kernel)
-        scale = 127.0 / abs_max(kernel, axis=(0, 1, 2, 4), keepdims=True)
-        values = tf.cast(tf.clip_by_value(tf.round(kernel * scale), -127, 127), "int8")
+        per_group = self.filters // self.groups
+        # Filter f of group i is kernel[..., f, group i's input channels].
+        largest = abs_max(tf.reshape(kernel, (-1, per_group, self.groups,
+                                              self._input_channels // self.groups)),
+                          axis=(0, 3))
+        scale = 127.0 / tf.reshape(tf.transpose(largest), (self.filters,))
+        values = tf.round(kernel * self._by_kernel_entry(scale))
+        values = tf.cast(tf.clip_by_value(values, -127, 127), "int8")
         del self.kernel
         self._add_int8_kernel()
         self.kernel.assign(values)
-        self.kernel_scale.assign(tf.reshape(scale, (self.filters,)))
+        self.kernel_scale.assign(scale)
         self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
 
     def _keras_quantization_mode(self):
@@ -44,9 +50,16 @@ class Int8Protocol:
         under tf_keras, which has no such protocol."""
         return None if LEGACY_KERAS else self.quantization_mode
 
+    def _by_kernel_entry(self, per_filter):
+        """A value per filter (group-major, as the outputs are ordered) laid
+        out as the kernel's last two axes, ``(filters // groups, in_channels)``."""
+        by_group = tf.reshape(per_filter, (self.groups, self.filters // self.groups))
+        return tf.repeat(tf.transpose(by_group), self._input_channels // self.groups, axis=1)
+
     def _add_int8_kernel(self):
         self.kernel = self.add_weight(
-            name="kernel", shape=(*self.kernel_size, self.filters, self._input_channels),
+            name="kernel",
+            shape=(*self.kernel_size, self.filters // self.groups, self._input_channels),
             initializer="zeros", dtype="int8", trainable=False)
         self.kernel_scale = self.add_weight(name="kernel_scale", shape=(self.filters,),
                                             initializer="ones", trainable=False)
@@ -62,6 +75,5 @@ class Int8Protocol:
         scale = 127.0 / abs_max(inputs)
         inputs += tf.stop_gradient(tf.round(inputs * scale) / scale - inputs)
         kernel = (tf.cast(self.kernel, self.compute_dtype)
-                  / tf.reshape(tf.cast(self.kernel_scale, self.compute_dtype),
-                               (self.filters, 1)))
+                  / self._by_kernel_entry(tf.cast(self.kernel_scale, self.compute_dtype)))
         return self._apply(inputs, kernel, output_shape, training)

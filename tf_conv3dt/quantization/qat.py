@@ -5,14 +5,6 @@ from tf_conv3dt._keras import keras
 from tf_conv3dt.quantization import fake_quant
 
 
-def grouped_quantization_error(groups, what):
-    """The error for layer quantization of a grouped layer, which is not built."""
-    return ValueError(
-        f"Layer quantization ({what}) of a grouped layer (groups={groups}) is not supported "
-        "yet; the TFLite converter's post-training int8 converts grouped layers (one "
-        "FULLY_CONNECTED per group).")
-
-
 class QATRanges:
     """Moving-average int8 ranges, by tensor: "pre_activation" and "output".
     The layer keeps them in ``self._ranges``, ``{tensor: (min
@@ -40,8 +32,6 @@ class QATRanges:
         """Traces the layer for int8 from now on, with moving-average ranges
         (non-trainable weights) for ``tensors``, and for "pre_activation" too
         where the activation is not fused."""
-        if self.groups > 1:
-            raise grouped_quantization_error(self.groups, "quantization-aware training")
         self._for_int8 = True
         if self._fused_activation() is None:
             tensors += ("pre_activation",)
