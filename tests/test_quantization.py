@@ -44,7 +44,7 @@ def _fake_quant(values, low, high, levels=256):
 
 
 @pytest.mark.skipif(not LEGACY_KERAS, reason="tfmot quantizes tf_keras models; "
-                    "the Keras 3 behaviour is test_keras3_is_refused_with_a_clear_error")
+                    "Keras 3's own QAT is TestKeras3QuantizationAwareTraining")
 class TestQuantizationAwareTraining:
     @smoke
     def test_layers_are_wrapped_and_outputs_follow_the_quantized_reference(self, rng):
