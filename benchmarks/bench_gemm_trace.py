@@ -22,8 +22,10 @@ import numpy as np
 import tensorflow as tf
 
 import tf_conv3dt
-from bench_onnx import cpu_model
+from bench_onnx import cpu_model, result_path, write_result
 
+# What selects TensorFlow's CPU kernels, recorded with each run.
+ENVIRONMENT = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
 # (kernel, strides, padding, in channels, filters, spatial), batch 2
 CONFIGS = [
     ((3, 3, 3), (2, 2, 2), "same", 8, 8, (8, 8, 8)),
@@ -60,7 +62,7 @@ def measure(kernel_size, strides, padding, channels, filters, spatial, repeats):
         steps.append(time.perf_counter() - start)
     return {"config": f"k{kernel_size} s{strides} {padding} C{channels} F{filters} n{spatial}",
             "ops": len(concrete.graph.get_operations()), "trace_s": round(trace_s, 3),
-            "first_run_s": round(first_s, 3), "step_ms": round(1e3 * np.median(steps), 2)}
+            "first_run_s": round(first_s, 3), "step_ms": round(1e3 * float(np.median(steps)), 2)}
 
 
 def main():
@@ -75,19 +77,15 @@ def main():
         rows.append(measure(*config, args.repeats))
         print(rows[-1], flush=True)
     cpu, date = cpu_model(), datetime.date.today().isoformat()
-    os.makedirs(args.out, exist_ok=True)
-    slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "")
-    path = os.path.join(args.out, f"{slug}_{date}.json")
-    result = {"date": date, "cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__,
-              "environment": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS",)
-                              if k in os.environ}, "runs": {}}
-    if os.path.exists(path):
+    path = result_path(cpu, date, args.out)
+    result = {"date": date, "cpu": cpu, "cores": os.cpu_count(),
+              "tensorflow": tf.__version__, "runs": {}}
+    if os.path.exists(path):  # another label's run of the day
         with open(path) as f:
             result = json.load(f)
-    result["runs"][args.label] = rows
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    result["runs"][args.label] = {"environment": {k: os.environ[k] for k in ENVIRONMENT
+                                                  if k in os.environ}, "rows": rows}
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

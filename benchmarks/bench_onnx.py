@@ -44,12 +44,17 @@ def cpu_model():
         return platform.processor() or platform.machine()
 
 
+def result_path(cpu, date, out_dir):
+    """``out_dir/<cpu>_<date>.json``, the name the results directories use."""
+    slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "")
+    return os.path.join(out_dir, f"{slug}_{date}.json")
+
+
 def write_result(result, out_dir):
-    """Writes a run's ``result`` (with its "cpu" and "date") to
-    ``out_dir/<cpu>_<date>.json``, the name the results directories use."""
+    """Writes a run's ``result`` (with its "cpu" and "date") to its
+    :func:`result_path`."""
     os.makedirs(out_dir, exist_ok=True)
-    slug = "-".join(result["cpu"].lower().split()[:2]).replace("(r)", "")
-    path = os.path.join(out_dir, f"{slug}_{result['date']}.json")
+    path = result_path(result["cpu"], result["date"], out_dir)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
