@@ -14,9 +14,10 @@ fastest path, and what tuning cost (the targets in docs/performance.md).
 --configurations runs the whole benchmark once per CPU configuration, each in
 a child process with its environment: "default" (this machine as it is),
 "avx2" (what CPUs without AVX-512 get: TensorFlow's Eigen kernels, and oneDNN
-in PyTorch and OpenBLAS in NumPy held to AVX2) and "onednn" (TensorFlow's
-oneDNN kernels switched on). benchmarks/derive_auto_rule.py derives "auto"'s
-rule from the JSON it writes.
+in PyTorch and OpenBLAS in NumPy held to AVX2), "onednn" (TensorFlow's
+oneDNN kernels switched on) and "onednn-avx2" (those kernels held to AVX2, as
+an AVX2-only CPU runs them with oneDNN switched on).
+benchmarks/derive_auto_rule.py derives "auto"'s rule from the JSON it writes.
 
 Usage: python benchmarks/bench_conv3d_transpose.py [--repeats 20] [--json out.json]
        [--cases 0 2] [--policy mixed_float16] [--data-format channels_first]
@@ -75,6 +76,7 @@ CONFIGURATIONS = {
     "avx2": {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2",
              "OPENBLAS_CORETYPE": "Haswell"},
     "onednn": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    "onednn-avx2": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
 LOWERINGS = ("native", "gemm", "subpixel")
 
@@ -461,7 +463,8 @@ def main():
     tuning.set_autotune(True)
     peak = sgemm_gflops()
     print(f"{choice.cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
-          f"(oneDNN {'on' if tf_conv3dt.ops.cpu_configuration() == 'onednn' else 'off'}), "
+          f"(oneDNN {'on' if tf_conv3dt.ops.cpu_configuration() == 'onednn' else 'off'}, "
+          f"rule {ops.rule_key(keras.mixed_precision.global_policy().compute_dtype)}), "
           f"Keras {keras.__version__}, {args.policy}, {args.data_format}, "
           f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
           + (f", torch {_torch_version()}"))
@@ -474,9 +477,10 @@ def main():
     for index in args.cases if args.cases is not None else range(len(CASES)):
         shape, filters, kernel, stride, padding = CASES[index]
         label = f"{shape}->{filters} k{kernel} s{stride} {padding}"
-        rule = ops.resolve_implementation("auto", (kernel,) * 3, (stride,) * 3)
-        auto, tuning_s, cache_hit_s = tuning_cost(
-            *CASES[index], args.data_format, keras.mixed_precision.global_policy().compute_dtype)
+        compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+        rule = ops.resolve_implementation("auto", (kernel,) * 3, (stride,) * 3, compute_dtype)
+        auto, tuning_s, cache_hit_s = tuning_cost(*CASES[index], args.data_format,
+                                                  compute_dtype)
 
         def lowering(name):
             if name == "tf_conv3dt auto":
@@ -516,6 +520,7 @@ def main():
             json.dump(dict(machine=choice.cpu_model(), cores=os.cpu_count(),
                            tensorflow=tf.__version__, torch=_torch_version(),
                            cpu_configuration=tf_conv3dt.ops.cpu_configuration(),
+                           isa=choice.cpu_isa(),
                            policy=args.policy, data_format=args.data_format,
                            sgemm_gflops=peak, rows=rows, summary=summary,
                            scaling=scaling_rows), f, indent=1)

@@ -1,17 +1,19 @@
 """Derives "auto"'s CPU rule (tf_conv3dt.ops.AUTO_RULE) from benchmark runs.
 
 Reads the JSON files that ``bench_conv3d_transpose.py --configurations ...
---json FILE`` writes (default: every float32 run in benchmarks/results/).
-Each configuration in them records whether TensorFlow ran its oneDNN
-kernels. For each of the two CPU configurations and each kernel/stride
-relation (``ops.kernel_relation``), every lowering gets a score: the
-geometric mean, over that relation's cases and runs, of
-``sqrt(forward / fastest lowering's forward * training step / fastest
-lowering's training step)``, so the forward and the training step weigh
-the same. The lowest score wins, except that the native op is not eligible
-without oneDNN: Eigen's Conv3DBackprop* kernels collapse at batch > 1 (50x
-slower than the lowerings on the benchmark's batch-4 case), and the rule must
-hold for batch sizes unknown at trace time.
+--json FILE`` writes (default: every float32 and bfloat16 run in
+benchmarks/results/). Each configuration in them records whether TensorFlow
+ran its oneDNN kernels, the ISA class oneDNN ran and the policy; together
+they give the run's rule key (``ops.rule_key``): "eigen", "onednn avx2",
+"onednn avx512", and "onednn avx512 bfloat16" for a mixed_bfloat16 run. For
+each key and each kernel/stride relation (``ops.kernel_relation``), every
+lowering gets a score: the geometric mean, over that relation's cases and
+runs, of ``sqrt(forward / fastest lowering's forward * training step /
+fastest lowering's training step)``, so the forward and the training step
+weigh the same. The lowest score wins, except that the native op is not
+eligible without oneDNN: Eigen's Conv3DBackprop* kernels collapse at batch > 1
+(50x slower than the lowerings on the benchmark's batch-4 case), and the rule
+must hold for batch sizes unknown at trace time.
 
 Usage: python benchmarks/derive_auto_rule.py [FILE ...] [--check]
   --check: exit 1 when the derived table differs from ops.AUTO_RULE.
@@ -33,19 +35,32 @@ LOWERINGS = ("native", "gemm", "subpixel")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+# The compute dtype of each policy a rule is kept for (float16 is not a CPU policy).
+POLICY_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
+
+
 def load_runs(paths):
-    """The float32 runs of these files, one per configuration."""
+    """The float32 and mixed_bfloat16 runs of these files, one per configuration."""
     runs = []
     for path in paths:
         with open(path) as f:
             for run in json.load(f).values():
-                if run.get("policy", "float32") == "float32":
+                if run.get("policy", "float32") in POLICY_DTYPES:
                     runs.append(run)
     return runs
 
 
+def rule_key(run):
+    """The ``ops.AUTO_RULE`` key a run measures. Runs kept from before the
+    benchmark recorded the ISA class all come from an AVX2-only AMD EPYC."""
+    if run["cpu_configuration"] == "eigen":
+        return "eigen"
+    dtype = POLICY_DTYPES[run.get("policy", "float32")]
+    return f"onednn {run.get('isa', 'avx2')}" + ("" if dtype == "float32" else f" {dtype}")
+
+
 def scores(runs):
-    """{cpu configuration: {relation: {lowering: score}}}."""
+    """{rule key: {relation: {lowering: score}}}."""
     ratios = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in runs:
         by_case = defaultdict(dict)
@@ -64,23 +79,22 @@ def scores(runs):
                                   * r["train_ms"] / fastest_train)
                 # The benchmark's cases are cubic.
                 relation = kernel_relation((kernel,) * 3, (stride,) * 3)
-                ratios[run["cpu_configuration"]][relation][lowering].append(ratio)
-    return {configuration: {relation: {lowering: math.exp(sum(map(math.log, values))
-                                                         / len(values))
-                                       for lowering, values in by_lowering.items()}
-                            for relation, by_lowering in by_relation.items()}
-            for configuration, by_relation in ratios.items()}
+                ratios[rule_key(run)][relation][lowering].append(ratio)
+    return {key: {relation: {lowering: math.exp(sum(map(math.log, values)) / len(values))
+                             for lowering, values in by_lowering.items()}
+                  for relation, by_lowering in by_relation.items()}
+            for key, by_relation in ratios.items()}
 
 
-def eligible(configuration):
-    return [name for name in LOWERINGS if configuration == "onednn" or name != "native"]
+def eligible(key):
+    return [name for name in LOWERINGS if key != "eigen" or name != "native"]
 
 
 def derive(runs):
-    """{cpu configuration: {relation: the eligible lowering with the lowest score}}."""
-    return {configuration: {relation: min(eligible(configuration), key=by_lowering.get)
-                            for relation, by_lowering in by_relation.items()}
-            for configuration, by_relation in scores(runs).items()}
+    """{rule key: {relation: the eligible lowering with the lowest score}}."""
+    return {key: {relation: min(eligible(key), key=by_lowering.get)
+                  for relation, by_lowering in by_relation.items()}
+            for key, by_relation in scores(runs).items()}
 
 
 def main():
@@ -93,9 +107,9 @@ def main():
     runs = load_runs(args.files or sorted(glob.glob(os.path.join(RESULTS, "*.json"))))
     table = scores(runs)
     rule = derive(runs)
-    for configuration, by_relation in sorted(table.items()):
+    for key, by_relation in sorted(table.items()):
         for relation, by_lowering in sorted(by_relation.items()):
-            print(f"{configuration:<7} {relation:<17} -> {rule[configuration][relation]:<9} "
+            print(f"{key:<23} {relation:<17} -> {rule[key][relation]:<9} "
                   + "  ".join(f"{name} {score:.2f}" for name, score in sorted(by_lowering.items())))
     if args.check:
         if rule != AUTO_RULE:

@@ -28,8 +28,9 @@ def row(name, run):
         values = [entry[field] for entry in summary if entry.get(field) is not None]
         return f"{max(values):.2f}x" if values else "n/a"
 
-    return (f"| {run['machine']}, {run['cores']} cores | {name} "
-            f"(oneDNN {'on' if run['cpu_configuration'] == 'onednn' else 'off'}) | "
+    onednn = "on" if run["cpu_configuration"] == "onednn" else "off"
+    isa = f", {run['isa']}" if "isa" in run else ""  # recorded since 2026-12-02
+    return (f"| {run['machine']}, {run['cores']} cores | {name} (oneDNN {onednn}{isa}) | "
             f"{run['policy']} | {worst('forward_over_own')} / {worst('train_over_own')} | "
             f"{worst('rule_forward_over_own')} / {worst('rule_train_over_own')} | "
             f"{worst('forward_over_torch')} / {worst('train_over_torch')} | "

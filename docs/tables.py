@@ -6,6 +6,8 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 - ``benchmark FILE CONFIGURATION``: one configuration of a
   bench_conv3d_transpose.py run, every case and path, then the per-case summary;
 - ``summary FILE``: benchmarks/summary_table.py's rows for a run;
+- ``rule FILE``: the ``AUTO_RULE`` table that FILE (tf_conv3dt/ops/choice.py)
+  assigns, one row per kernel/stride relation and a column per rule key;
 - ``onnx FILE``: a bench_onnx.py run;
 - ``groups FILE``: a bench_groups.py run;
 - ``export FILE``: the artifact rows of an export's report.json.
@@ -15,6 +17,7 @@ records them. ``python docs/tables.py PAGE.md`` prints a page with its
 tables filled in.
 """
 
+import ast
 import importlib.util
 import json
 import math
@@ -32,9 +35,11 @@ def fill(markdown):
 
 
 def render(kind, path, name=None):
+    source = f"(from `{path}`)"
+    if kind == "rule":
+        return _rule(path)
     with open(os.path.join(ROOT, path)) as f:
         content = json.load(f)
-    source = f"(from `{path}`)"
     if kind == "benchmark":
         return _benchmark(content[name], name, source)
     if kind == "summary":
@@ -60,7 +65,8 @@ def _number(value, spec):
 
 def _benchmark(run, name, source):
     head = (f"{run['machine']}, {run['cores']} cores, TensorFlow {run['tensorflow']} "
-            f"(configuration `{name}`: {run['cpu_configuration']} kernels), {run['policy']}, "
+            f"(configuration `{name}`: {run['cpu_configuration']} kernels"
+            + (f", ISA class {run['isa']}" if "isa" in run else "") + f"), {run['policy']}, "
             f"{run['data_format']}, torch {run['torch']}; NumPy sgemm "
             f"{run['sgemm_gflops']:.1f} GFLOP/s {source}")
     rows = [(r["case"], r["path"], _number(r["forward_ms"], ".2f"),
@@ -91,6 +97,24 @@ def _summary(path, source):
     lines += [summary_table.row(name, run)
               for name, run in summary_table.runs(os.path.join(ROOT, path))]
     return f"Worst case of each run, forward / training step {source}:\n\n" + "\n".join(lines)
+
+
+RELATIONS = {"kernel < stride": "kernel < stride on some axis",
+             "kernel == stride": "kernel == stride (no overlap)",
+             "stride 1": "stride 1 (dilated or not)",
+             "overlapping": "strided, kernel longer than stride"}
+
+
+def _rule(path):
+    """The AUTO_RULE dict literal of ``path``, read without importing TensorFlow."""
+    with open(os.path.join(ROOT, path)) as f:
+        tree = ast.parse(f.read())
+    rule, = (ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+             and any(getattr(t, "id", None) == "AUTO_RULE" for t in node.targets))
+    keys = list(rule)
+    return _table(["kernel / stride", *(f"`{key}`" for key in keys)],
+                  [(label, *(rule[key][relation] for key in keys))
+                   for relation, label in RELATIONS.items()])
 
 
 def _onnx(content, source):

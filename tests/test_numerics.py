@@ -360,16 +360,62 @@ def test_gemm_lowering_graph_uses_matmul_and_small_ranks():
     ((3, 2, 2), (2, 2, 2), "overlapping"),
 ], ids=lambda v: str(v))
 def test_auto_follows_the_rule_table(monkeypatch, kernel_size, strides, relation):
-    """auto = native on a GPU; on a CPU, AUTO_RULE's entry for the oneDNN
-    setting and the kernel/stride relation; forced and explicit choices win."""
+    """auto = native on a GPU; on a CPU, AUTO_RULE's entry for the rule key
+    (oneDNN setting, ISA class, dtype) and the kernel/stride relation; forced
+    and explicit choices win."""
     ops = tf_conv3dt.ops
     assert ops.kernel_relation(kernel_size, strides) == relation
     gpu = bool(tf.config.list_logical_devices("GPU"))
-    for onednn, configuration in ((False, "eigen"), (True, "onednn")):
-        monkeypatch.setattr(ops.choice, "onednn_enabled", lambda onednn=onednn: onednn)
-        expected = "native" if gpu else ops.AUTO_RULE[configuration][relation]
-        assert ops.resolve_implementation("auto", kernel_size, strides) == expected
-        assert ops.resolve_implementation("GEMM", kernel_size, strides) == "gemm"
+    for key in ops.AUTO_RULE:
+        parts = key.split()
+        configuration, isa = parts[0], parts[1] if len(parts) > 1 else "avx2"
+        dtype = parts[2] if len(parts) > 2 else "float32"
+        monkeypatch.setattr(ops.choice, "onednn_enabled",
+                            lambda onednn=configuration == "onednn": onednn)
+        monkeypatch.setattr(ops.choice, "cpu_isa", lambda isa=isa: isa)
+        dtype = tf.as_dtype(dtype)
+        assert ops.rule_key(dtype) == key
+        expected = "native" if gpu else ops.AUTO_RULE[key][relation]
+        assert ops.resolve_implementation("auto", kernel_size, strides, dtype) == expected
+        assert ops.resolve_implementation("GEMM", kernel_size, strides, dtype) == "gemm"
         with ops.forced_implementation("subpixel"):
             assert ops.resolve_implementation("native", kernel_size, strides) == "subpixel"
     assert ops.AUTO_RULE["eigen"][relation] != "native"  # Eigen's backprop kernels
+
+
+@pytest.mark.parametrize("onednn, isa, dtype, key", [
+    (False, "avx512", "bfloat16", "eigen"),
+    (True, "avx2", "float32", "onednn avx2"),
+    (True, "avx2", "bfloat16", "onednn avx2"),  # no bfloat16 rule of its own
+    (True, "other", "float32", "onednn avx2"),
+    (True, "avx512", "float16", "onednn avx512"),
+    (True, "avx512", "bfloat16", "onednn avx512 bfloat16"),
+    (True, "amx", "float32", "onednn avx512"),  # AMX CPUs run the AVX-512 kernels too
+    (True, "amx", "bfloat16", "onednn avx512 bfloat16"),
+])
+def test_rule_key_falls_back_to_the_widest_measured_class(monkeypatch, onednn, isa, dtype,
+                                                          key):
+    ops = tf_conv3dt.ops
+    monkeypatch.setattr(ops.choice, "onednn_enabled", lambda: onednn)
+    monkeypatch.setattr(ops.choice, "cpu_isa", lambda: isa)
+    assert ops.rule_key(tf.as_dtype(dtype)) == key
+
+
+@pytest.mark.parametrize("flags, cap, isa", [
+    ("fpu avx2 avx512f amx_tile", None, "amx"),
+    ("fpu avx2 avx512f amx_tile", "AVX512_CORE_BF16", "avx512"),
+    ("fpu avx2 avx512f", "avx2", "avx2"),
+    ("fpu avx2 avx512f", "AVX2_VNNI", "avx2"),
+    ("fpu avx2 avx512f", "SSE41", "other"),
+    ("fpu avx2", "AVX512_CORE_AMX", "avx2"),  # a cap never widens the CPU
+    ("fpu avx2 avx512f", "ALL", "avx512"),
+    ("fpu sse4_2", None, "other"),
+])
+def test_cpu_isa_reads_the_flags_and_onednns_cap(monkeypatch, flags, cap, isa):
+    choice = tf_conv3dt.ops.choice
+    monkeypatch.setattr(choice, "_cpuinfo", lambda: {"flags": flags})
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert choice.cpu_isa() == isa

@@ -37,7 +37,7 @@ import tensorflow as tf
 from tf_conv3dt import shapes
 from tf_conv3dt.ops.choice import (AUTO_RULE, cpu_configuration, forced_implementation,
                                    forced_or, kernel_relation, resolve,
-                                   resolve_implementation)
+                                   resolve_implementation, rule_key)
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 from tf_conv3dt.ops.gemm import gemm
 from tf_conv3dt.ops.native import input_gradient_at_risk, native
@@ -48,7 +48,7 @@ from tf_conv3dt.ops.tuning import autotune_enabled, set_autotune
 
 __all__ = ["AUTO_RULE", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_configuration",
            "forced_implementation", "kernel_relation", "resolve_implementation",
-           "set_autotune"]
+           "rule_key", "set_autotune"]
 
 
 # Its Python branches all read static values (shapes, arguments), so AutoGraph
@@ -156,7 +156,7 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     else:
         implementation, one_product_per_phase = forced_or(implementation)
     requested = implementation
-    implementation = resolve(implementation, kernel_size, strides)
+    implementation = resolve(implementation, kernel_size, strides, inputs.dtype)
 
     x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
     channels = x.shape[-1]
@@ -214,7 +214,8 @@ def _grouped(inputs, kernel, groups, bias, arguments):
             f"{kernel.shape[4]}. Received: inputs.shape={inputs.shape}, "
             f"kernel.shape={kernel.shape}, data_format={arguments['data_format']!r}")
     if (arguments["implementation"] == "auto" and kernel.shape[4] == groups
-            and resolve("auto", tuple(kernel.shape[:3]), arguments["strides"]) != "native"
+            and resolve("auto", tuple(kernel.shape[:3]), arguments["strides"],
+                        inputs.dtype) != "native"
             and not tuning.autotune_enabled()):
         # Depthwise on Eigen: one channel per group makes every other lowering
         # a sum of tiny convolutions; GEMM's products ran 2.0-2.6x faster

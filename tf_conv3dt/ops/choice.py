@@ -3,6 +3,7 @@
 import contextlib
 import contextvars
 import functools
+import os
 import platform
 
 import tensorflow as tf
@@ -47,15 +48,23 @@ def forced_or(implementation):
 
 
 # What "auto" takes on a CPU: the lowering fastest over forward and training step,
-# per CPU configuration and kernel/stride relation (:func:`kernel_relation`),
+# per CPU class (:func:`rule_key`) and kernel/stride relation (:func:`kernel_relation`),
 # as benchmarks/derive_auto_rule.py derives it from the benchmark runs kept in
 # benchmarks/results/ (a test checks this table against them).
 AUTO_RULE = {
-    "onednn": {"kernel < stride": "native", "kernel == stride": "gemm",
-               "stride 1": "native", "overlapping": "native"},
     "eigen": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
               "stride 1": "subpixel", "overlapping": "subpixel"},
+    "onednn avx2": {"kernel < stride": "native", "kernel == stride": "gemm",
+                    "stride 1": "native", "overlapping": "native"},
+    "onednn avx512": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
+                      "stride 1": "native", "overlapping": "native"},
+    "onednn avx512 bfloat16": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
+                               "stride 1": "native", "overlapping": "native"},
 }
+
+# The ISA classes oneDNN's kernels are written for, widest first: a class with
+# no measured rule takes the next narrower one's (its CPUs run that code too).
+ISA_LADDER = ("amx", "avx512", "avx2")
 
 
 def kernel_relation(kernel_size, strides):
@@ -79,29 +88,49 @@ def cpu_configuration():
     return "onednn" if onednn_enabled() else "eigen"
 
 
-def resolve_implementation(implementation, kernel_size, strides):
-    """The lowering a call with this kernel size and stride runs.
+def rule_key(dtype=tf.float32):
+    """The :data:`AUTO_RULE` entry for a call of this compute dtype here.
+
+    Eigen's kernels are the same code on every x86 CPU: "eigen". Under oneDNN
+    the key names the ISA class oneDNN runs (:func:`cpu_isa`), falling back
+    down :data:`ISA_LADDER` to the widest class measured, and then the dtype
+    where that class has a rule of its own for it (e.g. "onednn avx512
+    bfloat16"); other dtypes take the class's float32 rule.
+    """
+    if cpu_configuration() == "eigen":
+        return "eigen"
+    isa = cpu_isa()
+    ladder = ISA_LADDER[ISA_LADDER.index(isa):] if isa in ISA_LADDER else ()
+    base = next((f"onednn {name}" for name in ladder if f"onednn {name}" in AUTO_RULE),
+                "onednn avx2")
+    specific = f"{base} {tf.as_dtype(dtype).name}"
+    return specific if specific in AUTO_RULE else base
+
+
+def resolve_implementation(implementation, kernel_size, strides, dtype=tf.float32):
+    """The lowering a call with this kernel size, stride and compute dtype runs.
 
     ``forced_implementation`` wins, then an explicit choice. "auto" takes the
     native op on a GPU (cuDNN; not measured here yet) and on a CPU follows
-    :data:`AUTO_RULE`, which needs only the kernel size and strides: it is
-    decided at trace time whatever the batch and spatial sizes (known or not).
+    :data:`AUTO_RULE` at :func:`rule_key`, which needs only the kernel size,
+    strides and dtype: it is decided at trace time whatever the batch and
+    spatial sizes (known or not).
     Without oneDNN the native op falls back to Eigen's Conv3DBackprop*
     kernels, 30-100x slower at batch > 1, so the rule never takes it there.
     Beyond ``shapes.MAX_UNROLLED`` stride phases or kernel taps "auto" takes
     the native op, and an explicit "gemm" or "subpixel" is refused.
     """
-    return resolve(forced_or(implementation)[0], kernel_size, strides)
+    return resolve(forced_or(implementation)[0], kernel_size, strides, dtype)
 
 
-def resolve(implementation, kernel_size, strides):
+def resolve(implementation, kernel_size, strides, dtype=tf.float32):
     """:func:`resolve_implementation` for a normalized, already forced choice."""
     if implementation == "auto":
         if tf.config.list_logical_devices("GPU"):
             return "native"
         if shapes.unrolled_excess(kernel_size, strides):
             return "native"
-        return AUTO_RULE[cpu_configuration()][kernel_relation(kernel_size, strides)]
+        return AUTO_RULE[rule_key(dtype)][kernel_relation(kernel_size, strides)]
     if implementation != "native":
         shapes.check_unrolled(kernel_size, strides, implementation)
     return implementation
@@ -124,14 +153,23 @@ def cpu_model():
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
+# ONEDNN_MAX_CPU_ISA's values, by the class they cap oneDNN at.
+_ONEDNN_CAPS = (("AVX512_CORE_AMX", "amx"), ("AVX512", "avx512"), ("AVX2", "avx2"))
+
+
 def cpu_isa():
-    """The CPU's widest vector class TensorFlow's kernels use: "amx", "avx512",
-    "avx2" or "other" (from /proc/cpuinfo's flags; "other" where it is absent)."""
+    """The widest vector class oneDNN's kernels use here: "amx", "avx512",
+    "avx2" or "other", from /proc/cpuinfo's flags ("other" where it is
+    absent), capped by ``ONEDNN_MAX_CPU_ISA`` where that is set."""
     flags = set(_cpuinfo().get("flags", "").split())
-    for isa, needed in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
-        if needed in flags:
-            return isa
-    return "other"
+    isa = next((isa for isa, needed in (("amx", "amx_tile"), ("avx512", "avx512f"),
+                                        ("avx2", "avx2")) if needed in flags), "other")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").strip().upper()
+    if cap in ("", "ALL", "DEFAULT"):
+        return isa
+    capped = next((name for prefix, name in _ONEDNN_CAPS if cap.startswith(prefix)), "other")
+    classes = (*ISA_LADDER, "other")
+    return max(isa, capped, key=classes.index)
 
 
 def onednn_enabled():
