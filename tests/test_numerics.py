@@ -297,21 +297,29 @@ def test_transposed_is_the_adjoint_of_conv3d(implementation, rng):
                                rtol=1e-10)
 
 
-def test_jit_compile(implementation, rng):
-    layer = tf_conv3dt.Conv3DTranspose(3, (3, 2, 3), (2, 2, 1), padding="same",
+# 1, a divisor of the 4 channels, and depthwise.
+GROUPS = pytest.mark.parametrize("groups", [1, 2, 4], ids=lambda g: f"groups{g}")
+
+
+@GROUPS
+def test_jit_compile(implementation, groups, rng):
+    layer = tf_conv3dt.Conv3DTranspose(4, (3, 2, 3), (2, 2, 1), padding="same", groups=groups,
                                        implementation=implementation)
-    x = rng.standard_normal((2, 3, 4, 5, 2)).astype("float32")
+    x = rng.standard_normal((2, 3, 4, 5, 4)).astype("float32")
     eager = layer(x)
     compiled = tf.function(layer, jit_compile=True)(x)
     assert_close(compiled, eager)
+    assert_close(compiled, np_conv3d_transpose(x, layer.kernel.numpy(), layer.bias.numpy(),
+                                               (2, 2, 1), "same", groups=groups), rel=1e-4)
 
 
+@GROUPS
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision(policy, implementation, rng):
+def test_mixed_precision(policy, implementation, groups, rng):
     x = rng.standard_normal((2, 3, 4, 3, 4)).astype("float32")
     keras.mixed_precision.set_global_policy(policy)
     try:
-        layer = tf_conv3dt.Conv3DTranspose(3, 3, 2, padding="same",
+        layer = tf_conv3dt.Conv3DTranspose(4, 3, 2, padding="same", groups=groups,
                                            implementation=implementation)
         y = layer(x)
     finally:
@@ -320,7 +328,7 @@ def test_mixed_precision(policy, implementation, rng):
     assert y.dtype == compute
     assert layer.kernel.dtype == "float32" and layer.bias.dtype == "float32"
     expected = np_conv3d_transpose(x, layer.kernel.numpy(), layer.bias.numpy(), (2, 2, 2),
-                                   "same")
+                                   "same", groups=groups)
     assert_close(tf.cast(y, tf.float32), expected, rel=3e-2)
 
 
