@@ -30,6 +30,7 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tf_conv3dt.ops import AUTO_RULE, kernel_relation  # noqa: E402
+from tf_conv3dt.ops.choice import measured_key  # noqa: E402
 
 LOWERINGS = ("native", "gemm", "subpixel")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -53,10 +54,8 @@ def load_runs(paths):
 def rule_key(run):
     """The ``ops.AUTO_RULE`` key a run measures. Runs kept from before the
     benchmark recorded the ISA class all come from an AVX2-only AMD EPYC."""
-    if run["cpu_configuration"] == "eigen":
-        return "eigen"
-    dtype = POLICY_DTYPES[run.get("policy", "float32")]
-    return f"onednn {run.get('isa', 'avx2')}" + ("" if dtype == "float32" else f" {dtype}")
+    return measured_key(run["cpu_configuration"], run.get("isa", "avx2"),
+                        POLICY_DTYPES[run.get("policy", "float32")])
 
 
 def scores(runs):

@@ -88,6 +88,14 @@ def cpu_configuration():
     return "onednn" if onednn_enabled() else "eigen"
 
 
+def measured_key(configuration, isa, dtype="float32"):
+    """The :data:`AUTO_RULE` key a benchmark run measures: "eigen", else
+    "onednn ISA", with the dtype's name after it unless it is float32."""
+    if configuration == "eigen":
+        return "eigen"
+    return f"onednn {isa}" + ("" if dtype == "float32" else f" {dtype}")
+
+
 def rule_key(dtype=tf.float32):
     """The :data:`AUTO_RULE` entry for a call of this compute dtype here.
 
@@ -101,10 +109,9 @@ def rule_key(dtype=tf.float32):
         return "eigen"
     isa = cpu_isa()
     ladder = ISA_LADDER[ISA_LADDER.index(isa):] if isa in ISA_LADDER else ()
-    base = next((f"onednn {name}" for name in ladder if f"onednn {name}" in AUTO_RULE),
-                "onednn avx2")
-    specific = f"{base} {tf.as_dtype(dtype).name}"
-    return specific if specific in AUTO_RULE else base
+    isa = next((name for name in ladder if measured_key("onednn", name) in AUTO_RULE), "avx2")
+    specific = measured_key("onednn", isa, tf.as_dtype(dtype).name)
+    return specific if specific in AUTO_RULE else measured_key("onednn", isa)
 
 
 def resolve_implementation(implementation, kernel_size, strides, dtype=tf.float32):
