@@ -83,6 +83,82 @@ def test_times_every_lowering_logs_once_and_runs_the_winner(tuning_on, measureme
     reference.assert_close(y, expected)
 
 
+class _Clock:
+    """A clock that only the fake calls below move."""
+
+    def __init__(self):
+        self.now, self.log = 0.0, []
+
+    def __call__(self):
+        return self.now
+
+    def call(self, name, seconds):
+        """A call named ``name`` whose n-th run takes ``seconds[n]`` (the last
+        one from then on)."""
+        runs = iter(seconds)
+        last = [None]
+
+        def run():
+            last[0] = next(runs, last[0])
+            self.now += last[0]
+            self.log.append(name)
+
+        return run
+
+
+def _timings(clock, times, budget_s=2.0):
+    steps = {name: (clock.call(f"{name}.f", f), clock.call(f"{name}.t", t))
+             for name, (f, t) in times.items()}
+    return tuning.time_in_rounds(steps, budget_s, clock)
+
+
+@op_only
+def test_timing_warms_up_until_steady_and_ranks_by_the_lowest_warm_time():
+    clock = _Clock()
+    # "cold" is slowest on its first runs (allocator, thread pool) and fastest
+    # warm; "warm" is steady from the start; a one-off stall hits "warm" once.
+    result = _timings(clock, {"cold": ([9.0, 0.5, 0.1], [9.0, 0.5, 0.2]),
+                              "warm": ([0.15, 0.15, 0.15, 0.15, 5.0, 0.15], [0.3])})
+    assert result == {"cold": pytest.approx((0.1, 0.2)), "warm": pytest.approx((0.15, 0.3))}
+    # A first run of each call, then warm-up: three runs for cold, two for
+    # warm (its first two agree).
+    assert clock.log[:10] == ["cold.f", "cold.t", "cold.f", "cold.f", "cold.t", "cold.t",
+                              "warm.f", "warm.t", "warm.f", "warm.t"]
+
+
+@op_only
+def test_timing_interleaves_rounds_and_takes_three_to_seven_samples():
+    for budget_s, rounds in ((0.0, tuning.MIN_SAMPLES), (1e9, tuning.MAX_SAMPLES)):
+        clock = _Clock()
+        _timings(clock, {"a": ([0.1], [0.2]), "b": ([0.11], [0.2])}, budget_s)
+        timed = clock.log[8:]  # after each call's two warm-up runs
+        assert timed == ["a.f", "a.t", "b.f", "b.t"] * rounds, (budget_s, timed)
+
+
+@op_only
+def test_timing_drops_a_candidate_three_times_slower_than_the_best_so_far():
+    clock = _Clock()
+    result = _timings(clock, {"fast": ([0.1], [0.1]), "slow": ([0.3], [0.31]),
+                              "close": ([0.2], [0.3])})
+    assert clock.log.count("slow.f") == clock.log.count("slow.t") == 1
+    assert result["slow"] == pytest.approx((0.3, 0.31))
+    assert clock.log.count("close.f") == 2 + tuning.MIN_SAMPLES
+
+
+@op_only
+def test_a_served_call_takes_the_fastest_forward(tuning_on, monkeypatch):
+    monkeypatch.setattr(tuning, "measure", lambda *args: {
+        "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (3.0, 3.5)})
+    x, kernel = _inputs()
+    for serving, expected in ((False, "gemm"), (True, "native")):
+        tuning.forget()
+        with tuning.recording(serving=serving) as decisions:
+            chosen = tuning.tuned(tf.constant(x), tf.constant(kernel), (2, 2, 2), "same",
+                                  (1, 1, 1), (8, 10, 6), "channels_last",
+                                  list(tuning.CANDIDATES), "subpixel")
+        assert chosen == expected and decisions[0][1].winner == "gemm"
+
+
 @op_only
 def test_the_cache_file_serves_a_new_process_and_keeps_every_entry(tuning_on, measurements):
     x, kernel = _inputs()

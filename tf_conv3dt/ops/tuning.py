@@ -145,21 +145,35 @@ class Decision(NamedTuple):
     batch: int
     source: str
 
+    @property
+    def forward_winner(self):
+        """The candidate with the fastest forward pass (what a served model
+        runs), or the winner where none was timed."""
+        return min(self.ms, key=lambda name: self.ms[name][0], default=self.winner)
 
-# While ``recording`` is active: (decisions, dtype override, batch for unknown batches).
+
+class _Recorder(NamedTuple):
+    decisions: list
+    dtype: object
+    batch: int
+    serving: bool
+
+
 _RECORDER = contextvars.ContextVar("tf_conv3dt_tuning_recorder", default=None)
 
 
 @contextlib.contextmanager
-def recording(dtype=None, batch=None):
+def recording(dtype=None, batch=None, serving=False):
     """Collects every decision of the block in a list, as (name scope,
     :class:`Decision)` pairs (what the tune command prints), tuning whatever
     the switches say. ``dtype`` times every call in
     that dtype instead of its own (a float32 model tuned for
     ``mixed_bfloat16``), and every batch counts as unknown and is timed at
-    ``batch`` (default :data:`NOMINAL_BATCH`), as a Keras model's graph meets it."""
+    ``batch`` (default :data:`NOMINAL_BATCH`), as a Keras model's graph meets
+    it. ``serving``: each call takes the candidate with the fastest forward
+    pass (:attr:`Decision.forward_winner`), for a model that will only serve."""
     decisions = []
-    token = _RECORDER.set((decisions, dtype, batch or NOMINAL_BATCH))
+    token = _RECORDER.set(_Recorder(decisions, dtype, batch or NOMINAL_BATCH, serving))
     try:
         yield decisions
     finally:
@@ -180,7 +194,7 @@ def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, ca
         return rule
     dtype, batch, timing_batch = x.dtype, x.shape[0], x.shape[0] or NOMINAL_BATCH
     if recorder:
-        dtype, batch, timing_batch = recorder[1] or dtype, None, recorder[2]
+        dtype, batch, timing_batch = recorder.dtype or dtype, None, recorder.batch
     key = configuration_key(dtype, data_format, [batch, *x.shape[1:]], kernel.shape,
                             strides, padding, dilation, output_lengths)
     with _lock:  # MirroredStrategy traces its replicas in threads: one tunes, all reuse
@@ -193,7 +207,9 @@ def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, ca
                 dilation, output_lengths, candidates, rule)
             _memory[key] = decision
     if recorder:
-        recorder[0].append((tf.get_current_name_scope(), decision))
+        recorder.decisions.append((tf.get_current_name_scope(), decision))
+        if recorder.serving:
+            return decision.forward_winner
     return decision.winner
 
 
@@ -213,10 +229,9 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
             output_lengths, candidates):
     """Times each of ``candidates`` on random data, fastest first.
 
-    Returns ``{implementation: (forward_ms, training_ms)}``, medians over the
-    timed runs; a candidate already :data:`DROP_RATIO` times slower than the
-    best after its first run is not run again, one that fails is left out.
-    Runs eagerly, within about :data:`BUDGET_S`.
+    Returns ``{implementation: (forward_ms, training_ms)}`` as
+    :func:`time_in_rounds` measures them; one that fails is left out. Runs
+    eagerly, within about :data:`BUDGET_S` where the calls allow.
     """
     from tf_conv3dt import ops
 
@@ -226,38 +241,98 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
     k = tf.constant(rng.standard_normal(kernel_shape), dtype)
     arguments = dict(strides=strides, padding=padding, dilation_rate=dilation,
                      output_shape=tuple(output_lengths))
-    results, best = {}, float("inf")
-    for index, implementation in enumerate(candidates):
+    steps = {}
+    for implementation in candidates:
         def forward(x, k, implementation=implementation):
             return ops.conv3d_transpose(x, k, implementation=implementation, **arguments)
 
-        def training(x, k, implementation=implementation):
+        def training(x, k, forward=forward):
             with tf.GradientTape() as tape:
                 tape.watch([x, k])
                 y = forward(x, k)
             return tape.gradient(y, [x, k], output_gradients=tf.ones_like(y))
 
         try:
-            steps = [tf.function(forward, autograph=False),
-                     tf.function(training, autograph=False)]
-            for step in steps:  # trace, allocate, warm up
-                _finish(step(x, k))
-            times = [[_timed(step, x, k)] for step in steps]
-            allowance = (BUDGET_S - (time.perf_counter() - started)) / (
-                len(candidates) - index)
-            spent = sum(t[0] for t in times)
-            while (sum(t[0] for t in times) < DROP_RATIO * best and len(times[0]) < 7
-                   and spent * (len(times[0]) + 1) / len(times[0]) < allowance):
-                for step, samples in zip(steps, times):
-                    samples.append(_timed(step, x, k))
-                spent += sum(t[-1] for t in times)
+            functions = [tf.function(forward, autograph=False),
+                         tf.function(training, autograph=False)]
+            for function in functions:  # trace and allocate
+                _finish(function(x, k))
         except (tf.errors.OpError, MemoryError) as error:
             _logger.info("tf_conv3dt auto: %s failed while being timed (%s); skipped",
                          implementation, str(error).splitlines()[0])
             continue
-        results[implementation] = tuple(float(np.median(t)) * 1e3 for t in times)
-        best = min(best, sum(results[implementation]))
-    return dict(sorted(results.items(), key=lambda item: sum(item[1])))
+        steps[implementation] = tuple(
+            lambda function=function: _finish(function(x, k)) for function in functions)
+    budget = BUDGET_S - (time.perf_counter() - started)
+    results = time_in_rounds(steps, budget)
+    return {name: (forward * 1e3, training * 1e3) for name, (forward, training) in sorted(
+        results.items(), key=lambda item: sum(item[1]))}
+
+
+WARMUP_CALLS = 3
+"""Untimed calls of a step at most, after its trace, until two agree (:data:`STEADY`)."""
+STEADY = 0.2
+"""Two calls whose times differ by less than this fraction count as warmed up."""
+MIN_SAMPLES = 3
+"""Timed calls of each step that is not dropped, whatever the budget."""
+MAX_SAMPLES = 7
+"""Timed calls of each step where the budget allows."""
+
+
+def time_in_rounds(steps, budget_s, clock=time.perf_counter):
+    """Seconds of each ``steps`` entry's ``(forward, training)`` calls.
+
+    ``steps`` maps a name to two blocking calls without arguments, in the
+    order to try them (the likeliest winner first). Each call is first
+    warmed up until two successive runs agree within :data:`STEADY` (at most
+    :data:`WARMUP_CALLS` runs; a cold allocator or thread pool would rank a
+    lowering by its first runs). A name whose forward plus training time is
+    already :data:`DROP_RATIO` times the best so far keeps that time and is
+    not run again. The rest are timed in rounds of
+    one call each, so that what else a shared machine runs weighs on all of
+    them alike: :data:`MIN_SAMPLES` rounds, then more up to
+    :data:`MAX_SAMPLES` while the next round fits in ``budget_s``. Returns
+    ``{name: (forward_s, training_s)}``, the lowest time of each call, the
+    statistic a busy machine's interruptions move least.
+    """
+    started = clock()
+    warm, best = {}, float("inf")
+    for name, calls in steps.items():
+        warm[name] = [_seconds(call, clock) for call in calls]
+        if sum(warm[name]) <= DROP_RATIO * best:  # else dropped already: not warmed up
+            warm[name] = [_warmed_up(call, clock, first)
+                          for call, first in zip(calls, warm[name])]
+            best = min(best, sum(warm[name]))
+    kept = [name for name in steps if sum(warm[name]) <= DROP_RATIO * best]
+    samples = {name: ([], []) for name in kept}
+    for round_ in range(MAX_SAMPLES):
+        round_started = clock()
+        for name in kept:
+            for call, times in zip(steps[name], samples[name]):
+                times.append(_seconds(call, clock))
+        now = clock()
+        if round_ + 1 >= MIN_SAMPLES and now + (now - round_started) - started > budget_s:
+            break
+    return {name: tuple(min(times) for times in samples[name]) if name in samples
+            else tuple(warm[name]) for name in steps}
+
+
+def _warmed_up(call, clock, last):
+    """``call``'s time once two successive runs agree, or its last run's;
+    ``last``: the time of the run just before."""
+    for _ in range(WARMUP_CALLS - 1):
+        now = _seconds(call, clock)
+        steady = abs(now - last) <= STEADY * max(last, now)
+        last = now
+        if steady:
+            break
+    return last
+
+
+def _seconds(call, clock):
+    started = clock()
+    call()
+    return clock() - started
 
 
 def _on_a_fresh_thread(function, *args):
@@ -287,12 +362,6 @@ def _on_a_fresh_thread(function, *args):
     if not ok:
         raise value
     return value
-
-
-def _timed(step, x, k):
-    started = time.perf_counter()
-    _finish(step(x, k))
-    return time.perf_counter() - started
 
 
 def _finish(result):
