@@ -42,6 +42,7 @@ from tf_conv3dt import ops
 from tf_conv3dt.ops import choice
 from tf_conv3dt._keras import keras
 from tf_conv3dt.ops import tuning
+from tf_conv3dt.ops.tuning import primed_seconds
 
 
 def _torch():
@@ -142,8 +143,9 @@ def median_ms(fn, repeats, warmup=5):
 
 def interleaved_ms(fns, repeats, warmup=3, slow_s=2.0):
     """Median milliseconds of each of ``fns`` ({name: fn}), timed in rounds of
-    one call each, so that what else a shared machine runs weighs on all of
-    them alike. Only paths of one library belong together: the worker threads
+    one call each (right after an untimed one, as tuning times them:
+    ``tuning.primed_seconds``), so that what else a shared machine runs weighs
+    on all of them alike. Only paths of one library belong together: the worker threads
     of PyTorch's OpenMP pool spin on after its call, slowing whatever runs
     next, and a pause between calls would wake every path up cold (+4 ms a
     call here). Names whose call raises are left out. A path whose first call
@@ -167,9 +169,7 @@ def interleaved_ms(fns, repeats, warmup=3, slow_s=2.0):
         for name in times:
             if name in slow and round_ >= 2:
                 continue
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(primed_seconds(fns[name]))
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 

@@ -44,9 +44,11 @@ def cpu_model():
         return platform.processor() or platform.machine()
 
 
-def result_path(cpu, date, out_dir):
-    """``out_dir/<cpu>_<date>.json``, the name the results directories use."""
-    slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "")
+def result_path(cpu, date, out_dir, isa=None):
+    """``out_dir/<cpu>[-<isa>]_<date>.json``, the name the results directories
+    use; ``isa``, the CPU's vector class, tells apart CPUs of one model name
+    ("AMD EPYC" is an AVX2 and an AVX-512 machine)."""
+    slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "") + (f"-{isa}" if isa else "")
     return os.path.join(out_dir, f"{slug}_{date}.json")
 
 

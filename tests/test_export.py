@@ -24,6 +24,7 @@ import tensorflow as tf
 import tf_conv3dt
 from tf_conv3dt import export
 from tf_conv3dt.export import pipeline, serving, staging, tflite
+from tf_conv3dt.ops import tuning
 from tf_conv3dt._keras import keras
 from markers import cli_only, smoke
 from reference import assert_close, np_conv3d_transpose
@@ -105,7 +106,49 @@ def test_saved_model_signature_contract(exported, rng):
     y = signature(voxels=tf.constant(x))["upsampled"]
     assert_close(y, _reference_output(model, x))
     assert report["serving"]["ops_missing_in_server"] == []
-    assert "MatMul" in report["serving"]["ops"]
+    # The default SavedModel lowering: subpixel's forward convolutions.
+    assert "Conv3D" in report["serving"]["ops"], report["serving"]["ops"]
+    assert "Conv3DBackpropInputV2" not in report["serving"]["ops"]
+
+
+def test_a_tuned_export_traces_each_auto_layers_fastest_forward(tmp_path, monkeypatch, rng):
+    """implementation="tuned" times the SavedModel's layer at the export's
+    batch and serves its fastest forward (native here), not the fastest
+    training step (gemm); TFLite and ONNX keep their defaults."""
+    monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    timed = []
+
+    def measure(dtype, batch, spatial_and_channels, *rest):
+        timed.append((batch, tuple(spatial_and_channels)))
+        return {name: ms for name, ms in {"native": (1.0, 9.0), "gemm": (2.0, 3.0),
+                                          "subpixel": (3.0, 4.0)}.items() if name in rest[-1]}
+
+    monkeypatch.setattr(tuning, "measure", measure)
+    tuning.forget()
+    model, lines = export.reference_model(), []
+    try:
+        with pytest.warns(UserWarning, match="synthetic"):
+            report = export.export_model(model, str(tmp_path / "out"), formats="savedmodel",
+                                         batch_size=3, implementation="tuned",
+                                         log=lines.append)
+    finally:
+        tuning.forget()
+    assert timed == [(3, (10, 8, 12, 128))], timed
+    assert report["published"], report
+    assert "Conv3DBackpropInputV2" in report["serving"]["ops"]
+    assert "MatMul" not in report["serving"]["ops"]
+    (row,) = [line for line in lines if "upsampled: " in line]
+    assert ("input (10, 8, 12, 128) at batch 3" in row
+            and "| native (fastest forward) (measured)" in row), row
+    path = report["serving"]["path"]
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    (spec,) = signature.structured_input_signature[1].values()
+    assert spec.shape.as_list() == [None, 10, 8, 12, 128]  # the sizes that were timed
+    x = rng.uniform(size=(2, 10, 8, 12, 128)).astype("float32")
+    assert_close(signature(voxels=tf.constant(x))["upsampled"], _reference_output(model, x))
+    assert [pipeline.lowering("tuned", artifact) for artifact in ("tflite", "onnx")] == [
+        pipeline.DEFAULT_LOWERINGS["tflite"], pipeline.DEFAULT_LOWERINGS["onnx"]] == [
+        "gemm", "gemm"]
 
 
 def test_warmup_records_replay_through_the_signature(exported):

@@ -67,7 +67,7 @@ def parse_args(argv):
                              "example, Input (10, 8, 12, 128) -> Conv3DTranspose(32, 2, 2, relu))")
     parser.add_argument("--name", default="conv3dt",
                         help="TF Serving model name, a directory name (default: conv3dt)")
-    from tf_conv3dt.export.pipeline import FORMATS, IMPLEMENTATIONS
+    from tf_conv3dt.export.pipeline import DEFAULT_LOWERINGS, FORMATS, IMPLEMENTATIONS
     from tf_conv3dt.export.serving import LAST_VERSION
     from tf_conv3dt.export.tflite import MODES
 
@@ -86,9 +86,13 @@ def parse_args(argv):
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="TFLite files that take any batch (shape signature -1: "
                              "interpreter.resize_tensor_input, then allocate_tensors)")
-    parser.add_argument("--implementation", default=IMPLEMENTATIONS[0], choices=IMPLEMENTATIONS,
-                        help="lowering traced into the SavedModel, TFLite and ONNX files "
-                             f"(default: {IMPLEMENTATIONS[0]})")
+    parser.add_argument("--implementation", choices=IMPLEMENTATIONS,
+                        help="lowering traced into the SavedModel, TFLite and ONNX files; "
+                             "tuned: the SavedModel's auto layers timed on this machine at "
+                             "--batch-size (run it on one of the kind that will serve), the "
+                             "other files at their default (default: " + ", ".join(
+                                 f"{artifact} {name}" for artifact, name in
+                                 DEFAULT_LOWERINGS.items()) + ")")
     parser.add_argument("--tolerance", type=_typed_tolerance, action="append", metavar="MODE=X",
                         help="replace a TFLite mode's tolerance (relative, as in the report), "
                              "e.g. int8=0.25 for a deep network judged by its task metric; "

@@ -27,16 +27,37 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tf_conv3dt import model_file, shapes
+from tf_conv3dt import model_file, shapes, tune
 from tf_conv3dt.export import onnx, serving, staging, tflite
 from tf_conv3dt.export.errors import ExportError
 from tf_conv3dt.layer import Conv3DTranspose
 from tf_conv3dt._keras import keras
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
-# The lowerings an export can be asked to trace, the default first; the CLI
-# offers these. "auto" lets each layer choose (subpixel included).
-IMPLEMENTATIONS = ("gemm", "native", "auto")
+# The lowerings an export can be asked to trace into every artifact; the CLI
+# offers these. "auto" lets each layer choose by this host's rule. "tuned"
+# times each "auto" layer of the SavedModel on this host and traces its
+# fastest forward; the other artifacts then take their defaults, since
+# TensorFlow's timings say nothing of LiteRT's or ONNX Runtime's kernels.
+IMPLEMENTATIONS = ("gemm", "native", "subpixel", "auto", "tuned")
+# What each artifact traces when no implementation is asked for:
+# - the SavedModel: the lowering whose serving forward was least slow, at
+#   worst, against the fastest one on every CPU kind measured
+#   (benchmarks/bench_serving.py; docs/performance.md), since the export
+#   cannot see the CPU that will serve it;
+# - TFLite: GEMM, integer end to end (FULLY_CONNECTED), ~5x the float
+#   CONV_3D_TRANSPOSE in LiteRT;
+# - ONNX: GEMM's MatMuls, faster than ConvTranspose in ONNX Runtime
+#   (benchmarks/bench_onnx.py).
+DEFAULT_LOWERINGS = {"savedmodel": "subpixel", "tflite": "gemm", "onnx": "gemm"}
+
+
+def lowering(implementation, artifact):
+    """The lowering ``artifact`` ("savedmodel", "tflite" or "onnx") is traced
+    with when the export is asked for ``implementation`` (None: the default)."""
+    if implementation is None or (implementation == "tuned" and artifact != "savedmodel"):
+        return DEFAULT_LOWERINGS[artifact]
+    return implementation
 REFERENCE_INPUT_SHAPE = (10, 8, 12, 128)
 SYNTHETIC_CALIBRATION_SAMPLES = 128
 VERIFICATION_SAMPLES = 4
@@ -79,7 +100,7 @@ def check_formats(formats):
 
 
 def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
-                 calibration=None, batch_size=1, implementation="gemm", dynamic_batch=False,
+                 calibration=None, batch_size=1, implementation=None, dynamic_batch=False,
                  tolerances=None, log=None):
     """Writes, verifies and publishes every artifact of ``model`` under ``out_dir``.
 
@@ -95,8 +116,10 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
       batch_size: the TFLite files' static batch size, or with
         ``dynamic_batch`` the batch they are verified and timed at.
       implementation: the lowering traced into the SavedModel, TFLite and
-        ONNX files ("gemm" by default: integer-quantizable, fast on CPUs where
-        the native op has no oneDNN kernel, and in ONNX Runtime).
+        ONNX files: one of ``IMPLEMENTATIONS``, or None for each artifact's
+        own (``DEFAULT_LOWERINGS``). "tuned" times the SavedModel's "auto"
+        layers here, at ``batch_size``: run it on a machine of the kind that
+        will serve.
       dynamic_batch: TFLite files that take any batch (shape signature -1;
         ``interpreter.resize_tensor_input`` before ``allocate_tensors``).
       tolerances: ``{TFLite mode: tolerance}`` replacing the defaults of
@@ -199,7 +222,7 @@ def _validate(model, out_dir, name, version, formats, calibration, batch_size,
     formats = check_formats(formats)
     serving.check_model_name(name)
     serving.check_version(version)
-    if implementation not in IMPLEMENTATIONS:
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
         raise ExportError(f"choose one of {', '.join(IMPLEMENTATIONS)}", "implementation",
                           implementation)
     input_shape = tuple(model.inputs[0].shape[1:])
@@ -264,8 +287,9 @@ def _publish(job, staged, report):
 
 
 def _stage_onnx(job, staged, x, expected, report, step):
-    step(f"converting ONNX (lowering: {job.implementation}, tf2onnx, opset {onnx.OPSET})")
-    model_bytes = onnx.convert(job.model, job.implementation)
+    implementation = lowering(job.implementation, "onnx")
+    step(f"converting ONNX (lowering: {implementation}, tf2onnx, opset {onnx.OPSET})")
+    model_bytes = onnx.convert(job.model, implementation)
     with open(staged.path_of("model.onnx"), "wb") as f:
         f.write(model_bytes)
     step(f"  running it in ONNX Runtime at batch {len(x)} and 1")
@@ -373,10 +397,16 @@ def _stage_keras(job, staged, x, expected, report, step):
 
 
 def _stage_saved_model(job, staged, x, expected, report, step):
-    step(f"writing TF Serving SavedModel (lowering: {job.implementation})")
+    implementation = lowering(job.implementation, "savedmodel")
+    step(f"writing TF Serving SavedModel (lowering: {implementation}"
+         + (f", timing each auto layer's forward at batch {job.batch_size})"
+            if implementation == "tuned" else ")"))
     path = staged.path_of("saved_model")
     found = serving.write_version(job.model, path, job.name, warmup_batches=[x[:1], x],
-                                  implementation=job.implementation)
+                                  implementation=implementation, tuning_batch=job.batch_size)
+    if implementation == "tuned":
+        for line in tune.rows(job.model, found["tuned"], serving=True):
+            step(f"  {line}")
     step(f"  {len(found['ops'])} op types, all in the model server")
     examples = serving.request_examples(path, job.name)
     report.sections["serving"] = {
@@ -408,7 +438,8 @@ def _stage_tflite(job, staged, x, expected, report, step):
     report.sections["tflite_baseline"] = {"latency_ms": baseline_ms,
                                           "ops": _op_summary(tflite.op_list(baseline))}
     files = tflite.convert_each(job.model, list(job.verifications), shape, job.samples,
-                                job.implementation, scratch_dir=staged.path)
+                                lowering(job.implementation, "tflite"),
+                                scratch_dir=staged.path)
     for mode, verification in job.verifications.items():
         step(f"converting TFLite {mode}")
         _, flatbuffer = next(files)

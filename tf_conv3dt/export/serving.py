@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tf_conv3dt import ops
 from tf_conv3dt.export import staging
+from tf_conv3dt.ops import tuning
 from tf_conv3dt.export.errors import ExportError
 from tf_conv3dt.export.signature import SIGNATURE, save_signature, serving_spec
 
@@ -81,13 +82,27 @@ def write_serving_version(model, base_dir, name, version=None, warmup_batches=()
         return publish_version(staged, "version", model_dir, version)
 
 
-def write_version(model, path, name, warmup_batches=(), implementation="gemm"):
+def write_version(model, path, name, warmup_batches=(), implementation="gemm",
+                  tuning_batch=1):
     """Writes the SavedModel of one version at ``path`` (not yet served):
     signature, warmup records, and a check that the model server has every
-    op. Returns ``serving_ops(path)``."""
-    spec = _traceable_spec(model, implementation)
-    save_signature(model, path, spec, implementation)
-    found = serving_ops(path)
+    op. Returns ``serving_ops(path)``, with ``"tuned"``: the (name scope,
+    ``tuning.Decision``) of each call "tuned" timed.
+
+    ``implementation="tuned"`` gives each layer whose own implementation is
+    "auto" the lowering whose forward pass ran fastest on this machine at
+    batch ``tuning_batch`` (``ops.tuning``, cached like any tuning); its
+    signature keeps the model's own spatial sizes, the ones timed.
+    """
+    decisions = []
+    if implementation == "tuned":
+        spec = serving_spec(model)
+        with tuning.recording(batch=tuning_batch, serving=True) as decisions:
+            save_signature(model, path, spec, "auto")
+    else:
+        spec = _traceable_spec(model, implementation)
+        save_signature(model, path, spec, implementation)
+    found = dict(serving_ops(path), tuned=decisions)
     if found["missing_in_server"]:
         raise ExportError("The SavedModel uses ops TF Serving's model server does not have: "
                           + ", ".join(found["missing_in_server"]))

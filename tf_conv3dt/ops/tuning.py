@@ -4,7 +4,8 @@ The first time ``implementation="auto"`` meets a configuration whose dtype,
 layout, input shape, kernel, strides, padding, dilation and output size are
 all known at trace time, :func:`tuned` times every eligible lowering (the
 forward pass and a training step, input and kernel gradients) and keeps the
-one fastest over the two together. The choice is kept in memory and in a
+one fastest over the two together (the rule's choice unless another beats
+it by :data:`RULE_MARGIN`). The choice is kept in memory and in a
 JSON file per machine environment (:func:`cache_path`); a file written under
 another TensorFlow, tf_conv3dt, device or oneDNN setting has another name and
 an environment record that must match, so it is never reused.
@@ -53,6 +54,10 @@ BUDGET_S = 2.0
 """Time one configuration's timing runs may take, tracing included."""
 DROP_RATIO = 3.0
 """A candidate this many times slower than the best so far is not timed again."""
+RULE_MARGIN = 0.05
+"""A candidate replaces the rule's choice only when faster than it by more
+than this fraction: closer timings are within this machine's noise, and the
+rule comes from many benchmark runs."""
 CANDIDATES = ("native", "gemm", "subpixel")
 FORMAT = 1
 
@@ -150,6 +155,19 @@ class Decision(NamedTuple):
         """The candidate with the fastest forward pass (what a served model
         runs), or the winner where none was timed."""
         return min(self.ms, key=lambda name: self.ms[name][0], default=self.winner)
+
+    def describe(self, serving=False):
+        """One line: the configuration, each candidate's forward/training ms,
+        and what runs (``serving``: the fastest forward) with the source."""
+        dtype, data_format, shape, kernel, strides, padding, dilation, out = json.loads(
+            self.key)
+        times = "  ".join(f"{name} {f:.2f}/{t:.2f}" for name, (f, t) in self.ms.items())
+        chosen = self.forward_winner + " (fastest forward)" if serving else self.winner
+        return (f"{dtype} {data_format} input {tuple(shape[1:])} at batch {self.batch}, "
+                f"kernel {tuple(kernel[:3])} -> {kernel[3]} filters, strides "
+                f"{tuple(strides)}, {padding}, dilation {tuple(dilation)}, output "
+                f"{tuple(out)} | ms forward/training: {times or 'none timed'} | {chosen} "
+                f"({self.source})")
 
 
 class _Recorder(NamedTuple):
@@ -288,9 +306,9 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
     :data:`WARMUP_CALLS` runs; a cold allocator or thread pool would rank a
     lowering by its first runs). A name whose forward plus training time is
     already :data:`DROP_RATIO` times the best so far keeps that time and is
-    not run again. The rest are timed in rounds of
-    one call each, so that what else a shared machine runs weighs on all of
-    them alike: :data:`MIN_SAMPLES` rounds, then more up to
+    not run again. The rest are timed in rounds of one
+    :func:`primed_seconds` each, so that what else a shared machine runs
+    weighs on all of them alike: :data:`MIN_SAMPLES` rounds, then more up to
     :data:`MAX_SAMPLES` while the next round fits in ``budget_s``. Returns
     ``{name: (forward_s, training_s)}``, the lowest time of each call, the
     statistic a busy machine's interruptions move least.
@@ -309,7 +327,7 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
         round_started = clock()
         for name in kept:
             for call, times in zip(steps[name], samples[name]):
-                times.append(_seconds(call, clock))
+                times.append(primed_seconds(call, clock))
         now = clock()
         if round_ + 1 >= MIN_SAMPLES and now + (now - round_started) - started > budget_s:
             break
@@ -327,6 +345,15 @@ def _warmed_up(call, clock, last):
         if steady:
             break
     return last
+
+
+def primed_seconds(call, clock=time.perf_counter):
+    """Seconds of a run of ``call`` right after an untimed one: a call timed
+    right after another function's ran up to 20% slower here (caches, and
+    the allocator holding the other's buffer sizes), which would rank
+    identical functions apart by their neighbours."""
+    call()
+    return _seconds(call, clock)
 
 
 def _seconds(call, clock):
@@ -376,6 +403,8 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
     times = _on_a_fresh_thread(measure, dtype, batch, spatial_and_channels, kernel_shape,
                                strides, padding, dilation, output_lengths, order)
     winner = next(iter(times), rule)
+    if rule in times and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(times[winner]):
+        winner = rule
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d in %.2f s (forward + training ms: %s)",
         key, winner, batch, time.perf_counter() - started,
