@@ -376,12 +376,17 @@ def compare(rows):
                if f"tf_conv3dt {name}" in paths]
         torch_row = paths.get("torch conv_transpose3d")
         rule = paths.get(f"tf_conv3dt {auto['rule']}", auto)
+        # The lowering tuning chose, as its own row times it: what auto runs,
+        # without the noise between two timings of one graph.
+        chosen = paths.get(f"tf_conv3dt {auto['lowering']}", auto)
         entry = dict(
             case=case, auto=auto["lowering"], rule=auto["rule"],
             forward_over_own=auto["forward_ms"] / min(r["forward_ms"] for r in own),
             train_over_own=auto["train_ms"] / min(r["train_ms"] for r in own),
             rule_forward_over_own=rule["forward_ms"] / min(r["forward_ms"] for r in own),
             rule_train_over_own=rule["train_ms"] / min(r["train_ms"] for r in own),
+            choice_forward_over_own=chosen["forward_ms"] / min(r["forward_ms"] for r in own),
+            choice_train_over_own=chosen["train_ms"] / min(r["train_ms"] for r in own),
             forward_over_torch=(auto["forward_ms"] / torch_row["forward_ms"]
                                 if torch_row else None),
             train_over_torch=auto["train_ms"] / torch_row["train_ms"] if torch_row else None,

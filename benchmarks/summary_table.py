@@ -2,7 +2,9 @@
 
 One row per configuration of each run (bench_conv3d_transpose.py --json, with
 or without --configurations): the worst ratio over the cases of tuned
-``auto`` and of the static rule's choice to our fastest lowering, of ``auto``
+``auto`` (timed as a path of its own, and as the row of the lowering it
+chose, the same graph; runs since 2026-12-03) and of the static rule's
+choice to our fastest lowering, of ``auto``
 to PyTorch (forward and training step), and the most a case's tuning took.
 
 Usage: python benchmarks/summary_table.py FILE.json [FILE.json ...]
@@ -32,14 +34,16 @@ def row(name, run):
     isa = f", {run['isa']}" if "isa" in run else ""  # recorded since 2026-12-02
     return (f"| {run['machine']}, {run['cores']} cores | {name} (oneDNN {onednn}{isa}) | "
             f"{run['policy']} | {worst('forward_over_own')} / {worst('train_over_own')} | "
+            f"{worst('choice_forward_over_own')} / {worst('choice_train_over_own')} | "
             f"{worst('rule_forward_over_own')} / {worst('rule_train_over_own')} | "
             f"{worst('forward_over_torch')} / {worst('train_over_torch')} | "
             f"{max(entry['tuning_s'] for entry in summary):.1f} s |")
 
 
 HEADER = ("| machine | configuration | policy | tuned auto / our fastest (fwd / train) "
-          "| rule / our fastest | tuned auto / PyTorch | tuning, slowest case |")
-RULE = "|---|---|---|---|---|---|---|"
+          "| tuned choice's row / our fastest | rule / our fastest | tuned auto / PyTorch "
+          "| tuning, slowest case |")
+RULE = "|---|---|---|---|---|---|---|---|"
 
 
 def main(paths):

@@ -10,6 +10,7 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
   assigns, one row per kernel/stride relation and a column per rule key;
 - ``onnx FILE``: a bench_onnx.py run;
 - ``groups FILE``: a bench_groups.py run;
+- ``serving FILE``: a bench_serving.py run, and each lowering's worst ratio;
 - ``export FILE``: the artifact rows of an export's report.json.
 
 Each table opens with the run's machine and configuration as the file
@@ -50,6 +51,8 @@ def render(kind, path, name=None):
         return _export(content, source)
     if kind == "groups":
         return _groups(content, source)
+    if kind == "serving":
+        return _serving(content, source)
     raise ValueError(f"unknown table kind {kind!r} in a marker for {path}")
 
 
@@ -149,6 +152,27 @@ def _groups(content, source):
     return head + ":\n\n" + _table(
         ["configuration", "input", "groups", "auto", "native", "gemm", "subpixel",
          "PyTorch"], rows)
+
+
+def _serving(content, source):
+    lowerings = ("native", "gemm", "subpixel")
+    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+            f"{content['cores']} cores, TensorFlow {content['tensorflow']}; the SavedModel's "
+            f"serving_default signature, median ms of {content['repeats']} interleaved "
+            f"rounds, and each lowering over the fastest {source}")
+    rows = []
+    for configuration, run in content["configurations"].items():
+        for model, batches in run["rows"].items():
+            for batch, times in batches.items():
+                fastest = min(times.values())
+                rows.append((configuration, model, batch, *(
+                    f"{times[name]:.2f} ({times[name] / fastest:.2f}x)" for name in lowerings)))
+    worst = ", ".join(f"{name} {content['worst'][name]:.2f}x" for name in sorted(
+        lowerings, key=content["worst"].get))
+    return "\n\n".join([
+        head + ":",
+        _table(["configuration", "model", "batch", *lowerings], rows),
+        f"Worst ratio to the fastest lowering over every row: {worst}."])
 
 
 def _export(report, source):

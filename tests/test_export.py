@@ -137,7 +137,7 @@ def test_a_tuned_export_traces_each_auto_layers_fastest_forward(tmp_path, monkey
     assert report["published"], report
     assert "Conv3DBackpropInputV2" in report["serving"]["ops"]
     assert "MatMul" not in report["serving"]["ops"]
-    (row,) = [line for line in lines if "upsampled: " in line]
+    (row,) = [line for line in lines if "(fastest forward)" in line]
     assert ("input (10, 8, 12, 128) at batch 3" in row
             and "| native (fastest forward) (measured)" in row), row
     path = report["serving"]["path"]

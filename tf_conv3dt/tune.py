@@ -119,11 +119,11 @@ def _tune(args, say):
     return tuning.cache_path()
 
 
-def rows(model, decisions, serving=False):
+def rows(model, decisions):
     """One line per Conv3DTranspose of ``model`` (nested models included):
-    its name, and its configuration, each candidate's ms and what runs
-    (``serving``: the fastest forward) as ``decisions`` (those of a
-    ``tuning.recording``) give them, or the lowering it is fixed to."""
+    its name, and its configuration, each candidate's ms and the winner as
+    ``decisions`` (those of a ``tuning.recording``) give them, or the
+    lowering it is fixed to."""
     from tf_conv3dt import Conv3DTranspose
 
     for layer in _flattened(model):
@@ -136,7 +136,7 @@ def rows(model, decisions, serving=False):
                      else layer.implementation)
             yield f"{layer.name}: not tuned, runs {fixed}"
         else:
-            yield f"{layer.name}: {decision.describe(serving)}"
+            yield f"{layer.name}: {decision.describe()}"
 
 
 def _flattened(model):

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tf_conv3dt import model_file, shapes, tune
+from tf_conv3dt import model_file, shapes
 from tf_conv3dt.export import onnx, serving, staging, tflite
 from tf_conv3dt.export.errors import ExportError
 from tf_conv3dt.layer import Conv3DTranspose
@@ -404,9 +404,11 @@ def _stage_saved_model(job, staged, x, expected, report, step):
     path = staged.path_of("saved_model")
     found = serving.write_version(job.model, path, job.name, warmup_batches=[x[:1], x],
                                   implementation=implementation, tuning_batch=job.batch_size)
-    if implementation == "tuned":
-        for line in tune.rows(job.model, found["tuned"], serving=True):
-            step(f"  {line}")
+    first = {}  # each configuration's first decision (a second trace finds it in memory)
+    for _, decision in found["tuned"]:
+        first.setdefault(decision.key, decision)
+    for decision in first.values():
+        step(f"  {decision.describe(serving=True)}")
     step(f"  {len(found['ops'])} op types, all in the model server")
     examples = serving.request_examples(path, job.name)
     report.sections["serving"] = {
