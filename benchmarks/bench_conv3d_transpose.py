@@ -42,7 +42,6 @@ from tf_conv3dt import ops
 from tf_conv3dt.ops import choice
 from tf_conv3dt._keras import keras
 from tf_conv3dt.ops import tuning
-from tf_conv3dt.ops.tuning import primed_seconds
 
 
 def _torch():
@@ -169,7 +168,7 @@ def interleaved_ms(fns, repeats, warmup=3, slow_s=2.0):
         for name in times:
             if name in slow and round_ >= 2:
                 continue
-            times[name].append(primed_seconds(fns[name]))
+            times[name].append(tuning.primed_seconds(fns[name]))
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 

@@ -114,29 +114,10 @@ def _tune(args, say):
         f"{' in ' + dtype if dtype else ''}")
     with tuning.recording(dtype=dtype, batch=args.batch_size) as decisions:
         model(inputs if len(inputs) > 1 else inputs[0], training=False)
-    for line in rows(model, decisions):
-        say(line)
+    for layer in layers:
+        say(_row(layer, next((decision for scope, decision in decisions
+                              if layer.name in scope.split("/")), None)))
     return tuning.cache_path()
-
-
-def rows(model, decisions):
-    """One line per Conv3DTranspose of ``model`` (nested models included):
-    its name, and its configuration, each candidate's ms and the winner as
-    ``decisions`` (those of a ``tuning.recording``) give them, or the
-    lowering it is fixed to."""
-    from tf_conv3dt import Conv3DTranspose
-
-    for layer in _flattened(model):
-        if not isinstance(layer, Conv3DTranspose):
-            continue
-        decision = next((decision for scope, decision in decisions
-                         if layer.name in scope.split("/")), None)
-        if decision is None:
-            fixed = ("gemm (quantized)" if layer.implementation == "auto"
-                     else layer.implementation)
-            yield f"{layer.name}: not tuned, runs {fixed}"
-        else:
-            yield f"{layer.name}: {decision.describe()}"
 
 
 def _flattened(model):
@@ -144,6 +125,14 @@ def _flattened(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from _flattened(layer)
+
+
+def _row(layer, decision):
+    """One layer's line: name, configuration, each candidate's ms and the winner."""
+    if decision is None:
+        fixed = "gemm (quantized)" if layer.implementation == "auto" else layer.implementation
+        return f"{layer.name}: not tuned, runs {fixed}"
+    return f"{layer.name}: {decision.describe()}"
 
 
 if __name__ == "__main__":  # python -m tf_conv3dt.tune, as python -m tf_conv3dt_cli tune

@@ -58,6 +58,8 @@ def lowering(implementation, artifact):
     if implementation is None or (implementation == "tuned" and artifact != "savedmodel"):
         return DEFAULT_LOWERINGS[artifact]
     return implementation
+
+
 REFERENCE_INPUT_SHAPE = (10, 8, 12, 128)
 SYNTHETIC_CALIBRATION_SAMPLES = 128
 VERIFICATION_SAMPLES = 4
