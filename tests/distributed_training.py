@@ -15,7 +15,7 @@ Modes:
   resume          MirroredStrategy fits backed up by BackupAndRestore: the
                   arguments after OUT_DIR are runs, in order, each
                   ``NAME[:epoch=E|:batch=B]``, backed up in OUT_DIR/NAME. A run
-                  with a kill point SIGKILLs this process right after the
+                  with a kill point ends this process (die) right after the
                   E-th epoch ends or the B-th batch (counted from 1 across
                   epochs) is trained; a run without one restores the backup
                   if there is one, trains to the end and writes
@@ -109,11 +109,25 @@ def run_mirrored(outs, policy=None):
         np.savez(out, *two, *one, losses=np.array([two_loss, one_loss]))
 
 
+def die():
+    """Ends this process at its kill point with SIGKILL. With VANISH_MARKER
+    set, it first writes that file and stops (SIGSTOP), its connections left
+    open, for the test to cut its host's link and then kill it: a host that
+    vanished without closing anything."""
+    import signal
+
+    marker = os.environ.get("VANISH_MARKER")
+    if marker:
+        with open(marker, "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGSTOP)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def kill_after(keras):
-    """A callback class: SIGKILL this process once the ``epoch``-th epoch ends
+    """A callback class: :func:`die` once the ``epoch``-th epoch ends
     (after BackupAndRestore's backup, which comes first) or the ``batch``-th
     batch (counted from 1 across epochs) is trained."""
-    import signal
 
     class KillAfter(keras.callbacks.Callback):
         def __init__(self, epoch=None, batch=None):
@@ -123,11 +137,11 @@ def kill_after(keras):
         def on_train_batch_end(self, batch, logs=None):
             self.batches += 1
             if self.batches == self.batch:
-                os.kill(os.getpid(), signal.SIGKILL)
+                die()
 
         def on_epoch_end(self, epoch, logs=None):
             if epoch + 1 == self.epoch:
-                os.kill(os.getpid(), signal.SIGKILL)
+                die()
 
     return KillAfter
 
@@ -239,10 +253,8 @@ def run_resumable_worker(implementation, out_dir, name, kill=None):
     in Keras 3's loop, the chief's there, the other worker's in a scratch
     directory beside it), resuming from a backup where there is one. With a
     ``kill`` point, ``epoch=E`` or ``batch=B`` as :func:`kill_after` takes
-    them, it SIGKILLs itself there; otherwise it writes
+    them, it ends there (:func:`die`); otherwise it writes
     OUT_DIR/NAME-worker<index>.npz: its weights and the epochs it trained."""
-    import signal
-
     import tensorflow as tf
     import tf_conv3dt
     from tf_conv3dt._keras import LEGACY_KERAS, keras
@@ -283,14 +295,14 @@ def run_resumable_worker(implementation, out_dir, name, kill=None):
         def after_batch():
             batches.append(None)
             if point == "batch" and len(batches) == number:
-                os.kill(os.getpid(), signal.SIGKILL)
+                die()
 
         def after_epoch(epoch):
             done.assign(epoch + 1)
             manager.save()  # on every worker: the save is collective
             trained.append(epoch)
             if point == "epoch" and epoch + 1 == number:
-                os.kill(os.getpid(), signal.SIGKILL)
+                die()
 
         train_loop(tf, keras, strategy, model, optimizer, dataset,
                    range(int(done.numpy()), RESUME_EPOCHS), after_batch, after_epoch)

@@ -217,20 +217,50 @@ def test_multi_worker_mirrored_two_processes(implementations, onednn, tmp_path):
                  [f"127.0.0.1:{port}" for port in _free_ports(2)])
 
 
-def _resumable_pair(tmp_path, name, kill=None):
-    """Starts the two workers of resumable run ``name`` on fresh 127.0.0.1
-    ports; the ``kill`` point (``epoch=E`` or ``batch=B``) goes to worker 1
-    alone. Returns the processes."""
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+def _resumable_pair(tmp_path, name, kill=None, hosts=None, vanish_marker=None):
+    """Starts the two workers of resumable run ``name``, on fresh 127.0.0.1
+    ports or on ``hosts`` (two_hosts.two_hosts()'s); the ``kill`` point
+    (``epoch=E`` or ``batch=B``) goes to worker 1 alone, which with
+    ``vanish_marker`` stops there instead (distributed_training.die).
+    Returns the processes."""
+    if hosts is None:
+        workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+        launch, extra = (lambda index, argv: argv), {}
+    else:
+        workers = [f"{address}:{TWO_HOSTS_PORT}" for _, address in hosts]
+        launch = lambda index, argv: two_hosts.command(hosts[index][0], argv)  # noqa: E731
+        extra = _unproxied()
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        killed = kill and index == 1
         processes.append(subprocess.Popen(
-            [sys.executable, SCRIPT, "worker-resume", "auto", str(tmp_path), name,
-             *([kill] if kill and index == 1 else [])],
-            env=_env(TF_CONFIG=json.dumps(config)), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
+            launch(index, [sys.executable, SCRIPT, "worker-resume", "auto", str(tmp_path), name,
+                           *([kill] if killed else [])]),
+            env=_env(TF_CONFIG=json.dumps(config), **extra, **(
+                {"VANISH_MARKER": str(vanish_marker)} if killed and vanish_marker else {})),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return processes
+
+
+def _unproxied():
+    """No proxy: gRPC would send the workers' traffic to one."""
+    return {name: "" for name in os.environ if name.lower().endswith("_proxy")}
+
+
+def _resumed_equal(tmp_path, name, expected, where, hosts=None):
+    """Restarts run ``name``'s pair, which must resume from its backup after
+    the second epoch and end with ``expected``'s weights, bitwise, on both."""
+    statuses = _finish(_resumable_pair(tmp_path, name, hosts=hosts))
+    assert [status for status, _ in statuses] == [0, 0], statuses[0][1][-3000:] + \
+        statuses[1][1][-3000:]
+    for index in range(2):
+        saved = np.load(tmp_path / f"{name}-worker{index}.npz")
+        assert saved["epochs"].tolist() == list(range(2, distributed_training.RESUME_EPOCHS))
+        resumed = _results_of(tmp_path / f"{name}-worker{index}.npz")
+        assert len(resumed) == len(expected)
+        for a, b in zip(resumed, expected):
+            np.testing.assert_array_equal(a, b, err_msg=f"worker {index}, resumed after {where}")
 
 
 # How long the surviving worker may take to fail once its peer is gone (it
@@ -264,16 +294,46 @@ def test_a_worker_killed_alone_fails_the_other_cleanly_and_the_pair_resumes(tmp_
         assert status not in (0, None) and "UnavailableError" in log, (kill, status, log[-3000:])
         assert waited < SURVIVOR_TIMEOUT_S, kill
         assert not (tmp_path / f"{name}-worker0.npz").exists(), kill
-        statuses = _finish(_resumable_pair(tmp_path, name))
+        _resumed_equal(tmp_path, name, expected, kill)
+
+
+@pytest.mark.skipif(NO_TWO_HOSTS is not None, reason=f"two network namespaces: {NO_TWO_HOSTS}")
+def test_on_two_hosts_a_vanished_host_fails_the_other_cleanly_and_the_pair_resumes(tmp_path):
+    """The resumable pair with each worker on its own host (two network
+    namespaces, one link). After the second epoch's backup, worker 1's host
+    vanishes: its link goes down and then its process is killed, so worker 0
+    gets no reset and no close, only silence. Worker 0 must still fail
+    within SURVIVOR_TIMEOUT_S; the link back up, the restarted pair resumes
+    from the backup and ends with the uninterrupted pair's weights, bitwise."""
+    with two_hosts.two_hosts() as hosts:
+        statuses = _finish(_resumable_pair(tmp_path, "uninterrupted", hosts=hosts))
         assert [status for status, _ in statuses] == [0, 0], statuses[0][1][-3000:] + \
             statuses[1][1][-3000:]
-        for index in range(2):
-            saved = np.load(tmp_path / f"{name}-worker{index}.npz")
-            assert saved["epochs"].tolist() == list(range(2, distributed_training.RESUME_EPOCHS))
-            resumed = _results_of(tmp_path / f"{name}-worker{index}.npz")
-            assert len(resumed) == len(expected)
-            for a, b in zip(resumed, expected):
-                np.testing.assert_array_equal(a, b, err_msg=f"worker {index}, resumed after {kill}")
+        expected = _results_of(tmp_path / "uninterrupted-worker0.npz")
+        marker = tmp_path / "worker1-stopped"  # beside, not in, the backup
+        survivor, vanishing = _resumable_pair(tmp_path, "vanished", "epoch=2", hosts,
+                                              vanish_marker=marker)
+        try:
+            deadline = time.monotonic() + TIMEOUT_S
+            while not marker.exists() and vanishing.poll() is None:
+                assert time.monotonic() < deadline, "worker 1 never reached its kill point"
+                time.sleep(0.2)
+            assert vanishing.poll() is None, vanishing.communicate()[0][-3000:]
+            two_hosts.set_link(hosts[1][0], "down")
+            vanishing.kill()  # its closing packets cannot leave its host now
+            started = time.monotonic()
+            (status, log), = _finish([survivor], timeout=SURVIVOR_TIMEOUT_S)
+            waited = time.monotonic() - started
+        finally:
+            _finish([survivor, vanishing], timeout=1)
+        # Only the coordination service's missed heartbeats can tell it
+        # (about 11 s here); no connection was ever closed.
+        assert status not in (0, None) and "UnavailableError" in log and \
+            "stopped sending heartbeats" in log, (status, log[-3000:])
+        assert waited < SURVIVOR_TIMEOUT_S, log[-3000:]
+        assert not (tmp_path / "vanished-worker0.npz").exists()
+        two_hosts.set_link(hosts[1][0], "up")
+        _resumed_equal(tmp_path, "vanished", expected, "a vanished host", hosts)
 
 
 @pytest.mark.skipif(NO_TWO_HOSTS is not None, reason=f"two network namespaces: {NO_TWO_HOSTS}")
@@ -289,10 +349,9 @@ def test_multi_worker_mirrored_on_two_hosts(tmp_path):
             # The link's own subnet, and no way anywhere else.
             assert len(routes) == 1 and routes[0].startswith(
                 f"198.18.0.0/{two_hosts.PREFIX} dev "), routes
-        # No proxy either: gRPC would send the workers' traffic to one.
-        unproxied = {name: "" for name in os.environ if name.lower().endswith("_proxy")}
         _run_workers(("auto",), None, tmp_path,
                      [f"{address}:{TWO_HOSTS_PORT}" for _, address in hosts],
-                     lambda index, argv: two_hosts.command(hosts[index][0], argv), **unproxied)
+                     lambda index, argv: two_hosts.command(hosts[index][0], argv),
+                     **_unproxied())
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not {namespace for namespace, _ in hosts} & set(listed.split()), listed

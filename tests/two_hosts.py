@@ -61,6 +61,16 @@ def two_hosts():
             _ip("netns", "delete", namespace)
 
 
+def set_link(namespace, state):
+    """Sets ``namespace``'s end of the link "down" (the other host then hears
+    nothing more from it: no reset, no close, as when a host loses power or
+    its network) or "up" again."""
+    listed = subprocess.run(["ip", "-n", namespace, "-o", "link", "show", "type", "veth"],
+                            capture_output=True, text=True, timeout=30, check=True).stdout
+    for line in listed.splitlines():
+        _ip("-n", namespace, "link", "set", line.split(":")[1].strip().split("@")[0], state)
+
+
 def command(namespace, argv):
     """``argv`` run inside ``namespace``."""
     return ["ip", "netns", "exec", namespace, *argv]
