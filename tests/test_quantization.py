@@ -376,6 +376,9 @@ def test_tfmot_features_under_keras3_are_refused_with_a_clear_error():
     for feature in (quantization.quantize_config, quantization.quantize_scope):
         with pytest.raises(RuntimeError, match="TF_USE_LEGACY_KERAS=1"):
             feature()
+    for argument in ("preserve_sparsity", "preserve_clusters"):
+        with pytest.raises(ValueError, match=f"{argument}=True .* needs tf_keras"):
+            quantization.quantize_model(_model(), **{argument: True})
 
 
 def _gzipped_size(arrays):
@@ -384,6 +387,22 @@ def _gzipped_size(arrays):
     buffer = io.BytesIO()
     np.savez(buffer, *arrays)
     return len(gzip.compress(buffer.getvalue()))
+
+
+def _int8_file_weights(qat):
+    """The plain converter's int8 file of ``qat``, asserted integer: its
+    FULLY_CONNECTED weight matrices (one row per filter)."""
+    import tensorflow as tf
+    from tf_conv3dt.export import tflite
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    flatbuffer = converter.convert()
+    assert_integer_tflite(flatbuffer, float_boundary=True, shape_arithmetic=True)
+    runner = tflite.interpreter(flatbuffer, delegates=False)
+    weights = [runner.get_tensor(op["inputs"][1])
+               for op in runner._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    assert weights and all(w.dtype == np.int8 and w.ndim == 2 for w in weights)
+    return weights
 
 
 def _teacher_data(rng, samples=32):
@@ -422,8 +441,9 @@ class TestPruningAndClustering:
 
     def test_pruning_preserving_qat_keeps_the_zeros(self, rng):
         """Prune, strip, then quantize_model(preserve_sparsity=True): after more
-        training the kernel the layer computes with keeps the pruned zeros;
-        plain QAT fills them in."""
+        training the kernel the layer computes with keeps the pruned zeros,
+        and the int8 file is integer with its weights as sparse; plain QAT
+        fills them in."""
         import tensorflow_model_optimization as tfmot
         sparsity = tfmot.sparsity.keras
         x, y = _teacher_data(rng)
@@ -441,6 +461,9 @@ class TestPruningAndClustering:
             qat(x[:1])  # the wrapper hands the layer its quantized kernel
             zeros = np.mean(np.asarray(qat.get_layer("quant_up1").layer.kernel) == 0)
             assert expected(zeros), (preserve, zeros)
+            if preserve:
+                weights = _int8_file_weights(qat)
+                assert np.mean(np.concatenate([w.ravel() for w in weights]) == 0) >= 0.45
 
     def test_cluster_weights_leaves_at_most_n_kernel_values(self, rng):
         import tensorflow_model_optimization as tfmot
@@ -461,6 +484,37 @@ class TestPruningAndClustering:
         hidden = stripped.get_layer("up1")(x[:2])
         assert_close(stripped(x[:2]), np_conv3d_transpose(
             hidden, second.kernel.numpy(), second.bias.numpy(), (2, 2, 2), "valid", groups=2))
+
+
+    def test_cluster_preserving_qat_keeps_the_clusters_into_the_int8_file(self, rng):
+        """Cluster to 8 values, strip, then quantize_model(preserve_clusters=True):
+        after more training the kernel each layer computes with still has at
+        most 8 distinct values, and so does each filter's row of every
+        FULLY_CONNECTED weight matrix in the int8 file (a per-filter scale
+        maps them one to one); plain QAT spreads them out."""
+        import tensorflow_model_optimization as tfmot
+        clustering = tfmot.clustering.keras
+        x, y = _teacher_data(rng)
+        clustered = clustering.cluster_weights(
+            _model(), number_of_clusters=8,
+            cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS)
+        clustered.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+        clustered.fit(x, y, epochs=2, batch_size=8, verbose=0)
+        stripped = clustering.strip_clustering(clustered)
+        for preserve in (True, False):
+            qat = quantization.quantize_model(stripped, preserve_clusters=preserve)
+            qat.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+            history = qat.fit(x, y, epochs=2, batch_size=8, verbose=0)
+            assert np.isfinite(history.history["loss"]).all()
+            qat(x[:1])  # the wrapper hands the layer its quantized kernel
+            distinct = [len(np.unique(np.asarray(qat.get_layer(f"quant_{name}").layer.kernel)))
+                        for name in ("up1", "up2")]
+            if not preserve:
+                assert min(distinct) > 16, distinct
+                continue
+            assert max(distinct) <= 8, distinct
+            weights = _int8_file_weights(qat)
+            assert max(len(np.unique(row)) for w in weights for row in w) <= 8
 
 
 def test_importing_tf_conv3dt_does_not_import_tfmot():

@@ -43,7 +43,7 @@ def _layer_class():
     return Conv3DTranspose
 
 
-def quantize_model(model, preserve_sparsity=False):
+def quantize_model(model, preserve_sparsity=False, preserve_clusters=False):
     """A quantization-aware copy of ``model``, its weights copied.
 
     tf_keras: every Conv3DTranspose is annotated with :func:`quantize_config`;
@@ -51,14 +51,20 @@ def quantize_model(model, preserve_sparsity=False):
     ``tfmot.quantization.keras.quantize_annotate_layer`` to quantize them too).
     ``preserve_sparsity=True`` is tfmot's pruning-preserving QAT for our
     layers: the zeros of a pruned kernel stay zero in the quantized kernel.
+    ``preserve_clusters=True`` is tfmot's cluster-preserving QAT: a kernel
+    clustered by ``cluster_weights`` (and stripped) keeps its clusters, so
+    the kernel the layer computes with has at most that many distinct
+    values (each centroid still trains); with both, its zeros stay zero too.
     Keras 3: every Conv3DTranspose is rebuilt with ``quantization="qat"``,
     after an :class:`InputQuantizer` where its input does not come from
     another of them (the model's input, say).
     """
     if not LEGACY_KERAS:
-        if preserve_sparsity:
-            raise ValueError("preserve_sparsity=True is tfmot's pruning-preserving QAT, "
-                             "which needs tf_keras (TF_USE_LEGACY_KERAS=1).")
+        for name, value, scheme in (("preserve_sparsity", preserve_sparsity, "pruning"),
+                                    ("preserve_clusters", preserve_clusters, "cluster")):
+            if value:
+                raise ValueError(f"{name}=True is tfmot's {scheme}-preserving QAT, "
+                                 "which needs tf_keras (TF_USE_LEGACY_KERAS=1).")
         return _keras3_quantize_model(model)
     keras_quantization = tfmot_module().quantization.keras
     annotate = keras_quantization.quantize_annotate_layer
@@ -67,7 +73,7 @@ def quantize_model(model, preserve_sparsity=False):
         copy = layer.__class__.from_config(layer.get_config())
         if not isinstance(layer, _layer_class()):
             return copy
-        return annotate(copy, quantize_config(preserve_sparsity))
+        return annotate(copy, quantize_config(preserve_sparsity, preserve_clusters))
 
     annotated = keras.models.clone_model(model, clone_function=clone)
     annotated.set_weights(model.get_weights())
@@ -113,10 +119,11 @@ def _keras3_quantize_model(model):
     return quantized
 
 
-def quantize_config(preserve_sparsity=False):
+def quantize_config(preserve_sparsity=False, preserve_clusters=False):
     """The tfmot ``QuantizeConfig`` for Conv3DTranspose; with
-    ``preserve_sparsity`` its kernel quantizer keeps the kernel's zeros."""
-    return config_class()(preserve_sparsity)
+    ``preserve_sparsity`` its kernel quantizer keeps the kernel's zeros, with
+    ``preserve_clusters`` its clusters (both: both)."""
+    return config_class()(preserve_sparsity, preserve_clusters)
 
 
 def quantize_scope():

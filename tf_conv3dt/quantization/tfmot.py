@@ -1,7 +1,9 @@
 """tensorflow-model-optimization's protocols for Conv3DTranspose, imported only on first use."""
 
 import functools
+import importlib
 
+import tensorflow as tf
 import wrapt
 
 from tf_conv3dt._keras import LEGACY_KERAS
@@ -23,10 +25,80 @@ def tfmot_module():
     return module
 
 
-def _prune_preserve():
-    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve \
-        import prune_preserve_quantize_registry
-    return prune_preserve_quantize_registry
+@functools.lru_cache(maxsize=None)
+def _preserving_quantizers():
+    """tfmot's prune- and cluster-preserving kernel quantizers without their
+    per-tensor fake quantization: the layer puts the kernel on the file's
+    per-filter, per-phase int8 grid itself (``ops.int8_grid``), and a
+    per-tensor grid before it would leave the converter a DEQUANTIZE'd kernel
+    that it cannot fold, so the file would compute in float."""
+    collab_opts = "tensorflow_model_optimization.python.core.quantization.keras.collab_opts"
+    prune = importlib.import_module(
+        f"{collab_opts}.prune_preserve.prune_preserve_quantize_registry")
+    cluster = importlib.import_module(
+        f"{collab_opts}.cluster_preserve.cluster_preserve_quantize_registry")
+    grid = {"num_bits": 8, "per_axis": False, "symmetric": True, "narrow_range": True}
+
+    class PrunePreservingKernel(prune.PrunePreserveDefaultWeightsQuantizer):
+        """The pruned kernel's zeros kept (its sparsity mask)."""
+
+        def __init__(self):
+            super().__init__(**grid)
+
+        def build(self, tensor_shape, name, layer):
+            return self._build_sparsity_mask(name, layer)
+
+        def __call__(self, inputs, training, weights, **kwargs):
+            return inputs * weights["sparsity_mask"]
+
+        def get_config(self):
+            return {}
+
+    class ClusterPreservingKernel(cluster.ClusterPreserveDefaultWeightsQuantizer):
+        """The clustered kernel kept on its centroids, which train (tfmot's
+        cluster-preserving step); with ``preserve_sparsity`` the zero
+        centroid and the pruned zeros stay zero too."""
+
+        def __init__(self, preserve_sparsity=False):
+            super().__init__(preserve_sparsity=preserve_sparsity, **grid)
+
+        def build(self, tensor_shape, name, layer):
+            return self._build_clusters(name, layer)
+
+        def __call__(self, inputs, training, weights, **kwargs):
+            if not training or cluster.CLUSTER_CENTROIDS not in weights:
+                # Inference reads the kernel the training steps assigned.
+                if training and self.preserve_sparsity:
+                    return inputs * weights[cluster.SPARSITY_MASK]
+                return inputs
+            clustering = weights[cluster.CLUSTERING_IMPL]
+            if self.preserve_sparsity:
+                original = weights[cluster.ORIGINAL_WEIGHTS]
+                original.assign(original * weights[cluster.SPARSITY_MASK])
+                clustering.cluster_centroids.assign(
+                    clustering.cluster_centroids * weights[cluster.CENTROIDS_MASK])
+                weights[cluster.CLUSTER_CENTROIDS].assign(clustering.cluster_centroids)
+            indices = weights[cluster.PULLING_INDICES]
+            indices.assign(tf.cast(clustering.get_pulling_indices(
+                weights[cluster.ORIGINAL_WEIGHTS]), indices.dtype))
+            clustered = clustering.get_clustered_weight(
+                indices, weights[cluster.ORIGINAL_WEIGHTS])
+            inputs.assign(clustered)
+            return clustered
+
+        def get_config(self):
+            return {"preserve_sparsity": self.preserve_sparsity}
+
+    return PrunePreservingKernel, ClusterPreservingKernel
+
+
+def _kernel_quantizer(preserve_sparsity, preserve_clusters):
+    """The kernel's collaborative-optimization quantizer
+    (:func:`_preserving_quantizers`), or None for neither."""
+    prune_preserving, cluster_preserving = _preserving_quantizers()
+    if preserve_clusters:
+        return cluster_preserving(preserve_sparsity)
+    return prune_preserving() if preserve_sparsity else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,17 +116,18 @@ def config_class():
         or tfmot's input quantizer). The kernel is put on its int8 grid by
         the layer, product by product, as the file's FULLY_CONNECTED weights
         (``ops.int8_grid``); with ``preserve_sparsity`` tfmot's
-        prune-preserving quantizer (per tensor) keeps its zeros before that."""
+        prune-preserving step keeps its zeros before that, and with
+        ``preserve_clusters`` its cluster-preserving one keeps a clustered
+        kernel's centroids (and its zeros too, with both)."""
 
-        def __init__(self, preserve_sparsity=False):
+        def __init__(self, preserve_sparsity=False, preserve_clusters=False):
             self.preserve_sparsity = bool(preserve_sparsity)
+            self.preserve_clusters = bool(preserve_clusters)
 
         def get_weights_and_quantizers(self, layer):
             layer._quantize_for_int8()  # asked after the layer's build
-            if not self.preserve_sparsity:
-                return []
-            return [(layer.kernel, _prune_preserve().PrunePreserveDefaultWeightsQuantizer(
-                num_bits=8, per_axis=False, symmetric=True, narrow_range=True))]
+            quantizer = _kernel_quantizer(self.preserve_sparsity, self.preserve_clusters)
+            return [] if quantizer is None else [(layer.kernel, quantizer)]
 
         # An activation fused into the products is quantized with the
         # output; another is wrapped by tfmot, after the layer's own range
@@ -76,7 +149,8 @@ def config_class():
             return [_activation_quantizer()] if layer._fused_activation() is not None else []
 
         def get_config(self):
-            return {"preserve_sparsity": self.preserve_sparsity}
+            return {"preserve_sparsity": self.preserve_sparsity,
+                    "preserve_clusters": self.preserve_clusters}
 
     return Conv3DTransposeQuantizeConfig
 
