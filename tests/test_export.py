@@ -24,6 +24,7 @@ import tensorflow as tf
 import tf_conv3dt
 from tf_conv3dt import export
 from tf_conv3dt.export import pipeline, serving, staging, tflite
+from tf_conv3dt.export.signature import DEFAULT_LOWERINGS, lowering
 from tf_conv3dt.ops import tuning
 from tf_conv3dt._keras import keras
 from markers import cli_only, smoke
@@ -146,9 +147,8 @@ def test_a_tuned_export_traces_each_auto_layers_fastest_forward(tmp_path, monkey
     assert spec.shape.as_list() == [None, 10, 8, 12, 128]  # the sizes that were timed
     x = rng.uniform(size=(2, 10, 8, 12, 128)).astype("float32")
     assert_close(signature(voxels=tf.constant(x))["upsampled"], _reference_output(model, x))
-    assert [pipeline.lowering("tuned", artifact) for artifact in ("tflite", "onnx")] == [
-        pipeline.DEFAULT_LOWERINGS["tflite"], pipeline.DEFAULT_LOWERINGS["onnx"]] == [
-        "gemm", "gemm"]
+    assert [lowering("tuned", artifact) for artifact in ("tflite", "onnx")] == [
+        DEFAULT_LOWERINGS["tflite"], DEFAULT_LOWERINGS["onnx"]] == ["gemm", "gemm"]
 
 
 def test_warmup_records_replay_through_the_signature(exported):
@@ -262,6 +262,9 @@ def test_versions_are_never_overwritten(exported, tmp_path):
     second = export.write_serving_version(model, base, "conv3dt")
     assert second == os.path.join(base, "conv3dt", "2")
     assert _tree_digest(os.path.join(base, "conv3dt", "1")) == before
+    # The library's default lowering is the export's: subpixel's forward convolutions.
+    ops = serving.serving_ops(second)["ops"]
+    assert "Conv3D" in ops and "Conv3DBackpropInputV2" not in ops, ops
 
 
 def test_custom_model_with_dilation_and_channels_first(tmp_path, rng):

@@ -67,7 +67,8 @@ def parse_args(argv):
                              "example, Input (10, 8, 12, 128) -> Conv3DTranspose(32, 2, 2, relu))")
     parser.add_argument("--name", default="conv3dt",
                         help="TF Serving model name, a directory name (default: conv3dt)")
-    from tf_conv3dt.export.pipeline import DEFAULT_LOWERINGS, FORMATS, IMPLEMENTATIONS
+    from tf_conv3dt.export.pipeline import FORMATS, IMPLEMENTATIONS
+    from tf_conv3dt.export.signature import DEFAULT_LOWERINGS
     from tf_conv3dt.export.serving import LAST_VERSION
     from tf_conv3dt.export.tflite import MODES
 

@@ -28,13 +28,15 @@ def missing_packages():
     return [name for name in PACKAGES if importlib.util.find_spec(name) is None]
 
 
-def convert(model, implementation="gemm"):
+def convert(model, implementation=None):
     """The ONNX model (serialized bytes) of ``model``'s serving signature,
-    traced under ``implementation``."""
+    traced under ``implementation`` (None: ONNX's default,
+    ``signature.DEFAULT_LOWERINGS``)."""
     import tf2onnx
 
     spec = signature.serving_spec(model)
-    serve = tf.function(signature.serving_function(model, implementation),
+    serve = tf.function(signature.serving_function(
+        model, signature.lowering(implementation, "onnx")),
                         input_signature=[spec])
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=OPSET)
     for value in (*proto.graph.input, *proto.graph.output):

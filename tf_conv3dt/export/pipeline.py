@@ -30,6 +30,7 @@ import tensorflow as tf
 from tf_conv3dt import model_file, shapes
 from tf_conv3dt.export import onnx, serving, staging, tflite
 from tf_conv3dt.export.errors import ExportError
+from tf_conv3dt.export.signature import lowering
 from tf_conv3dt.layer import Conv3DTranspose
 from tf_conv3dt._keras import keras
 
@@ -40,25 +41,6 @@ FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 # fastest forward; the other artifacts then take their defaults, since
 # TensorFlow's timings say nothing of LiteRT's or ONNX Runtime's kernels.
 IMPLEMENTATIONS = ("gemm", "native", "subpixel", "auto", "tuned")
-# What each artifact traces when no implementation is asked for:
-# - the SavedModel: the lowering whose serving forward was least slow, at
-#   worst, against the fastest one on every CPU kind measured
-#   (benchmarks/bench_serving.py; docs/performance.md), since the export
-#   cannot see the CPU that will serve it;
-# - TFLite: GEMM, integer end to end (FULLY_CONNECTED), ~5x the float
-#   CONV_3D_TRANSPOSE in LiteRT;
-# - ONNX: GEMM's MatMuls, faster than ConvTranspose in ONNX Runtime
-#   (benchmarks/bench_onnx.py).
-DEFAULT_LOWERINGS = {"savedmodel": "subpixel", "tflite": "gemm", "onnx": "gemm"}
-
-
-def lowering(implementation, artifact):
-    """The lowering ``artifact`` ("savedmodel", "tflite" or "onnx") is traced
-    with when the export is asked for ``implementation`` (None: the default)."""
-    if implementation is None or (implementation == "tuned" and artifact != "savedmodel"):
-        return DEFAULT_LOWERINGS[artifact]
-    return implementation
-
 
 REFERENCE_INPUT_SHAPE = (10, 8, 12, 128)
 SYNTHETIC_CALIBRATION_SAMPLES = 128
@@ -119,7 +101,7 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
         ``dynamic_batch`` the batch they are verified and timed at.
       implementation: the lowering traced into the SavedModel, TFLite and
         ONNX files: one of ``IMPLEMENTATIONS``, or None for each artifact's
-        own (``DEFAULT_LOWERINGS``). "tuned" times the SavedModel's "auto"
+        own (``signature.DEFAULT_LOWERINGS``). "tuned" times the SavedModel's "auto"
         layers here, at ``batch_size``: run it on a machine of the kind that
         will serve.
       dynamic_batch: TFLite files that take any batch (shape signature -1;

@@ -16,7 +16,7 @@ from tf_conv3dt import ops
 from tf_conv3dt.export import staging
 from tf_conv3dt.ops import tuning
 from tf_conv3dt.export.errors import ExportError
-from tf_conv3dt.export.signature import SIGNATURE, save_signature, serving_spec
+from tf_conv3dt.export.signature import SIGNATURE, lowering, save_signature, serving_spec
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # Python callbacks cannot run in the model server; neither can custom ops.
@@ -58,7 +58,7 @@ def check_version_free(model_dir, version):
 
 
 def write_serving_version(model, base_dir, name, version=None, warmup_batches=(),
-                          implementation="gemm"):
+                          implementation=None):
     """Writes ``model`` as ``<base_dir>/<name>/<version>/`` and returns the path.
 
     Args:
@@ -67,7 +67,9 @@ def write_serving_version(model, base_dir, name, version=None, warmup_batches=()
       name: the model name (a directory name).
       version: an integer, refused if present; None takes the next integer.
       warmup_batches: input arrays written as PredictionLog warmup records.
-      implementation: the lowering traced for tf_conv3dt layers.
+      implementation: the lowering traced for tf_conv3dt layers (None: the
+        SavedModel's default, ``signature.DEFAULT_LOWERINGS``), or "tuned"
+        as :func:`write_version` takes it.
 
     Raises:
       ExportError: a bad name or version, an existing version, or a graph
@@ -82,7 +84,7 @@ def write_serving_version(model, base_dir, name, version=None, warmup_batches=()
         return publish_version(staged, "version", model_dir, version)
 
 
-def write_version(model, path, name, warmup_batches=(), implementation="gemm",
+def write_version(model, path, name, warmup_batches=(), implementation=None,
                   tuning_batch=1):
     """Writes the SavedModel of one version at ``path`` (not yet served):
     signature, warmup records, and a check that the model server has every
@@ -92,8 +94,10 @@ def write_version(model, path, name, warmup_batches=(), implementation="gemm",
     ``implementation="tuned"`` gives each layer whose own implementation is
     "auto" the lowering whose forward pass ran fastest on this machine at
     batch ``tuning_batch`` (``ops.tuning``, cached like any tuning); its
-    signature keeps the model's own spatial sizes, the ones timed.
+    signature keeps the model's own spatial sizes, the ones timed. None
+    takes the SavedModel's default (``signature.DEFAULT_LOWERINGS``).
     """
+    implementation = lowering(implementation, "savedmodel")
     decisions = []
     if implementation == "tuned":
         spec = serving_spec(model)

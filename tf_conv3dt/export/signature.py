@@ -8,6 +8,25 @@ from tf_conv3dt import ops
 from tf_conv3dt._keras import keras
 
 SIGNATURE = "serving_default"
+# What each artifact traces when no implementation is asked for:
+# - the SavedModel: the lowering whose serving forward was least slow, at
+#   worst, against the fastest one on every CPU kind measured
+#   (benchmarks/bench_serving.py; docs/performance.md), since the export
+#   cannot see the CPU that will serve it;
+# - TFLite: GEMM, integer end to end (FULLY_CONNECTED), ~5x the float
+#   CONV_3D_TRANSPOSE in LiteRT;
+# - ONNX: GEMM's MatMuls, faster than ConvTranspose in ONNX Runtime
+#   (benchmarks/bench_onnx.py).
+DEFAULT_LOWERINGS = {"savedmodel": "subpixel", "tflite": "gemm", "onnx": "gemm"}
+
+
+def lowering(implementation, artifact):
+    """The lowering ``artifact`` ("savedmodel", "tflite" or "onnx") is traced
+    with when asked for ``implementation`` (None: its default; "tuned", which
+    times TensorFlow's forward, chooses for the SavedModel alone)."""
+    if implementation is None or (implementation == "tuned" and artifact != "savedmodel"):
+        return DEFAULT_LOWERINGS[artifact]
+    return implementation
 
 
 def serving_spec(model, fixed_axes=None):
@@ -25,7 +44,7 @@ def output_name(model):
     return model.layers[-1].name
 
 
-def serving_function(model, implementation="gemm", one_product_per_phase=False):
+def serving_function(model, implementation, one_product_per_phase=False):
     """The signature's Python function: ``x -> {output_name(model): output}``,
     traced under ``ops.forced_implementation(implementation,
     one_product_per_phase)``."""
@@ -38,7 +57,7 @@ def serving_function(model, implementation="gemm", one_product_per_phase=False):
     return serve
 
 
-def save_signature(model, path, spec, implementation="gemm", one_product_per_phase=False):
+def save_signature(model, path, spec, implementation, one_product_per_phase=False):
     """Writes ``model`` as a SavedModel whose one signature, serving_default,
     takes ``spec`` and returns ``serving_function``'s output."""
     archive = keras.export.ExportArchive()

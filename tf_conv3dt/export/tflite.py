@@ -27,7 +27,7 @@ MODES = {
 }
 
 
-def convert(model, mode, input_shape, calibration=None, implementation="gemm",
+def convert(model, mode, input_shape, calibration=None, implementation=None,
             scratch_dir=None):
     """Converts ``model`` to a TFLite flatbuffer for a static ``input_shape``.
 
@@ -40,7 +40,8 @@ def convert(model, mode, input_shape, calibration=None, implementation="gemm",
         with ``interpreter.resize_tensor_input``; int8 is then calibrated one
         sample at a time).
       calibration: array of samples ``(n, *input_shape[1:])`` for "int8".
-      implementation: the lowering traced for tf_conv3dt layers.
+      implementation: the lowering traced for tf_conv3dt layers (None:
+        TFLite's default, ``signature.DEFAULT_LOWERINGS``).
       scratch_dir: where the intermediate SavedModel's temporary directory
         goes (None: the system's).
 
@@ -52,7 +53,7 @@ def convert(model, mode, input_shape, calibration=None, implementation="gemm",
     return flatbuffer
 
 
-def convert_each(model, modes, input_shape, calibration=None, implementation="gemm",
+def convert_each(model, modes, input_shape, calibration=None, implementation=None,
                  scratch_dir=None):
     """Yields ``(mode, flatbuffer)`` for each of ``modes`` in turn, as
     :func:`convert` gives them (same arguments), tracing and saving the model
@@ -60,6 +61,7 @@ def convert_each(model, modes, input_shape, calibration=None, implementation="ge
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown:
         raise ValueError(f"Unknown TFLite mode {unknown[0]!r}; expected one of {tuple(MODES)}.")
+    implementation = signature.lowering(implementation, "tflite")
     spec = signature.serving_spec(model)
     spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
