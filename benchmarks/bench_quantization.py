@@ -1,20 +1,32 @@
-"""Float, post-training int8, QAT int8, 50% pruned and 16-cluster TFLite files, side by side.
+"""The tutorials' U-Net as float, int8, QAT, pruned + QAT and clustered + QAT TFLite files.
 
-A small synthetic volumetric task: upsample a coarse 8^3 volume of Gaussian
-blobs (with noise) to the 16^3 volume it came from, with a two-layer decoder
-of Conv3DTranspose. Each variant is trained or fine-tuned from the same float
-model, converted to TFLite and measured in one run: held-out error (PSNR of
-the 16^3 prediction against the clean volume), gzipped file size and LiteRT
-latency at batch 1.
+The segmentation task of tutorials 2 and 4 (``tf_conv3dt.examples``: noisy
+19^3 volumes holding one shape, and its mask), with the same U-Net. Every
+variant starts from the same float model and ends in the user's own
+converter (``tf.lite.TFLiteConverter.from_keras_model``, with
+``Optimize.DEFAULT`` and a representative dataset of training volumes for
+the int8 files): held-out Dice of the file run by LiteRT, gzipped size,
+LiteRT latency at batch 1 (2 threads, XNNPACK; each file's lowest median
+over interleaved rounds) and the file's float compute ops. The QAT kernel
+grid is one scale per stride phase and filter, what the converter gives each
+FULLY_CONNECTED (docs/quantization.md explains why there is no per-tensor
+grid). Pruning and clustering (of the Conv3DTranspose layers, the ones QAT
+quantizes) fine-tune first, then QAT keeps their zeros or centroids
+(``preserve_sparsity``, ``preserve_clusters``).
 
 tfmot builds on tf_keras, so this runs under it:
 
     TF_USE_LEGACY_KERAS=1 python benchmarks/bench_quantization.py
+
+It writes benchmarks/results/quantization/<cpu>-<isa>_<date>.json.
 """
 
 import argparse
+import datetime
 import gzip
+import json
 import os
+import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -22,103 +34,130 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_conv3dt  # noqa: E402
-from tf_conv3dt import quantization  # noqa: E402
+from tf_conv3dt import examples, quantization  # noqa: E402
 from tf_conv3dt._keras import LEGACY_KERAS, keras  # noqa: E402
 from tf_conv3dt.export import tflite  # noqa: E402
+from tf_conv3dt.ops import choice  # noqa: E402
 
-COARSE, FINE = 8, 16
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_onnx import result_path  # noqa: E402
 
-
-def blobs(count, rng):
-    """(coarse noisy input, fine clean target) pairs of random Gaussian blobs."""
-    grid = np.stack(np.meshgrid(*[np.arange(FINE)] * 3, indexing="ij"), -1).astype("float32")
-    fine = np.zeros((count, FINE, FINE, FINE), "float32")
-    for volume in fine:
-        for _ in range(rng.integers(2, 5)):
-            center = rng.uniform(2, FINE - 2, 3)
-            width = rng.uniform(1.0, 2.5)
-            volume += np.exp(-((grid - center) ** 2).sum(-1) / (2 * width ** 2))
-    coarse = fine.reshape(count, COARSE, 2, COARSE, 2, COARSE, 2).mean(axis=(2, 4, 6))
-    coarse += rng.normal(0, 0.05, coarse.shape).astype("float32")
-    return coarse[..., None], fine[..., None]
+SIZE, FILTERS = 19, (8, 16, 32)
 
 
-def decoder():
-    inputs = keras.Input((COARSE, COARSE, COARSE, 1))
-    hidden = tf_conv3dt.Conv3DTranspose(16, 4, 2, padding="same", activation="relu",
-                                        name="up")(inputs)
-    outputs = tf_conv3dt.Conv3DTranspose(1, 3, 1, padding="same", name="head")(hidden)
-    return keras.Model(inputs, outputs)
-
-
-def psnr(prediction, target):
-    mse = np.mean((np.asarray(prediction) - target) ** 2)
-    return float(10 * np.log10(target.max() ** 2 / mse))
-
-
-def copy_of(model):
-    """A copy with the same weights: tfmot's wrappers share the layers they wrap."""
+def fine_tuned(model, epochs, x, y, wrap=None, callbacks=()):
+    """A copy of ``model`` (weights copied: tfmot's wrappers would change the
+    original's), ``wrap`` applied, trained ``epochs`` more epochs."""
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
+    copy = copy if wrap is None else wrap(copy)
+    copy.compile(optimizer=keras.optimizers.Adam(1e-3), loss=examples.soft_dice_crossentropy)
+    copy.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=list(callbacks))
     return copy
 
 
-def fine_tune(model, x, y, epochs, callbacks=()):
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    model.fit(x, y, epochs=epochs, batch_size=16, verbose=0, callbacks=list(callbacks))
-    return model
+def converted(model, calibration=None):
+    """The user's own conversion: float, or int8 with ``calibration``."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if calibration is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([v[None]] for v in calibration)
+    return converter.convert()
+
+
+def float_compute_ops(flatbuffer):
+    """The file's ops that compute in float, by name (DEQUANTIZE and QUANTIZE,
+    which only convert, left out)."""
+    return sorted({name for name, inputs, outputs in tflite.op_list(flatbuffer)
+                   if "float32" in outputs and name not in ("DEQUANTIZE", "QUANTIZE")})
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--fine-tune-epochs", type=int, default=8)
+    parser.add_argument("--train", type=int, default=192)
+    parser.add_argument("--held-out", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--fine-tune-epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="latency rounds")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                      "quantization"))
     args = parser.parse_args()
     if not LEGACY_KERAS:
         raise SystemExit("run with TF_USE_LEGACY_KERAS=1: tfmot prunes and clusters tf_keras "
                          "models")
     import tensorflow_model_optimization as tfmot
 
-    rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
-    x, y = blobs(args.train, rng)
-    x_test, y_test = blobs(64, rng)
-    shape = (1, COARSE, COARSE, COARSE, 1)
+    volumes, masks, _ = examples.shapes_dataset(args.train + args.held_out, SIZE, seed=0)
+    x, y = volumes[:args.train], masks[:args.train]
+    x_test, y_test = volumes[args.train:], masks[args.train:]
+    calibration = x[:64]
+    epochs = args.fine_tune_epochs
 
-    model = fine_tune(decoder(), x, y, args.epochs)
-    files = {"float32": tflite.convert(model, "float32", shape),
-             "post-training int8": tflite.convert(model, "int8", shape, calibration=x[:128])}
+    model = examples.unet(SIZE, FILTERS)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=examples.soft_dice_crossentropy)
+    model.fit(x, y, epochs=args.epochs, batch_size=8, verbose=0)
+    keras_dice = float(np.mean(examples.dice(y_test, model.predict(x_test, verbose=0))))
+    print(f"float Keras model: held-out Dice {keras_dice:.4f}", flush=True)
 
-    qat = fine_tune(quantization.quantize_model(model), x, y, args.fine_tune_epochs)
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat)  # the standard flow
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    files["QAT int8"] = converter.convert()
+    files = {"float32": converted(model),
+             "post-training int8": converted(model, calibration)}
+    files["QAT int8"] = converted(fine_tuned(model, epochs, x, y, quantization.quantize_model),
+                                  calibration)
+
+    def our_layers(wrap):
+        """``wrap`` applied to each Conv3DTranspose alone: QAT quantizes only
+        those (tfmot has no scheme for Conv3D, which TFLite runs in float),
+        so only their zeros or clusters can be kept through it."""
+        return lambda copy: keras.models.clone_model(copy, clone_function=lambda layer: (
+            wrap(layer) if isinstance(layer, tf_conv3dt.Conv3DTranspose) else layer))
 
     sparsity = tfmot.sparsity.keras
-    pruned = sparsity.prune_low_magnitude(
-        copy_of(model),
-        pruning_schedule=sparsity.ConstantSparsity(0.5, begin_step=0, frequency=1))
-    fine_tune(pruned, x, y, args.fine_tune_epochs, [sparsity.UpdatePruningStep()])
-    files["50% pruned"] = tflite.convert(sparsity.strip_pruning(pruned), "float32", shape)
+    pruned = sparsity.strip_pruning(fine_tuned(
+        model, epochs, x, y, our_layers(lambda layer: sparsity.prune_low_magnitude(
+            layer, pruning_schedule=sparsity.ConstantSparsity(0.5, begin_step=0, frequency=1))),
+        [sparsity.UpdatePruningStep()]))
+    files["50% pruned + QAT int8"] = converted(fine_tuned(
+        pruned, epochs, x, y,
+        lambda copy: quantization.quantize_model(copy, preserve_sparsity=True)), calibration)
 
     clustering = tfmot.clustering.keras
-    clustered = clustering.cluster_weights(
-        copy_of(model), number_of_clusters=16,
-        cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS)
-    fine_tune(clustered, x, y, args.fine_tune_epochs)
-    files["16 clusters"] = tflite.convert(clustering.strip_clustering(clustered), "float32",
-                                          shape)
+    clustered = clustering.strip_clustering(fine_tuned(
+        model, epochs, x, y, our_layers(lambda layer: clustering.cluster_weights(
+            layer, number_of_clusters=16,
+            cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS))))
+    files["16 clusters + QAT int8"] = converted(fine_tuned(
+        clustered, epochs, x, y,
+        lambda copy: quantization.quantize_model(copy, preserve_clusters=True)), calibration)
 
-    print(f"TensorFlow {tf.__version__}, tf_keras, tfmot {tfmot.__version__}; "
-          f"{args.train} training volumes, 64 held out; Keras float model PSNR "
-          f"{psnr(model(x_test), y_test):.2f} dB")
-    print(f"{'variant':<20} {'PSNR dB':>8} {'gzip KiB':>9} {'LiteRT ms':>10}")
+    # Each file's lowest median over interleaved rounds: the machine's noise
+    # then does not fall on one file alone.
+    latencies = {name: [] for name in files}
+    for _ in range(args.rounds):
+        for name, flatbuffer in files.items():
+            latencies[name].append(tflite.latency_ms(flatbuffer))
+    rows = {}
+    print(f"{'variant':<24} {'Dice':>7} {'gzip KiB':>9} {'LiteRT ms':>10}  float compute ops")
     for name, flatbuffer in files.items():
-        prediction = tflite.run(flatbuffer, x_test)
-        print(f"{name:<20} {psnr(prediction, y_test):8.2f} "
-              f"{len(gzip.compress(flatbuffer)) / 1024:9.1f} "
-              f"{tflite.latency_ms(flatbuffer):10.3f}", flush=True)
+        rows[name] = {
+            "dice": float(np.mean(examples.dice(y_test, tflite.run(flatbuffer, x_test)))),
+            "gzip_kib": len(gzip.compress(flatbuffer)) / 1024,
+            "litert_ms": min(latencies[name]),
+            "float_compute_ops": float_compute_ops(flatbuffer)}
+        row = rows[name]
+        print(f"{name:<24} {row['dice']:7.4f} {row['gzip_kib']:9.1f} {row['litert_ms']:10.3f}  "
+              f"{' '.join(row['float_compute_ops']) or '-'}", flush=True)
+
+    result = {"cpu": choice.cpu_model(), "isa": choice.cpu_isa(), "cores": os.cpu_count(),
+              "tensorflow": tf.__version__, "tfmot": tfmot.__version__,
+              "date": datetime.date.today().isoformat(),
+              "arguments": {k: v for k, v in vars(args).items() if k != "out"},
+              "keras_dice": keras_dice, "rows": rows}
+    os.makedirs(args.out, exist_ok=True)
+    path = result_path(result["cpu"], result["date"], args.out, result["isa"])
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 - ``onnx FILE``: a bench_onnx.py run;
 - ``groups FILE``: a bench_groups.py run;
 - ``serving FILE``: a bench_serving.py run, and each lowering's worst ratio;
+- ``quantization FILE``: a bench_quantization.py run, one row per TFLite file;
 - ``export FILE``: the artifact rows of an export's report.json.
 
 Each table opens with the run's machine and configuration as the file
@@ -53,6 +54,8 @@ def render(kind, path, name=None):
         return _groups(content, source)
     if kind == "serving":
         return _serving(content, source)
+    if kind == "quantization":
+        return _quantization(content, source)
     raise ValueError(f"unknown table kind {kind!r} in a marker for {path}")
 
 
@@ -173,6 +176,21 @@ def _serving(content, source):
         head + ":",
         _table(["configuration", "model", "batch", *lowerings], rows),
         f"Worst ratio to the fastest lowering over every row: {worst}."])
+
+
+def _quantization(content, source):
+    arguments = content["arguments"]
+    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+            f"{content['cores']} cores, TensorFlow {content['tensorflow']}, tf_keras, tfmot "
+            f"{content['tfmot']}; {arguments['train']} training volumes, "
+            f"{arguments['held_out']} held out, {arguments['epochs']} epochs, each variant "
+            f"{arguments['fine_tune_epochs']} more per stage; the float Keras model's held-out "
+            f"Dice {content['keras_dice']:.4f} {source}")
+    rows = [(name, f"{row['dice']:.4f}", f"{row['gzip_kib']:.1f}", f"{row['litert_ms']:.2f}",
+             " ".join(row["float_compute_ops"]) or "none")
+            for name, row in content["rows"].items()]
+    return "\n\n".join([head + ":", _table(
+        ["file", "held-out Dice", "gzip KiB", "LiteRT ms", "float compute ops"], rows)])
 
 
 def _export(report, source):
