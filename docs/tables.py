@@ -12,6 +12,7 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 - ``groups FILE``: a bench_groups.py run;
 - ``serving FILE``: a bench_serving.py run, and each lowering's worst ratio;
 - ``quantization FILE``: a bench_quantization.py run, one row per TFLite file;
+- ``initializer FILE``: a bench_initializer.py run, held-out Dice by epoch;
 - ``export FILE``: the artifact rows of an export's report.json.
 
 Each table opens with the run's machine and configuration as the file
@@ -56,6 +57,8 @@ def render(kind, path, name=None):
         return _serving(content, source)
     if kind == "quantization":
         return _quantization(content, source)
+    if kind == "initializer":
+        return _initializer(content, source)
     raise ValueError(f"unknown table kind {kind!r} in a marker for {path}")
 
 
@@ -191,6 +194,25 @@ def _quantization(content, source):
             for name, row in content["rows"].items()]
     return "\n\n".join([head + ":", _table(
         ["file", "held-out Dice", "gzip KiB", "LiteRT ms", "float compute ops"], rows)])
+
+
+def _initializer(content, source):
+    arguments = content["arguments"]
+    runs = content["held_out_dice_by_epoch"]
+    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+            f"{content['cores']} cores, TensorFlow {content['tensorflow']}; tutorial 2's U-Net "
+            f"with k4 s2 up-sampling, {arguments['train']} training volumes, "
+            f"{arguments['held_out']} held out, "
+            f"seeds {', '.join(map(str, arguments['seeds']))}; mean (lowest, highest) held-out "
+            f"Dice over the seeds {source}")
+    rows = []
+    for name, by_seed in runs.items():
+        by_epoch = list(zip(*by_seed.values()))
+        rows.append((name, *(f"{sum(v) / len(v):.3f} ({min(v):.3f}, {max(v):.3f})"
+                             for v in by_epoch)))
+    epochs = len(rows[0]) - 1
+    return "\n\n".join([head + ":", _table(
+        ["initializer", *(f"epoch {epoch + 1}" for epoch in range(epochs))], rows)])
 
 
 def _export(report, source):

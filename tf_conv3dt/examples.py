@@ -67,15 +67,20 @@ def shapes_dataset(count, size, seed=0, noise=0.5):
     return volumes, masks, [SHAPES[kind] for kind in kinds]
 
 
-def unet(size, filters=(8, 16, 32), name="unet"):
+def unet(size, filters=(8, 16, 32), name="unet", upsampling_kernel=3,
+         kernel_initializer="glorot_uniform"):
     """A U-Net for ``(size, size, size, 1)`` volumes, one sigmoid mask out.
 
     The encoder halves the size at each level after the first with a
     kernel-2, stride-2 Conv3D ("same" padding rounds up: 19 -> 10 -> 5; on
     CPUs TensorFlow's kernel-3 strided Conv3D trains several times slower);
-    the decoder doubles it back with Conv3DTranspose, asking for the skip
-    tensor's size (5 -> 10 -> 19), concatenates the skip and mixes with a
-    Conv3D.
+    the decoder doubles it back with Conv3DTranspose (kernel
+    ``upsampling_kernel``, stride 2, its kernel started by
+    ``kernel_initializer``), asking for the skip tensor's size
+    (5 -> 10 -> 19), concatenates the skip and mixes with a Conv3D.
+    ``upsampling_kernel=4, kernel_initializer="checkerboard_free"`` starts
+    the up-sampling free of checkerboard (a kernel that is a multiple of the
+    stride).
     """
     inputs = keras.Input((size, size, size, 1), name="volume")
     x, skips = inputs, []
@@ -84,7 +89,8 @@ def unet(size, filters=(8, 16, 32), name="unet"):
                                 padding="same", activation="relu")(x)
         skips.append(x)
     for skip, width in zip(skips[-2::-1], filters[-2::-1]):
-        x = Conv3DTranspose(width, 3, 2, padding="same", activation="relu")(
+        x = Conv3DTranspose(width, upsampling_kernel, 2, padding="same", activation="relu",
+                            kernel_initializer=kernel_initializer)(
             x, output_shape=tuple(skip.shape[1:4]))
         x = keras.layers.Concatenate()([x, skip])
         x = keras.layers.Conv3D(width, 3, padding="same", activation="relu")(x)
