@@ -20,6 +20,7 @@ import sys
 import tensorflow as tf
 
 import tf_conv3dt
+from tf_conv3dt.ops import choice
 from bench_conv3d_transpose import interleaved_ms
 from bench_onnx import cpu_model, write_result
 
@@ -109,7 +110,8 @@ def main():
             print(f"{name:<24} {path:<10} {f or float('nan'):8.2f} {t or float('nan'):9.2f}",
                   flush=True)
     cpu = cpu_model()
-    result = {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+    result = {"date": datetime.date.today().isoformat(), "cpu": cpu, "isa": choice.cpu_isa(),
+              "cores": os.cpu_count(),
               "tensorflow": tf.__version__, "repeats": args.repeats,
               "environment": {k: v for k, v in os.environ.items()
                               if k.startswith(("TF_ENABLE_ONEDNN", "ONEDNN", "OPENBLAS"))},

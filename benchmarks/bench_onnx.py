@@ -53,10 +53,10 @@ def result_path(cpu, date, out_dir, isa=None):
 
 
 def write_result(result, out_dir):
-    """Writes a run's ``result`` (with its "cpu" and "date") to its
-    :func:`result_path`."""
+    """Writes a run's ``result`` (with its "cpu" and "date", and "isa" where
+    it records one) to its :func:`result_path`."""
     os.makedirs(out_dir, exist_ok=True)
-    path = result_path(result["cpu"], result["date"], out_dir)
+    path = result_path(result["cpu"], result["date"], out_dir, result.get("isa"))
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")

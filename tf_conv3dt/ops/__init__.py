@@ -98,9 +98,10 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
       groups: PyTorch's grouped transposed convolution: the input channels
         and the filters in ``groups`` equal groups, group ``i``'s inputs
         reaching only its own outputs through ``kernel[..., i * C // groups:
-        (i + 1) * C // groups]`` (``groups == C`` is depthwise). Each group is
-        one call of the chosen lowering, so every lowering, device and export
-        takes it; ``bias`` then has ``filters`` values.
+        (i + 1) * C // groups]`` (``groups == C`` is depthwise). The GEMM
+        lowering runs a depthwise call in one call, its products broadcast
+        multiplies; every other grouped call runs one call of the chosen
+        lowering per group. ``bias`` then has ``filters`` values.
 
     Returns:
       5-D tensor in ``data_format`` with ``filters`` channels.
@@ -138,12 +139,16 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
     groups = shapes.check_groups(groups, kernel.shape[4])
     if groups > 1:
-        return _grouped(inputs, kernel, groups, bias, dict(
-            strides=strides, padding=padding, output_padding=output_padding,
-            dilation_rate=dilation, data_format=data_format, output_shape=output_shape,
-            implementation=implementation, one_product_per_phase=one_product_per_phase,
-            activation=activation, fake_quantize_kernel=fake_quantize_kernel))
-    epilogue = _epilogue(bias, activation, kernel)
+        if _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups,
+                                  strides):
+            implementation = "gemm"
+        else:
+            return _grouped(inputs, kernel, groups, bias, dict(
+                strides=strides, padding=padding, output_padding=output_padding,
+                dilation_rate=dilation, data_format=data_format, output_shape=output_shape,
+                implementation=implementation, one_product_per_phase=one_product_per_phase,
+                activation=activation, fake_quantize_kernel=fake_quantize_kernel))
+    epilogue = _epilogue(bias, activation, kernel, groups)
     if fake_quantize_kernel and not one_product_per_phase:
         raise ValueError("fake_quantize_kernel=True quantizes the weights of the products "
                          "one_product_per_phase=True makes; received "
@@ -175,7 +180,8 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         implementation = tuning.tuned(
             x, kernel, strides, padding, dilation, plan.static_output_lengths, data_format,
             [c for c in tuning.CANDIDATES if not (c == "native" and at_risk)], implementation)
-    shapes.check_output_size(plan.static_output_lengths, kernel.shape[3])
+    filters = kernel.shape[3] * groups
+    shapes.check_output_size(plan.static_output_lengths, filters)
     if checks:
         with tf.control_dependencies(checks):
             x = tf.identity(x)
@@ -186,11 +192,34 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         y = dilated_as_undilated(subpixel, x, kernel, plan, strides, padding, dilation)
     else:
         y, fused = gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue,
-                        fake_quantize_kernel)
-    y.set_shape([x.shape[0], *plan.static_output_lengths, kernel.shape[3]])
+                        fake_quantize_kernel, groups)
+    y.set_shape([x.shape[0], *plan.static_output_lengths, filters])
     if epilogue is not None and not fused:
         y = epilogue(y)
     return tf.transpose(y, (0, 4, 1, 2, 3)) if data_format == "channels_first" else y
+
+
+def _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups, strides):
+    """Whether a grouped call runs as one call of the GEMM lowering, its
+    products broadcast multiplies (``gemm.depthwise_product``): a depthwise
+    call that takes GEMM, asked for, forced, or by "auto" on a CPU. Measured
+    (benchmarks/results/groups/, 32 and 64 channels, k3 s2 and k2 s2), one
+    call ran forward 3-4.5x faster than one call per channel, and it was the
+    fastest lowering over forward and training step together with Eigen and
+    with oneDNN (AVX2 and AVX-512): 1.6-2.4x ahead of the native op where the
+    rule takes that. Every other grouped call runs one call per group
+    (:func:`_grouped`): batched matmuls over the groups measured 1.5-4x
+    slower than that, and GEMM's int8 form keeps one FULLY_CONNECTED per
+    group for the converter. With tuning on, "auto" times the per-group calls."""
+    if one_product_per_phase or kernel.shape[4] != groups:
+        return False
+    implementation, one_product_per_phase = forced_or(implementation)
+    if one_product_per_phase:
+        return False
+    return implementation == "gemm" or (
+        implementation == "auto" and not tuning.autotune_enabled()
+        and not tf.config.list_logical_devices("GPU")
+        and not shapes.unrolled_excess(tuple(kernel.shape[:3]), strides))
 
 
 def _grouped(inputs, kernel, groups, bias, arguments):
@@ -201,27 +230,14 @@ def _grouped(inputs, kernel, groups, bias, arguments):
     input of one group into every other group's outputs (0 * Inf).
     """
     axis = 1 if arguments["data_format"] == "channels_first" else 4
-    per_group = kernel.shape[3]
     if bias is not None:
-        bias = tf.convert_to_tensor(bias, dtype=kernel.dtype)
-        if bias.shape != (per_group * groups,):
-            raise ValueError(f"`bias` must have shape ({per_group * groups},), one value per "
-                             f"filter of the {groups} groups. Received: bias.shape={bias.shape}")
+        bias = _checked_bias(bias, kernel, groups)
     channels = inputs.shape[axis]
     if channels is not None and channels != kernel.shape[4]:
         raise ValueError(
             f"The input has {channels} channels but the kernel expects "
             f"{kernel.shape[4]}. Received: inputs.shape={inputs.shape}, "
             f"kernel.shape={kernel.shape}, data_format={arguments['data_format']!r}")
-    if (arguments["implementation"] == "auto" and kernel.shape[4] == groups
-            and resolve("auto", tuple(kernel.shape[:3]), arguments["strides"],
-                        inputs.dtype) != "native"
-            and not tuning.autotune_enabled()):
-        # Depthwise on Eigen: one channel per group makes every other lowering
-        # a sum of tiny convolutions; GEMM's products ran 2.0-2.6x faster
-        # forward and 2.4-8.5x in training than the rule's choice
-        # (benchmarks/results/groups/, 32 and 64 groups).
-        arguments = dict(arguments, implementation="gemm")
     xs = tf.split(inputs, groups, axis=axis)
     kernels = tf.split(kernel, groups, axis=4)
     biases = [None] * groups if bias is None else tf.split(bias, groups)
@@ -234,25 +250,34 @@ FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 _ACTIVATION_OPS = {"relu": tf.nn.relu, "relu6": tf.nn.relu6}
 
 
-def _epilogue(bias, activation, kernel):
+def _checked_bias(bias, kernel, groups):
+    """``bias`` as a tensor of the kernel's dtype, one value per filter of all
+    ``groups``, or a ValueError naming its shape."""
+    bias = tf.convert_to_tensor(bias, dtype=kernel.dtype)
+    filters = kernel.shape[3] * groups
+    if bias.shape != (filters,):
+        of = f" of the {groups} groups" if groups > 1 else ""
+        raise ValueError(f"`bias` must have shape ({filters},), one value per filter{of}. "
+                         f"Received: bias.shape={bias.shape}")
+    return bias
+
+
+def _epilogue(bias, activation, kernel, groups=1):
     """The elementwise function of the products that adds ``bias`` and applies
     ``activation`` (None when there is neither), for a tensor whose last axis
-    holds one or more groups of the kernel's filters."""
+    holds one or more repeats of the filters of the kernel's ``groups``."""
     if activation is not None:
         activation = shapes.normalize_choice(activation, "activation", FUSED_ACTIVATIONS)
-    filters = kernel.shape[3]
+    filters = kernel.shape[3] * groups
     if bias is not None:
-        bias = tf.convert_to_tensor(bias, dtype=kernel.dtype)
-        if bias.shape != (filters,):
-            raise ValueError(f"`bias` must have shape ({filters},), one value per filter. "
-                             f"Received: bias.shape={bias.shape}")
+        bias = _checked_bias(bias, kernel, groups)
     if bias is None and activation in (None, "linear"):
         return None
 
     def epilogue(values):
         if bias is not None:
-            groups = values.shape[-1] // filters
-            values = values + (tf.tile(bias, [groups]) if groups > 1 else bias)
+            repeats = values.shape[-1] // filters
+            values = values + (tf.tile(bias, [repeats]) if repeats > 1 else bias)
         op = _ACTIVATION_OPS.get(activation)
         return values if op is None else op(values)
 

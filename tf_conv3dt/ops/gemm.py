@@ -12,7 +12,7 @@ from tf_conv3dt.ops.plan import (block_window, block_window_pads, interleave_and
 
 
 def gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue=None,
-         fake_quantize_kernel=False):
+         fake_quantize_kernel=False, groups=1):
     """The output, and whether ``epilogue`` (an elementwise function of the
     products, by filter: the bias and activation) was applied to it.
 
@@ -23,14 +23,22 @@ def gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue=Non
     Elsewhere (and where kernel == stride needs the window padded past the
     products) it is not applied, and the caller applies it to the output.
     ``fake_quantize_kernel`` puts each product's weights on the int8 grid the
-    converter gives them (``int8_grid.per_output_channel``).
+    converter gives them (``int8_grid.per_output_channel``). With ``groups``
+    equal to the channels (depthwise; not in the ``one_product_per_phase``
+    form) each product is :func:`depthwise_product`, and the rest is the
+    same for every filter.
     """
     def grid(matrix, input_axis):
         if not fake_quantize_kernel:
             return matrix
         return int8_grid.per_output_channel(matrix, input_axis)
 
-    kd, kh, kw, filters, channels = kernel.shape
+    kd, kh, kw, per_group, channels = kernel.shape
+    if groups > 1 and (one_product_per_phase or groups != channels):
+        raise ValueError("The GEMM lowering takes groups in one call only depthwise and "
+                         f"not one_product_per_phase; received groups={groups}, "
+                         f"{channels} channels, one_product_per_phase={one_product_per_phase}")
+    filters = per_group * groups
     kernel_size = (kd, kh, kw)
     batch = tf.shape(x)[0]
     fuse = epilogue is not None and one_product_per_phase
@@ -41,8 +49,12 @@ def gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue=Non
     if kernel_size == strides and not (fuse and filters == 1 and math.prod(strides) > 1):
         # Each tap is its own stride phase and no tap overlaps another: one
         # matmul by the kernel as (C, kd*kh*kw*F) gives the phase tensor.
-        matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
-        phases = tf.matmul(tf.reshape(x, (-1, channels)), grid(matrix, 0))
+        if groups > 1:
+            phases = depthwise_product(tf.reshape(x, (-1, channels)),
+                                       tf.reshape(kernel, (-1, per_group, channels)))
+        else:
+            matrix = tf.reshape(tf.transpose(kernel, (4, 0, 1, 2, 3)), (channels, -1))
+            phases = tf.matmul(tf.reshape(x, (-1, channels)), grid(matrix, 0))
         # Padding would put zeros, not the epilogue's value, past the products.
         fuse = fuse and not block_window_pads(plan, (0, 0, 0))
         if fuse:
@@ -52,12 +64,24 @@ def gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue=Non
         phases = block_window(phases, plan, (0, 0, 0))
     else:
         phases = _overlap_add(x, kernel, batch, plan, strides, dilation,
-                              one_product_per_phase, epilogue if fuse else None, grid)
+                              one_product_per_phase, epilogue if fuse else None, grid, groups)
     return interleave_and_crop(phases, batch, plan, strides, filters), fuse
 
 
+def depthwise_product(rows, weights):
+    """``rows`` ``(V, C)`` times the taps' depthwise ``weights`` ``(T, m, C)``
+    (``m`` filters per channel): ``(V, T * C * m)``, tap by tap, each
+    channel's m filters together. Each product is one input channel times
+    one weight, so it is a broadcast multiply: no zeros between channels
+    (a product by the whole kernel would add them, and carry one channel's
+    Inf or NaN into the others), and no matmul of inner length 1."""
+    taps, multiplier, channels = weights.shape
+    products = rows[:, None, :, None] * tf.transpose(weights, (0, 2, 1))[None]
+    return tf.reshape(products, (-1, taps * channels * multiplier))
+
+
 def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phase, epilogue,
-                 grid):
+                 grid, groups=1):
     """Sums the taps of each stride phase, each shifted by its block offset.
 
     Tap ``j`` lands at ``i * s + j * d = (i + q) * s + r`` with ``q, r =
@@ -73,7 +97,8 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
     order.
     """
     epilogue = epilogue or (lambda values: values)
-    kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
+    kernel_size, per_group, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
+    filters = per_group * groups
     taps_by_phase = {}
     for offsets in itertools.product(*map(range, kernel_size)):
         placed = [divmod(j * d, s) for j, s, d in zip(offsets, strides, dilation)]
@@ -87,7 +112,7 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
     # Each tap's (F, C) weights, FULLY_CONNECTED's own layout, from one
     # Unpack: per-tap slices cost an op each, and a StridedSliceGrad each.
     tap_weights = dict(zip(itertools.product(*map(range, kernel_size)),
-                           tf.unstack(tf.reshape(kernel, (-1, filters, channels)))))
+                           tf.unstack(tf.reshape(kernel, (-1, per_group, channels)))))
     product_shape = tf.stack([batch, *plan.input_lengths, filters])
     phases = []
     for phase in itertools.product(*map(range, strides)):
@@ -105,7 +130,9 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
         else:
             contributions = []
             for offsets, shifts in taps:
-                product = tf.matmul(rows, tap_weights[offsets], transpose_b=True)
+                product = (depthwise_product(rows, tap_weights[offsets][None])
+                           if groups > 1 else
+                           tf.matmul(rows, tap_weights[offsets], transpose_b=True))
                 product = tf.reshape(product, product_shape)
                 contributions.append(block_window(product, plan, shifts))
             # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
