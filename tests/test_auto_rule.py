@@ -30,9 +30,9 @@ def test_rule_table_is_derived_from_the_kept_benchmark_runs():
 def test_depthwise_layers_take_gemm_in_one_call_on_a_cpu():
     """The depthwise rule, from the kept groups runs: where every kept result
     file has GEMM ahead of every other lowering over forward and training
-    step together for each depthwise case, an untuned depthwise call on a
-    CPU traces GEMM's one call (its broadcast products, no split by channel)
-    and no convolution."""
+    step together for each depthwise case, a depthwise call on a CPU traces
+    GEMM's one call (its broadcast products, no split by channel) and no
+    convolution, tuned or not."""
     import json
 
     import tensorflow as tf
@@ -54,5 +54,8 @@ def test_depthwise_layers_take_gemm_in_one_call_on_a_cpu():
     traced = tf.function(lambda x: ops.conv3d_transpose(x, kernel, 2, "same", 1, groups=4))
     graph = traced.get_concrete_function(tf.TensorSpec((1, 3, 3, 3, 4))).graph
     types = {op.type for op in graph.get_operations()}
+    if tf.config.list_logical_devices("GPU"):  # unmeasured there: the native op per channel
+        assert "Conv3DBackpropInputV2" in types, types
+        return
     assert not any(t.startswith("Conv3D") for t in types), types
     assert "Mul" in types and not types & {"Split", "SplitV"}, types

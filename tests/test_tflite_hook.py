@@ -13,8 +13,8 @@ from tflite_checks import assert_integer_tflite, compute_ops
 
 
 def _model():
-    """The issue's model, each layer asking for the native op: only the hook
-    keeps CONV_3D_TRANSPOSE out of the file."""
+    """Two layers, each asking for the native op: only the hook keeps
+    CONV_3D_TRANSPOSE out of the file."""
     inputs = keras.Input((4, 3, 5, 6), name="voxels")
     hidden = tf_conv3dt.Conv3DTranspose(4, 3, 2, padding="same", activation="relu",
                                         implementation="native", name="up1")(inputs)

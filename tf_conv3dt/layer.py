@@ -68,7 +68,9 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         depthwise). The kernel is then ``(kd, kh, kw, filters // groups,
         in_channels)``; :func:`kernel_from_torch` and :func:`kernel_to_torch`
         map it to and from PyTorch's ``(in_channels, filters // groups, kd,
-        kh, kw)``. Each group is one call of the lowering.
+        kh, kw)``. Each group is one call of the lowering, but a depthwise
+        layer under GEMM (its float form; "auto" takes it on a CPU), which
+        runs every channel in one call.
       **kwargs: base layer arguments (name, dtype, trainable, ...).
 
     Input shape:

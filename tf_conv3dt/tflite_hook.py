@@ -1,8 +1,9 @@
 """The hook on TFLite's converters: a model holding Conv3DTranspose converts through GEMM.
 
 The native op converts to CONV_3D_TRANSPOSE, which TFLite keeps in float in
-every quantized mode; the GEMM lowering converts to FULLY_CONNECTED and data
-movement, which have integer kernels. So while one of these converts a model
+every quantized mode; the GEMM lowering converts to FULLY_CONNECTED (a
+depthwise layer's float forms to MUL) and data movement, which have integer
+kernels. So while one of these converts a model
 that holds a Conv3DTranspose, every transposed convolution it traces takes
 the GEMM lowering (:func:`tf_conv3dt.forced_implementation`):
 

@@ -16,8 +16,9 @@ the *full* output; the result is the window of the full output that
   or takes the GEMM lowering (``native``; docs/correctness.md).
 * ``"gemm"`` multiplies the input voxels ``(N*D*H*W, C)`` by the kernel
   (as ``(C, kd*kh*kw*filters)`` in one matmul when kernel == stride, else
-  tap by tap), overlap-adds the taps into the output by stride phase and
-  interleaves the phases (a 3-D depth-to-space).
+  tap by tap; a depthwise kernel by broadcast multiplies), overlap-adds the
+  taps into the output by stride phase and interleaves the phases (a 3-D
+  depth-to-space).
   Every intermediate has rank <= 6 and every op is a TFLite builtin, so the
   graph converts to integer-only TFLite, and autodiff through it never
   reaches the slow Conv3DBackprop* CPU kernels.
@@ -100,8 +101,9 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         reaching only its own outputs through ``kernel[..., i * C // groups:
         (i + 1) * C // groups]`` (``groups == C`` is depthwise). The GEMM
         lowering runs a depthwise call in one call, its products broadcast
-        multiplies; every other grouped call runs one call of the chosen
-        lowering per group. ``bias`` then has ``filters`` values.
+        multiplies (but in the ``one_product_per_phase`` form); every other
+        grouped call runs one call of the chosen lowering per group.
+        ``bias`` then has ``filters`` values.
 
     Returns:
       5-D tensor in ``data_format`` with ``filters`` channels.
@@ -202,23 +204,23 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
 def _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups, strides):
     """Whether a grouped call runs as one call of the GEMM lowering, its
     products broadcast multiplies (``gemm.depthwise_product``): a depthwise
-    call that takes GEMM, asked for, forced, or by "auto" on a CPU. Measured
+    call that takes GEMM, asked for, forced, or by "auto" on a CPU, tuned or
+    not (tuning would time one call per channel, which this beats). Measured
     (benchmarks/results/groups/, 32 and 64 channels, k3 s2 and k2 s2), one
     call ran forward 3-4.5x faster than one call per channel, and it was the
     fastest lowering over forward and training step together with Eigen and
-    with oneDNN (AVX2 and AVX-512): 1.6-2.4x ahead of the native op where the
+    with oneDNN (AVX2 and AVX-512): 2.0-2.3x ahead of the native op where the
     rule takes that. Every other grouped call runs one call per group
     (:func:`_grouped`): batched matmuls over the groups measured 1.5-4x
     slower than that, and GEMM's int8 form keeps one FULLY_CONNECTED per
-    group for the converter. With tuning on, "auto" times the per-group calls."""
+    group for the converter."""
     if one_product_per_phase or kernel.shape[4] != groups:
         return False
     implementation, one_product_per_phase = forced_or(implementation)
     if one_product_per_phase:
         return False
     return implementation == "gemm" or (
-        implementation == "auto" and not tuning.autotune_enabled()
-        and not tf.config.list_logical_devices("GPU")
+        implementation == "auto" and not tf.config.list_logical_devices("GPU")
         and not shapes.unrolled_excess(tuple(kernel.shape[:3]), strides))
 
 

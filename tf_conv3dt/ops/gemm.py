@@ -109,8 +109,9 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
         return epilogue(_unreached_zeros(x, kernel, tf.stack(
             [batch, *plan.blocks(), math.prod(strides) * filters])))
     rows = tf.reshape(x, (-1, channels))  # one row per input voxel
-    # Each tap's (F, C) weights, FULLY_CONNECTED's own layout, from one
-    # Unpack: per-tap slices cost an op each, and a StridedSliceGrad each.
+    # Each tap's (F, C) weights (depthwise: (m, C)), FULLY_CONNECTED's own
+    # layout, from one Unpack: per-tap slices cost an op each, and a
+    # StridedSliceGrad each.
     tap_weights = dict(zip(itertools.product(*map(range, kernel_size)),
                            tf.unstack(tf.reshape(kernel, (-1, per_group, channels)))))
     product_shape = tf.stack([batch, *plan.input_lengths, filters])
