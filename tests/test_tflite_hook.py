@@ -82,6 +82,48 @@ def test_users_converter_gives_gemm_files(mode):
     assert choice.forced() is None  # nothing stays forced after the conversion
 
 
+def _concrete_function_converter(model, mode, x, trackable):
+    """The guide's from_concrete_functions flow: the user's own tf.function,
+    traced before the converter sees it (here with the native op)."""
+    @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+    def serve(volumes):
+        return model(volumes)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], model if trackable else None)
+    for name, value in _options(mode, x).items():
+        if name == "target_spec":
+            converter.target_spec.supported_types = value["supported_types"]
+        else:
+            setattr(converter, name, value)
+    return converter.convert()
+
+
+@pytest.mark.parametrize("trackable", [False, True], ids=["function-only", "with-trackable"])
+@pytest.mark.parametrize("mode", [mode if mode in ("float16", "dynamic_range")
+                                  else pytest.param(mode, marks=smoke) for mode in TOLERANCE])
+def test_users_concrete_function_converts_through_gemm(mode, trackable):
+    """A concrete function traced with the native op, given to
+    from_concrete_functions with or without its model: the frozen graph is
+    rewritten, so the files are FULLY_CONNECTED-based and close to the
+    model, the int8 one integer end to end."""
+    model, x = _model(), _samples()
+    _check(_concrete_function_converter(model, mode, x, trackable), mode, model, x)
+
+
+def test_a_concrete_function_of_keras_own_layer_or_switched_off_keeps_its_op(monkeypatch):
+    """Only the native lowering's own ops are rewritten: Keras's
+    Conv3DTranspose stays CONV_3D_TRANSPOSE, and so does ours with the hook
+    switched off."""
+    inputs = keras.Input((4, 3, 5, 6))
+    theirs = keras.Model(inputs, keras.layers.Conv3DTranspose(2, 2, 2)(inputs))
+    x = _samples(2)
+    assert "CONV_3D_TRANSPOSE" in _names(_concrete_function_converter(theirs, "float32", x, True))
+    monkeypatch.setenv(tflite_hook.ENV_SWITCH, "0")
+    assert "CONV_3D_TRANSPOSE" in _names(_concrete_function_converter(_model(), "float32", x,
+                                                                      False))
+
+
 @pytest.mark.skipif(LEGACY_KERAS, reason="model.export(format='litert') is Keras 3's; "
                     "tf_keras models convert with from_keras_model, tested above")
 @pytest.mark.parametrize("mode", ["float32", pytest.param("int8", marks=smoke)])

@@ -6,6 +6,10 @@ from tf_conv3dt import shapes
 from tf_conv3dt.ops.choice import cpu_configuration
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 
+# The name of the op this lowering traces, which tells the TFLite hook that a
+# graph traced before conversion holds this layer's op (graph_rewrite).
+OP_NAME = "tf_conv3dt_native"
+
 
 def input_gradient_at_risk(input_spatial_shape, strides, filters):
     """Whether oneDNN may compute this call's input gradient wrongly.
@@ -96,7 +100,8 @@ def _conv3d_transpose_op(x, kernel, output_shape, strides, padding):
         return tf.identity(x), lambda dy: empty_batch_safe(dy, tf.shape(x))
 
     return tf.nn.conv3d_transpose(input_shaped_gradient(x), kernel, output_shape,
-                                  strides=strides, padding=padding, data_format="NDHWC")
+                                  strides=strides, padding=padding, data_format="NDHWC",
+                                  name=OP_NAME)
 
 
 def empty_batch_safe(result, shape):
