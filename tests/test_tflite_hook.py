@@ -38,14 +38,18 @@ def _options(mode, x):
     return options
 
 
-def _users_converter(model, mode, x):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+def _converted(converter, mode, x):
+    """``converter``'s file with ``mode``'s settings (:func:`_options`)."""
     for name, value in _options(mode, x).items():
         if name == "target_spec":
             converter.target_spec.supported_types = value["supported_types"]
         else:
             setattr(converter, name, value)
     return converter.convert()
+
+
+def _users_converter(model, mode, x):
+    return _converted(tf.lite.TFLiteConverter.from_keras_model(model), mode, x)
 
 
 def _names(flatbuffer):
@@ -89,14 +93,8 @@ def _concrete_function_converter(model, mode, x, trackable):
     def serve(volumes):
         return model(volumes)
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], model if trackable else None)
-    for name, value in _options(mode, x).items():
-        if name == "target_spec":
-            converter.target_spec.supported_types = value["supported_types"]
-        else:
-            setattr(converter, name, value)
-    return converter.convert()
+    return _converted(tf.lite.TFLiteConverter.from_concrete_functions(
+        [serve.get_concrete_function()], model if trackable else None), mode, x)
 
 
 @pytest.mark.parametrize("trackable", [False, True], ids=["function-only", "with-trackable"])
