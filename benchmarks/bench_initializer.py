@@ -14,7 +14,6 @@ It writes benchmarks/results/initializer/<cpu>-<isa>_<date>.json.
 
 import argparse
 import datetime
-import json
 import os
 import sys
 
@@ -26,7 +25,7 @@ from tf_conv3dt._keras import keras
 from tf_conv3dt.ops import choice
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_onnx import result_path  # noqa: E402
+from bench_onnx import write_result  # noqa: E402
 
 SIZE, FILTERS = 19, (8, 16, 32)
 INITIALIZERS = ("glorot_uniform", "checkerboard_free")
@@ -71,11 +70,7 @@ def main():
               "tensorflow": tf.__version__, "date": datetime.date.today().isoformat(),
               "arguments": {k: v for k, v in vars(args).items() if k != "out"},
               "held_out_dice_by_epoch": runs}
-    os.makedirs(args.out, exist_ok=True)
-    path = result_path(result["cpu"], result["date"], args.out, result["isa"])
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

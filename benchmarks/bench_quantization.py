@@ -24,7 +24,6 @@ It writes benchmarks/results/quantization/<cpu>-<isa>_<date>.json.
 import argparse
 import datetime
 import gzip
-import json
 import os
 import sys
 
@@ -40,7 +39,7 @@ from tf_conv3dt.export import tflite  # noqa: E402
 from tf_conv3dt.ops import choice  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_onnx import result_path  # noqa: E402
+from bench_onnx import write_result  # noqa: E402
 
 SIZE, FILTERS = 19, (8, 16, 32)
 
@@ -153,11 +152,7 @@ def main():
               "date": datetime.date.today().isoformat(),
               "arguments": {k: v for k, v in vars(args).items() if k != "out"},
               "keras_dice": keras_dice, "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    path = result_path(result["cpu"], result["date"], args.out, result["isa"])
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

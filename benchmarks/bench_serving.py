@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 from bench_conv3d_transpose import CONFIGURATIONS, LOWERINGS, interleaved_ms
-from bench_onnx import result_path
+from bench_onnx import write_result
 
 BATCHES = (1, 8)
 
@@ -125,11 +125,7 @@ def main():
               "tensorflow": tf.__version__, "date": datetime.date.today().isoformat(),
               "repeats": args.repeats, "configurations": results,
               "worst": {lowering: ratio for lowering, (ratio, _) in worst.items()}}
-    os.makedirs(args.out, exist_ok=True)
-    path = result_path(result["cpu"], result["date"], args.out, result["isa"])
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

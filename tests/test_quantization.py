@@ -405,6 +405,19 @@ def _int8_file_weights(qat):
     return weights
 
 
+def _clustered_to_8_values(x, y, epochs):
+    """``_model()`` clustered to 8 kernel values by tfmot, fitted ``epochs``
+    epochs to ``y`` and stripped: ``(stripped model, fit history)``."""
+    import tensorflow_model_optimization as tfmot
+    clustering = tfmot.clustering.keras
+    clustered = clustering.cluster_weights(
+        _model(), number_of_clusters=8,
+        cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS)
+    clustered.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    history = clustered.fit(x, y, epochs=epochs, batch_size=8, verbose=0)
+    return clustering.strip_clustering(clustered), history
+
+
 def _teacher_data(rng, samples=32):
     x = rng.uniform(size=(samples, 4, 3, 5, 6)).astype("float32")
     return x, np.asarray(_model()(x))
@@ -466,16 +479,9 @@ class TestPruningAndClustering:
                 assert np.mean(np.concatenate([w.ravel() for w in weights]) == 0) >= 0.45
 
     def test_cluster_weights_leaves_at_most_n_kernel_values(self, rng):
-        import tensorflow_model_optimization as tfmot
-        clustering = tfmot.clustering.keras
         x, y = _teacher_data(rng)
-        clustered = clustering.cluster_weights(
-            _model(), number_of_clusters=8,
-            cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS)
-        clustered.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-        history = clustered.fit(x, y, epochs=3, batch_size=8, verbose=0)
+        stripped, history = _clustered_to_8_values(x, y, epochs=3)
         assert np.isfinite(history.history["loss"]).all()
-        stripped = clustering.strip_clustering(clustered)
         for name in ("up1", "up2"):
             layer = stripped.get_layer(name)
             assert isinstance(layer, tf_conv3dt.Conv3DTranspose)
@@ -485,22 +491,14 @@ class TestPruningAndClustering:
         assert_close(stripped(x[:2]), np_conv3d_transpose(
             hidden, second.kernel.numpy(), second.bias.numpy(), (2, 2, 2), "valid", groups=2))
 
-
     def test_cluster_preserving_qat_keeps_the_clusters_into_the_int8_file(self, rng):
         """Cluster to 8 values, strip, then quantize_model(preserve_clusters=True):
         after more training the kernel each layer computes with still has at
         most 8 distinct values, and so does each filter's row of every
         FULLY_CONNECTED weight matrix in the int8 file (a per-filter scale
         maps them one to one); plain QAT spreads them out."""
-        import tensorflow_model_optimization as tfmot
-        clustering = tfmot.clustering.keras
         x, y = _teacher_data(rng)
-        clustered = clustering.cluster_weights(
-            _model(), number_of_clusters=8,
-            cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS)
-        clustered.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
-        clustered.fit(x, y, epochs=2, batch_size=8, verbose=0)
-        stripped = clustering.strip_clustering(clustered)
+        stripped, _ = _clustered_to_8_values(x, y, epochs=2)
         for preserve in (True, False):
             qat = quantization.quantize_model(stripped, preserve_clusters=preserve)
             qat.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
