@@ -144,10 +144,23 @@ def test_timing_interleaves_rounds_and_takes_three_to_seven_samples():
 def test_timing_drops_a_candidate_three_times_slower_than_the_best_so_far():
     clock = _Clock()
     result = _timings(clock, {"fast": ([0.1], [0.1]), "slow": ([0.3], [0.31]),
-                              "close": ([0.2], [0.3])})
+                              "close": ([0.1], [0.15]), "behind": ([0.2], [0.2])})
     assert clock.log.count("slow.f") == clock.log.count("slow.t") == 1
     assert result["slow"] == pytest.approx((0.3, 0.31))
+    # Within RACE_RATIO of the best: timed in rounds.
     assert clock.log.count("close.f") == 2 + 2 * tuning.MIN_SAMPLES
+    # Twice the best once warm: its warm-up times stand, without rounds.
+    assert clock.log.count("behind.f") == 2
+    assert result["behind"] == pytest.approx((0.2, 0.2))
+
+
+@op_only
+def test_timing_takes_no_rounds_when_one_candidate_is_left():
+    clock = _Clock()
+    result = _timings(clock, {"fast": ([0.1], [0.1]), "behind": ([0.2], [0.11])})
+    assert clock.log == ["fast.f", "fast.t", "fast.f", "fast.t",
+                         "behind.f", "behind.t", "behind.f", "behind.t"]
+    assert result == {"fast": pytest.approx((0.1, 0.1)), "behind": pytest.approx((0.2, 0.11))}
 
 
 @op_only

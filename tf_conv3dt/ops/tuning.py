@@ -21,6 +21,7 @@ the static rule (``choice.AUTO_RULE``) decides.
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import logging
@@ -30,7 +31,6 @@ import threading
 import time
 from typing import NamedTuple
 
-import numpy as np
 import tensorflow as tf
 
 from tf_conv3dt.ops import choice
@@ -54,6 +54,10 @@ BUDGET_S = 2.0
 """Time one configuration's timing runs may take, tracing included."""
 DROP_RATIO = 3.0
 """A candidate this many times slower than the best so far is not timed again."""
+RACE_RATIO = 1.5
+"""A warmed-up candidate this many times slower than the best is not timed in
+rounds: rounds separate close candidates, and warm-up times are within 20%
+(:data:`STEADY`) of what rounds give, so none this far behind could win."""
 RULE_MARGIN = 0.05
 """A candidate replaces the rule's choice only when faster than it by more
 than this fraction: closer timings are within this machine's noise, and the
@@ -254,9 +258,9 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
     from tf_conv3dt import ops
 
     started = time.perf_counter()
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.standard_normal((batch, *spatial_and_channels)), dtype)
-    k = tf.constant(rng.standard_normal(kernel_shape), dtype)
+    x, k, upstream = (tf.random.stateless_normal(shape, (0, seed), dtype=dtype) for seed, shape in (
+        (0, (batch, *spatial_and_channels)), (1, kernel_shape),
+        (2, (batch, *output_lengths, kernel_shape[3]))))
     arguments = dict(strides=strides, padding=padding, dilation_rate=dilation,
                      output_shape=tuple(output_lengths))
     steps = {}
@@ -264,23 +268,26 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
         def forward(x, k, implementation=implementation):
             return ops.conv3d_transpose(x, k, implementation=implementation, **arguments)
 
-        def training(x, k, forward=forward):
+        # The gradient arriving from the layers above is an argument, as in
+        # training: a constant one (ones_like) lets TensorFlow fold parts of
+        # the backward pass away, which ranked GEMM's training step up to 2x
+        # too fast.
+        def training(x, k, upstream, forward=forward):
             with tf.GradientTape() as tape:
                 tape.watch([x, k])
                 y = forward(x, k)
-            return tape.gradient(y, [x, k], output_gradients=tf.ones_like(y))
+            return tape.gradient(y, [x, k], output_gradients=upstream)
 
         try:
-            functions = [tf.function(forward, autograph=False),
-                         tf.function(training, autograph=False)]
-            for function in functions:  # trace and allocate
-                _finish(function(x, k))
+            calls = [functools.partial(tf.function(forward, autograph=False), x, k),
+                     functools.partial(tf.function(training, autograph=False), x, k, upstream)]
+            for call in calls:  # trace and allocate
+                _finish(call())
         except (tf.errors.OpError, MemoryError) as error:
             _logger.info("tf_conv3dt auto: %s failed while being timed (%s); skipped",
                          implementation, str(error).splitlines()[0])
             continue
-        steps[implementation] = tuple(
-            lambda function=function: _finish(function(x, k)) for function in functions)
+        steps[implementation] = tuple(lambda call=call: _finish(call()) for call in calls)
     budget = BUDGET_S - (time.perf_counter() - started)
     results = time_in_rounds(steps, budget)
     return {name: (forward * 1e3, training * 1e3) for name, (forward, training) in sorted(
@@ -306,12 +313,13 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
     :data:`WARMUP_CALLS` runs; a cold allocator or thread pool would rank a
     lowering by its first runs). A name whose forward plus training time is
     already :data:`DROP_RATIO` times the best so far keeps that time and is
-    not run again. The rest are timed in rounds of one
-    :func:`primed_seconds` each, so that what else a shared machine runs
-    weighs on all of them alike: :data:`MIN_SAMPLES` rounds, then more up to
-    :data:`MAX_SAMPLES` while the next round fits in ``budget_s``. Returns
-    ``{name: (forward_s, training_s)}``, the lowest time of each call, the
-    statistic a busy machine's interruptions move least.
+    not run again. Those within :data:`RACE_RATIO` of the best, where there
+    are two or more, are timed in rounds of one :func:`primed_seconds` each,
+    so that what else a shared machine runs weighs on all of them alike:
+    :data:`MIN_SAMPLES` rounds, then more up to :data:`MAX_SAMPLES` while the
+    next round fits in ``budget_s``; the others keep their warm-up times.
+    Returns ``{name: (forward_s, training_s)}``, the lowest time of each
+    call, the statistic a busy machine's interruptions move least.
     """
     started = clock()
     warm, best = {}, float("inf")
@@ -321,11 +329,11 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
             warm[name] = [_warmed_up(call, clock, first)
                           for call, first in zip(calls, warm[name])]
             best = min(best, sum(warm[name]))
-    kept = [name for name in steps if sum(warm[name]) <= DROP_RATIO * best]
-    samples = {name: ([], []) for name in kept}
-    for round_ in range(MAX_SAMPLES):
+    kept = [name for name in steps if sum(warm[name]) <= RACE_RATIO * best]
+    samples = {name: ([], []) for name in kept} if len(kept) > 1 else {}
+    for round_ in range(MAX_SAMPLES if samples else 0):
         round_started = clock()
-        for name in kept:
+        for name in samples:
             for call, times in zip(steps[name], samples[name]):
                 times.append(primed_seconds(call, clock))
         now = clock()
