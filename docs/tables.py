@@ -13,6 +13,7 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 - ``serving FILE``: a bench_serving.py run, and each lowering's worst ratio;
 - ``quantization FILE``: a bench_quantization.py run, one row per TFLite file;
 - ``initializer FILE``: a bench_initializer.py run, held-out Dice by epoch;
+- ``xla FILE``: a bench_xla.py run, each path's forward ms by case;
 - ``export FILE``: the artifact rows of an export's report.json.
 
 Each table opens with the run's machine and configuration as the file
@@ -59,6 +60,8 @@ def render(kind, path, name=None):
         return _quantization(content, source)
     if kind == "initializer":
         return _initializer(content, source)
+    if kind == "xla":
+        return _xla(content, source)
     raise ValueError(f"unknown table kind {kind!r} in a marker for {path}")
 
 
@@ -213,6 +216,17 @@ def _initializer(content, source):
     epochs = len(rows[0]) - 1
     return "\n\n".join([head + ":", _table(
         ["initializer", *(f"epoch {epoch + 1}" for epoch in range(epochs))], rows)])
+
+
+def _xla(content, source):
+    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+            f"{content['cores']} cores, TensorFlow {content['tensorflow']} "
+            f"({content['cpu_configuration']}), {content['policy']}; forward ms, median of "
+            f"{content['repeats']} interleaved rounds, PyTorch in its own process {source}")
+    paths = list(content["rows"][0]["forward_ms"])
+    rows = [(row["case"], *(_number(row["forward_ms"].get(path), ".2f") for path in paths))
+            for row in content["rows"]]
+    return "\n\n".join([head + ":", _table(["case", *paths], rows)])
 
 
 def _export(report, source):
