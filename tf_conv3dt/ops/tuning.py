@@ -12,7 +12,8 @@ an environment record that must match, so it is never reused.
 
 Timing is opt-in (``TF_CONV3DT_AUTOTUNE=1``, :func:`set_autotune`, or the
 tune command): in the benchmarks of 2026-12-01 to 2026-12-03 it still chose
-worse than the rule in some cases, and its largest cases took 6-18 s. A batch unknown at trace time (every
+worse than the rule in some cases, and its largest cases took 6-7 s with
+oneDNN and up to 24 s with Eigen. A batch unknown at trace time (every
 Keras model's graph) is timed at :data:`NOMINAL_BATCH`. Without static
 spatial sizes, with tuning off, under
 ``tf.config.experimental.enable_op_determinism()`` or across several workers,
