@@ -164,6 +164,37 @@ def test_timing_takes_no_rounds_when_one_candidate_is_left():
 
 
 @op_only
+def test_timing_times_the_fastest_forward_in_rounds_for_serving():
+    """Behind over both calls, but the fastest forward pass (what a served
+    model runs, Decision.forward_winner): timed in rounds with the best."""
+    clock = _Clock()
+    _timings(clock, {"fast": ([0.12], [0.1]), "serves": ([0.1], [0.5])})
+    assert clock.log.count("serves.f") == 2 + 2 * tuning.MIN_SAMPLES
+
+
+@op_only
+def test_the_timed_training_step_takes_its_upstream_gradient_as_an_argument(monkeypatch):
+    """A constant upstream gradient (ones_like) lets TensorFlow fold parts of
+    the backward pass away, which timed GEMM's training step up to 2x too
+    fast: the step is traced with the input, the kernel and a random
+    gradient of the output's shape as its arguments, as training runs it."""
+    steps = {}
+
+    def spy(timed, budget_s):
+        steps.update(timed)
+        return {name: (1.0, 1.0) for name in timed}
+
+    monkeypatch.setattr(tuning, "time_in_rounds", spy)
+    tuning.measure(tf.float32, 2, SHAPE[1:], KERNEL, (2, 1, 1), "SAME", (1, 1, 1), (8, 5, 3),
+                   ("gemm",))
+    training = steps["gemm"][1].__defaults__[0]  # the step's functools.partial
+    x, kernel, upstream = training.args
+    assert upstream.shape == (2, 8, 5, 3, KERNEL[3])
+    assert len(training.func.get_concrete_function(*training.args).inputs) == 3
+    assert 0.5 < float(tf.math.reduce_std(upstream)) < 2.0
+
+
+@op_only
 @pytest.mark.parametrize("subpixel_ms, winner", [((2.5, 2.7), "subpixel"),
                                                  ((2.5, 3.0), "gemm")])
 def test_the_rule_keeps_its_choice_unless_beaten_by_the_margin(tuning_on, monkeypatch,

@@ -12,8 +12,8 @@ an environment record that must match, so it is never reused.
 
 Timing is opt-in (``TF_CONV3DT_AUTOTUNE=1``, :func:`set_autotune`, or the
 tune command): in the benchmarks of 2026-12-01 to 2026-12-03 it still chose
-worse than the rule in some cases, and its largest cases took 6-7 s with
-oneDNN and up to 24 s with Eigen. A batch unknown at trace time (every
+worse than the rule in some cases, and its largest cases took up to 12 s
+with oneDNN and up to 24 s with Eigen. A batch unknown at trace time (every
 Keras model's graph) is timed at :data:`NOMINAL_BATCH`. Without static
 spatial sizes, with tuning off, under
 ``tf.config.experimental.enable_op_determinism()`` or across several workers,
@@ -56,9 +56,11 @@ BUDGET_S = 2.0
 DROP_RATIO = 3.0
 """A candidate this many times slower than the best so far is not timed again."""
 RACE_RATIO = 1.5
-"""A warmed-up candidate this many times slower than the best is not timed in
-rounds: rounds separate close candidates, and warm-up times are within 20%
-(:data:`STEADY`) of what rounds give, so none this far behind could win."""
+"""A warmed-up candidate this many times slower than the best, both over
+forward plus training step and in its forward pass alone (what a served
+model runs), is not timed in rounds: rounds separate close candidates, and
+warm-up times ran up to about 20% above the rounds' lowest here, so this
+margin leaves none behind that could win."""
 RULE_MARGIN = 0.05
 """A candidate replaces the rule's choice only when faster than it by more
 than this fraction: closer timings are within this machine's noise, and the
@@ -314,23 +316,27 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
     :data:`WARMUP_CALLS` runs; a cold allocator or thread pool would rank a
     lowering by its first runs). A name whose forward plus training time is
     already :data:`DROP_RATIO` times the best so far keeps that time and is
-    not run again. Those within :data:`RACE_RATIO` of the best, where there
-    are two or more, are timed in rounds of one :func:`primed_seconds` each,
-    so that what else a shared machine runs weighs on all of them alike:
+    not run again. Those within :data:`RACE_RATIO` of the best (over both
+    calls, or in the forward pass), where there are two or more, are timed
+    in rounds of one :func:`primed_seconds` each, so that what else a shared
+    machine runs weighs on all of them alike:
     :data:`MIN_SAMPLES` rounds, then more up to :data:`MAX_SAMPLES` while the
     next round fits in ``budget_s``; the others keep their warm-up times.
     Returns ``{name: (forward_s, training_s)}``, the lowest time of each
     call, the statistic a busy machine's interruptions move least.
     """
     started = clock()
-    warm, best = {}, float("inf")
+    warm, warmed, best = {}, [], float("inf")
     for name, calls in steps.items():
         warm[name] = [_seconds(call, clock) for call in calls]
         if sum(warm[name]) <= DROP_RATIO * best:  # else dropped already: not warmed up
             warm[name] = [_warmed_up(call, clock, first)
                           for call, first in zip(calls, warm[name])]
+            warmed.append(name)
             best = min(best, sum(warm[name]))
-    kept = [name for name in steps if sum(warm[name]) <= RACE_RATIO * best]
+    best_forward = min((warm[name][0] for name in warmed), default=best)
+    kept = [name for name in warmed if sum(warm[name]) <= RACE_RATIO * best
+            or warm[name][0] <= RACE_RATIO * best_forward]
     samples = {name: ([], []) for name in kept} if len(kept) > 1 else {}
     for round_ in range(MAX_SAMPLES if samples else 0):
         round_started = clock()
