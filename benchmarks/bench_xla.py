@@ -3,7 +3,8 @@
 For benchmark cases (bench_conv3d_transpose's CASES) under a Keras dtype
 policy, times the forward pass of a Conv3DTranspose layer of each lowering
 traced plainly and traced for XLA, in interleaved rounds of primed calls
-(``interleaved_ms``), and PyTorch's forward in a child process of its own on
+(``interleaved_ms``: two rounds only for a path whose call takes over 2 s),
+and PyTorch's forward in a child process of its own on
 tensors of the policy's compute dtype. Written to
 benchmarks/results/xla/<cpu>-<isa>_<date>.json.
 
@@ -37,6 +38,7 @@ def forward_paths(shape, filters, kernel, stride, padding):
         layer.build(shape)
         for suffix, jit in (("", False), (" XLA", True)):
             function = tf.function(lambda x, layer=layer: layer(x), jit_compile=jit)
+            function(x).numpy()  # trace and compile here, not in the first timed call
             paths[implementation + suffix] = lambda f=function: f(x).numpy()
     return paths
 
@@ -68,7 +70,8 @@ def main():
         rows.append({"case": name, "forward_ms": ms})
     write_result({"date": datetime.date.today().isoformat(), "cpu": choice.cpu_model(),
                   "isa": choice.cpu_isa(), "cores": os.cpu_count(),
-                  "tensorflow": tf.__version__, "policy": args.policy,
+                  "tensorflow": tf.__version__, "torch": bench._torch_version(),
+                  "policy": args.policy,
                   "cpu_configuration": choice.cpu_configuration(),
                   "repeats": args.repeats, "rows": rows}, args.out_dir)
 

@@ -222,8 +222,9 @@ def _xla(content, source):
     head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
             f"{content['cores']} cores, TensorFlow {content['tensorflow']} "
             f"({content['cpu_configuration']}), {content['policy']}; forward ms, median of "
-            f"{content['repeats']} interleaved rounds, PyTorch in its own process {source}")
-    paths = list(content["rows"][0]["forward_ms"])
+            f"{content['repeats']} interleaved rounds (2 for a path whose call takes over "
+            f"2 s), PyTorch {content['torch']} in its own process {source}")
+    paths = list(dict.fromkeys(path for row in content["rows"] for path in row["forward_ms"]))
     rows = [(row["case"], *(_number(row["forward_ms"].get(path), ".2f") for path in paths))
             for row in content["rows"]]
     return "\n\n".join([head + ":", _table(["case", *paths], rows)])
