@@ -16,8 +16,8 @@ import tensorflow as tf
 import reference
 import tf_conv3dt
 from markers import op_only
-from tf_conv3dt import ops, tune
-from tf_conv3dt.ops import tuning
+from tf_conv3dt import ops, shapes, tune
+from tf_conv3dt.ops import choice, tuning
 
 # A static call every lowering can run: k3 s2 "same", 2 -> 3 channels.
 CALL = dict(strides=2, padding="same")
@@ -300,7 +300,8 @@ WRITER = textwrap.dedent("""
     from tf_conv3dt.ops import tuning
     for i in range(int(sys.argv[2])):
         key = f"{sys.argv[1]}-{i}"
-        tuning._store(key, tuning.Decision(key, "gemm", {"gemm": (1.0, 2.0)}, 2, "measured"))
+        tuning._store(key, tuning.Decision(key, "gemm", {"gemm": (1.0, 2.0)}, 2, (4, 4, 4),
+                                                 "measured"))
 """)
 
 
@@ -398,6 +399,55 @@ def test_unknown_spatial_sizes_take_the_rule_and_an_unknown_batch_the_nominal_on
     forced = ops.conv3d_transpose(x, kernel, implementation=decision.winner, **CALL)
     np.testing.assert_allclose(concrete(tf.constant(x)).numpy(), forced.numpy(), rtol=0,
                                atol=1e-6)
+
+
+@op_only
+@pytest.mark.parametrize("padding, kernel_size, strides, dilation, output_padding", [
+    ("same", 3, 2, 1, None), ("valid", 3, 2, 1, None), ("valid", 1, 2, 1, None),
+    ("same", 4, 2, 1, 1), ("valid", 2, 1, 2, None), ("same", 3, (2, 1, 3), 1, None)])
+def test_a_large_configuration_is_timed_on_a_block_of_its_input_under_onednn(
+        monkeypatch, padding, kernel_size, strides, dilation, output_padding):
+    """Its output lengths are the ones the block's own call computes, so the
+    block keeps the configuration's padding; without oneDNN nothing shrinks."""
+    kernel_size, strides = (kernel_size,) * 3, strides if isinstance(strides, tuple) else (
+        strides,) * 3
+    whole, kernel = (64, 40, 9), (*kernel_size, 16, 32)
+    output = [shapes.output_length(n, k, s, padding, output_padding, dilation)
+              for n, k, s in zip(whole, kernel_size, strides)]
+    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
+    products = 2 * 32 * 16 * np.prod(kernel_size)  # per input voxel, at batch 2
+    for limit, block in ((products * 16 * 20 * 9, (16, 20, 9)),  # longest axis first
+                         (products * 64 * 40 * 9, whole), (1, (8, 8, 8))):  # none below 8
+        monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", limit)
+        spatial, timed_output = tuning.timed_shape(2, (*whole, 32), kernel, strides, output)
+        assert spatial == block
+        assert timed_output == tuple(
+            shapes.output_length(n, k, s, padding, output_padding, dilation)
+            for n, k, s in zip(spatial, kernel_size, strides))
+    monkeypatch.setattr(choice, "cpu_configuration", lambda: "eigen")
+    assert tuning.timed_shape(2, (*whole, 32), kernel, strides, output) == (whole,
+                                                                            tuple(output))
+
+
+@op_only
+def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurements,
+                                                              monkeypatch, caplog):
+    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
+    monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", 2 * 8 * 9 * 5 * 2 * 3 * 27)
+    x, kernel = _inputs((2, 16, 9, 5, 2))
+    with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
+        y = _auto(x, kernel)
+    (args,) = measurements
+    assert args[2] == (8, 9, 5, 2) and tuple(args[7]) == (16, 18, 10)
+    (decision,) = tuning._memory.values()
+    assert decision.spatial == (8, 9, 5)
+    assert "on (8, 9, 5)," in decision.describe()
+    assert any("on input (8, 9, 5)" in r.getMessage() for r in caplog.records)
+    tuning.forget()  # the cache keeps the block
+    _auto(x, kernel)
+    assert next(iter(tuning._memory.values())).spatial == (8, 9, 5)
+    reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
+                                                            padding="same"))
 
 
 @op_only

@@ -14,7 +14,9 @@ Timing is opt-in (``TF_CONV3DT_AUTOTUNE=1``, :func:`set_autotune`, or the
 tune command): in the benchmarks of 2026-12-01 to 2026-12-03 it still chose
 worse than the rule in some cases, and its largest cases took up to 12 s
 with oneDNN and up to 24 s with Eigen. A batch unknown at trace time (every
-Keras model's graph) is timed at :data:`NOMINAL_BATCH`. Without static
+Keras model's graph) is timed at :data:`NOMINAL_BATCH`, and under oneDNN a
+configuration of more than :data:`MAX_TIMED_PRODUCTS` multiply-adds on a
+smaller block of its input (:func:`timed_shape`). Without static
 spatial sizes, with tuning off, under
 ``tf.config.experimental.enable_op_determinism()`` or across several workers,
 the static rule (``choice.AUTO_RULE``) decides.
@@ -26,6 +28,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -65,8 +68,17 @@ RULE_MARGIN = 0.05
 """A candidate replaces the rule's choice only when faster than it by more
 than this fraction: closer timings are within this machine's noise, and the
 rule comes from many benchmark runs."""
+MAX_TIMED_PRODUCTS = 2**28
+"""Multiply-adds of one forward pass (batch x input voxels x channels x
+filters per group x kernel taps) above which oneDNN's configurations are
+timed on a smaller block of their input (:func:`timed_shape`). Timed at
+their own size, the benchmark's five cases above it took 1.8-9.3 s to tune
+on a 2-core AVX-512 EPYC; on the block, 0.9-1.9 s, and each took the
+winner its own size took, forward alone and forward plus training step."""
+MIN_TIMED_LENGTH = 8
+"""A spatial length :func:`timed_shape` does not halve below."""
 CANDIDATES = ("native", "gemm", "subpixel")
-FORMAT = 1
+FORMAT = 2
 
 _logger = logging.getLogger("tf_conv3dt")
 _lock = threading.RLock()
@@ -146,15 +158,43 @@ def configuration_key(dtype, data_format, input_shape, kernel_shape, strides, pa
                        list(output_lengths)])
 
 
+def timed_shape(batch, input_shape, kernel_shape, strides, output_lengths):
+    """The input's spatial lengths and the output lengths a configuration is
+    timed at: its own, or under oneDNN on a CPU, where one forward pass
+    takes more than :data:`MAX_TIMED_PRODUCTS` multiply-adds, a block of
+    the input halved along its longest axis until it does not (no axis
+    below :data:`MIN_TIMED_LENGTH`), with each output length shortened by
+    the stride times what its input lost, which keeps the padding.
+
+    oneDNN's kernels and the GEMMs of the other lowerings run at a steady
+    rate per product on such sizes, so the block ranks the lowerings as the
+    whole does (:data:`MAX_TIMED_PRODUCTS`) in a fraction of the time. Eigen's
+    Conv3DBackprop* kernels do not: the native training step of (1, 16^3, 64)
+    k3 s2 took 0.5 s with them against 0.15 s for (1, 32^3, 64), so without
+    oneDNN, and on a GPU (not measured), every call is timed at its size."""
+    spatial = list(input_shape[:3])
+    if choice.cpu_configuration() == "onednn" and not tf.config.list_logical_devices("GPU"):
+        per_voxel = batch * input_shape[3] * kernel_shape[3] * math.prod(kernel_shape[:3])
+        while (per_voxel * math.prod(spatial) > MAX_TIMED_PRODUCTS
+               and max(spatial) > MIN_TIMED_LENGTH):
+            axis = spatial.index(max(spatial))
+            spatial[axis] = max(MIN_TIMED_LENGTH, -(-spatial[axis] // 2))
+    output = [length - (whole - timed) * stride for length, whole, timed, stride in
+              zip(output_lengths, input_shape[:3], spatial, strides)]
+    return tuple(spatial), tuple(output)
+
+
 class Decision(NamedTuple):
     """One configuration's choice: the key, the winner, each candidate's
-    (forward, training) ms, the batch they were timed at, and where the
-    choice came from ("measured", "cache" or "memory")."""
+    (forward, training) ms, the batch and input spatial lengths they were
+    timed at (:func:`timed_shape`), and where the choice came from
+    ("measured", "cache" or "memory")."""
 
     key: str
     winner: str
     ms: dict
     batch: int
+    spatial: tuple
     source: str
 
     @property
@@ -170,7 +210,10 @@ class Decision(NamedTuple):
             self.key)
         times = "  ".join(f"{name} {f:.2f}/{t:.2f}" for name, (f, t) in self.ms.items())
         chosen = self.forward_winner + " (fastest forward)" if serving else self.winner
-        return (f"{dtype} {data_format} input {tuple(shape[1:])} at batch {self.batch}, "
+        own = shape[1:4] if data_format == "channels_last" else shape[2:5]
+        block = "" if tuple(own) == tuple(self.spatial) else f" on {tuple(self.spatial)}"
+        return (f"{dtype} {data_format} input {tuple(shape[1:])} at batch {self.batch}"
+                f"{block}, "
                 f"kernel {tuple(kernel[:3])} -> {kernel[3]} filters, strides "
                 f"{tuple(strides)}, {padding}, dilation {tuple(dilation)}, output "
                 f"{tuple(out)} | ms forward/training: {times or 'none timed'} | {chosen} "
@@ -415,16 +458,18 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
              dilation, output_lengths, candidates, rule):
     order = [rule, *[c for c in candidates if c != rule]] if rule in candidates else candidates
     started = time.perf_counter()
-    times = _on_a_fresh_thread(measure, dtype, batch, spatial_and_channels, kernel_shape,
-                               strides, padding, dilation, output_lengths, order)
+    spatial, output_lengths = timed_shape(batch, spatial_and_channels, kernel_shape, strides,
+                                          output_lengths)
+    times = _on_a_fresh_thread(measure, dtype, batch, (*spatial, spatial_and_channels[3]),
+                               kernel_shape, strides, padding, dilation, output_lengths, order)
     winner = next(iter(times), rule)
     if rule in times and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(times[winner]):
         winner = rule
     _logger.info(
-        "tf_conv3dt auto: %s -> %s, timed at batch %d in %.2f s (forward + training ms: %s)",
-        key, winner, batch, time.perf_counter() - started,
+        "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
+        "training ms: %s)", key, winner, batch, spatial, time.perf_counter() - started,
         ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in times.items()) or "none ran")
-    decision = Decision(key, winner, times, batch, "measured")
+    decision = Decision(key, winner, times, batch, spatial, "measured")
     if times:
         _store(key, decision)
     return decision
@@ -445,7 +490,8 @@ def _load(path):
                 raise ValueError(f"a choice names no lowering: {entry['winner']!r}")
             times = {name: tuple(map(float, ms)) for name, ms in entry["ms"].items()}
             decisions[key] = Decision(key, entry["winner"], dict(sorted(
-                times.items(), key=lambda item: sum(item[1]))), int(entry["batch"]), "cache")
+                times.items(), key=lambda item: sum(item[1]))), int(entry["batch"]),
+                tuple(map(int, entry["spatial"])), "cache")
         return decisions
     except FileNotFoundError:
         return {}
