@@ -72,9 +72,12 @@ MAX_TIMED_PRODUCTS = 2**28
 """Multiply-adds of one forward pass (batch x input voxels x channels x
 filters per group x kernel taps) above which oneDNN's configurations are
 timed on a smaller block of their input (:func:`timed_shape`). Timed at
-their own size, the benchmark's five cases above it took 1.8-9.3 s to tune
-on a 2-core AVX-512 EPYC; on the block, 0.9-1.9 s, and each took the
-winner its own size took, forward alone and forward plus training step."""
+their own size, the benchmark's six cases above it took 1.8-9.3 s to tune
+on a 2-core AVX-512 EPYC (tuning.measure alone, float32); on the block,
+0.9-2.0 s, and the block's winners, over forward plus training step and in
+the forward alone, were the whole size's. In bfloat16 (2.0-5.7 s against
+0.9-2.2 s) so were those over both, the rule's 5% margin deciding one 3%
+tie, and one forward winner was 2% behind the whole size's fastest."""
 MIN_TIMED_LENGTH = 8
 """A spatial length :func:`timed_shape` does not halve below."""
 CANDIDATES = ("native", "gemm", "subpixel")
