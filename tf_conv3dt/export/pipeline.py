@@ -387,7 +387,8 @@ def _stage_saved_model(job, staged, x, expected, report, step):
             if implementation == "tuned" else ")"))
     path = staged.path_of("saved_model")
     found = serving.write_version(job.model, path, job.name, warmup_batches=[x[:1], x],
-                                  implementation=implementation, tuning_batch=job.batch_size)
+                                  implementation=job.implementation,
+                                  tuning_batch=job.batch_size)
     first = {}  # each configuration's first decision (a second trace finds it in memory)
     for _, decision in found["tuned"]:
         first.setdefault(decision.key, decision)

@@ -95,8 +95,10 @@ def write_version(model, path, name, warmup_batches=(), implementation=None,
     "auto" the lowering whose forward pass ran fastest on this machine at
     batch ``tuning_batch`` (``ops.tuning``, cached like any tuning); its
     signature keeps the model's own spatial sizes, the ones timed. None
-    takes the SavedModel's default (``signature.DEFAULT_LOWERINGS``).
+    takes the SavedModel's default (``signature.DEFAULT_LOWERINGS``), with
+    depthwise layers as GEMM's one call.
     """
+    depthwise_as_gemm = implementation is None
     implementation = lowering(implementation, "savedmodel")
     decisions = []
     if implementation == "tuned":
@@ -105,7 +107,8 @@ def write_version(model, path, name, warmup_batches=(), implementation=None,
             save_signature(model, path, spec, "auto")
     else:
         spec = _traceable_spec(model, implementation)
-        save_signature(model, path, spec, implementation)
+        save_signature(model, path, spec, implementation,
+                       depthwise_as_gemm=depthwise_as_gemm)
     found = dict(serving_ops(path), tuned=decisions)
     if found["missing_in_server"]:
         raise ExportError("The SavedModel uses ops TF Serving's model server does not have: "

@@ -12,7 +12,10 @@ SIGNATURE = "serving_default"
 # - the SavedModel: the lowering whose serving forward was least slow, at
 #   worst, against the fastest one on every CPU kind measured
 #   (benchmarks/bench_serving.py; docs/performance.md), since the export
-#   cannot see the CPU that will serve it;
+#   cannot see the CPU that will serve it; its depthwise layers take GEMM's
+#   one call (forced_implementation's depthwise_as_gemm), the fastest
+#   forward on each CPU kind (benchmarks/bench_groups.py), where the
+#   sub-pixel lowering would run one call per channel;
 # - TFLite: GEMM, integer end to end (FULLY_CONNECTED), ~5x the float
 #   CONV_3D_TRANSPOSE in LiteRT;
 # - ONNX: GEMM's MatMuls, faster than ConvTranspose in ONNX Runtime
@@ -44,26 +47,30 @@ def output_name(model):
     return model.layers[-1].name
 
 
-def serving_function(model, implementation, one_product_per_phase=False):
+def serving_function(model, implementation, one_product_per_phase=False,
+                     depthwise_as_gemm=False):
     """The signature's Python function: ``x -> {output_name(model): output}``,
     traced under ``ops.forced_implementation(implementation,
-    one_product_per_phase)``."""
+    one_product_per_phase, depthwise_as_gemm)``."""
     key = output_name(model)
 
     def serve(x):
-        with ops.forced_implementation(implementation, one_product_per_phase):
+        with ops.forced_implementation(implementation, one_product_per_phase,
+                                       depthwise_as_gemm):
             return {key: model(x, training=False)}
 
     return serve
 
 
-def save_signature(model, path, spec, implementation, one_product_per_phase=False):
+def save_signature(model, path, spec, implementation, one_product_per_phase=False,
+                   depthwise_as_gemm=False):
     """Writes ``model`` as a SavedModel whose one signature, serving_default,
     takes ``spec`` and returns ``serving_function``'s output."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE, serving_function(model, implementation,
-                                                     one_product_per_phase),
+                                                     one_product_per_phase,
+                                                     depthwise_as_gemm),
                          input_signature=[spec])
     takes_verbose = "verbose" in inspect.signature(archive.write_out).parameters
     quiet = {"verbose": False} if takes_verbose else {}

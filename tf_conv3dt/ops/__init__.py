@@ -36,8 +36,8 @@ in ``choice``); ``plan`` holds the window every lowering computes.
 import tensorflow as tf
 
 from tf_conv3dt import shapes
-from tf_conv3dt.ops.choice import (AUTO_RULE, cpu_configuration, forced_implementation,
-                                   forced_or, kernel_relation, resolve,
+from tf_conv3dt.ops.choice import (AUTO_RULE, cpu_configuration, depthwise_forced_to_gemm,
+                                   forced_implementation, forced_or, kernel_relation, resolve,
                                    resolve_implementation, rule_key)
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 from tf_conv3dt.ops.gemm import gemm
@@ -140,16 +140,14 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     kernel_size = tuple(kernel.shape[:3])
     shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
     groups = shapes.check_groups(groups, kernel.shape[4])
-    if groups > 1:
-        if _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups,
-                                  strides):
-            implementation = "gemm"
-        else:
-            return _grouped(inputs, kernel, groups, bias, dict(
-                strides=strides, padding=padding, output_padding=output_padding,
-                dilation_rate=dilation, data_format=data_format, output_shape=output_shape,
-                implementation=implementation, one_product_per_phase=one_product_per_phase,
-                activation=activation, fake_quantize_kernel=fake_quantize_kernel))
+    depthwise_gemm = groups > 1 and _depthwise_in_one_gemm(
+        implementation, one_product_per_phase, kernel, groups, strides)
+    if groups > 1 and not depthwise_gemm:
+        return _grouped(inputs, kernel, groups, bias, dict(
+            strides=strides, padding=padding, output_padding=output_padding,
+            dilation_rate=dilation, data_format=data_format, output_shape=output_shape,
+            implementation=implementation, one_product_per_phase=one_product_per_phase,
+            activation=activation, fake_quantize_kernel=fake_quantize_kernel))
     epilogue = _epilogue(bias, activation, kernel, groups)
     if fake_quantize_kernel and not one_product_per_phase:
         raise ValueError("fake_quantize_kernel=True quantizes the weights of the products "
@@ -159,6 +157,8 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         if implementation not in ("auto", "gemm"):
             raise ValueError("one_product_per_phase=True is a form of the GEMM lowering. "
                              f"Received: implementation={implementation!r}")
+        implementation = "gemm"
+    elif depthwise_gemm:  # whatever lowering is forced on the other calls
         implementation = "gemm"
     else:
         implementation, one_product_per_phase = forced_or(implementation)
@@ -204,8 +204,10 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
 def _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups, strides):
     """Whether a grouped call runs as one call of the GEMM lowering, its
     products broadcast multiplies (``gemm.depthwise_product``): a depthwise
-    call that takes GEMM, asked for, forced, or by "auto" on a CPU, tuned or
-    not (tuning would time one call per channel, which this beats). Measured
+    call that takes GEMM: asked for, forced (as the SavedModel export's
+    default does for depthwise calls: ``depthwise_as_gemm``), or by "auto"
+    on a CPU, tuned or not (tuning would time one call per channel, which
+    this beats). Measured
     (benchmarks/results/groups/, 32 and 64 channels, k3 s2 and k2 s2), one
     call ran forward 3-4.5x faster than one call per channel, and it was the
     fastest lowering over forward and training step together with Eigen and
@@ -219,9 +221,10 @@ def _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups
     implementation, one_product_per_phase = forced_or(implementation)
     if one_product_per_phase:
         return False
-    return implementation == "gemm" or (
-        implementation == "auto" and not tf.config.list_logical_devices("GPU")
-        and not shapes.unrolled_excess(tuple(kernel.shape[:3]), strides))
+    if shapes.unrolled_excess(tuple(kernel.shape[:3]), strides):
+        return implementation == "gemm"  # which refuses it, naming the limit
+    return implementation == "gemm" or depthwise_forced_to_gemm() or (
+        implementation == "auto" and not tf.config.list_logical_devices("GPU"))
 
 
 def _grouped(inputs, kernel, groups, bias, arguments):

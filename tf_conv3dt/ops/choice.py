@@ -13,31 +13,43 @@ from tf_conv3dt import shapes
 
 # (implementation, one_product_per_phase) while forced_implementation is active.
 _FORCED = contextvars.ContextVar("tf_conv3dt_forced_implementation", default=None)
+_DEPTHWISE_AS_GEMM = contextvars.ContextVar("tf_conv3dt_depthwise_as_gemm", default=False)
 
 
 @contextlib.contextmanager
-def forced_implementation(implementation, one_product_per_phase=False):
+def forced_implementation(implementation, one_product_per_phase=False,
+                          depthwise_as_gemm=False):
     """Traces every transposed convolution in the block with ``implementation``
-    (and, for "gemm", ``one_product_per_phase``, see :func:`conv3d_transpose`).
+    (and, for "gemm", ``one_product_per_phase``, see :func:`conv3d_transpose`);
+    ``depthwise_as_gemm``: depthwise calls run GEMM's one call instead.
 
     Export uses it to put one lowering into an artifact whatever each layer
     was configured with: the GEMM lowering for TFLite (integer kernels exist
-    for matmul, not for CONV_3D_TRANSPOSE) and for SavedModels that may be
-    served on CPUs without oneDNN. "auto" lets each call choose again.
+    for matmul, not for CONV_3D_TRANSPOSE), and for SavedModels, which may be
+    served on CPUs of any kind, the sub-pixel lowering with depthwise layers
+    as GEMM's one call (the forward pass fastest at worst on each, measured
+    in docs/performance.md). "auto" lets each call choose again.
     """
     implementation = shapes.normalize_choice(implementation, "implementation",
                                              shapes.IMPLEMENTATIONS)
     token = _FORCED.set(None if implementation == "auto"
                         else (implementation, bool(one_product_per_phase)))
+    depthwise_token = _DEPTHWISE_AS_GEMM.set(bool(depthwise_as_gemm))
     try:
         yield
     finally:
+        _DEPTHWISE_AS_GEMM.reset(depthwise_token)
         _FORCED.reset(token)
 
 
 def forced():
     """The active forced (implementation, one_product_per_phase), or None."""
     return _FORCED.get()
+
+
+def depthwise_forced_to_gemm():
+    """Whether the active forced_implementation runs depthwise calls as GEMM's one call."""
+    return _DEPTHWISE_AS_GEMM.get()
 
 
 def forced_or(implementation):
