@@ -199,7 +199,10 @@ def _measure_peak_memory(index, name, data_format, policy):
     print(json.dumps(_mib(memory.peak)))
 
 
-def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last"):
+def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last", groups=1):
+    """Forward and training step (loss ``sum(y * y)``) of our layer with
+    "auto" and each lowering, and of Keras's own layer where it has the
+    configuration (it has no ``groups``), under the global Keras policy."""
     if data_format == "channels_first":
         shape = (shape[0], shape[4], *shape[1:4])
     x = tf.random.normal(shape)
@@ -207,14 +210,15 @@ def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last
     for implementation in ("auto", *LOWERINGS):
         name = f"tf_conv3dt {implementation}"
         layer = tf_conv3dt.Conv3DTranspose(filters, kernel, stride, padding=padding,
-                                           data_format=data_format,
+                                           data_format=data_format, groups=groups,
                                            implementation=implementation)
         layer.build(shape)
         paths[name] = layer
-    builtin = keras.layers.Conv3DTranspose(filters, kernel, stride, padding=padding,
-                                           data_format=data_format)
-    builtin.build(shape)
-    paths["keras Conv3DTranspose"] = builtin
+    if groups == 1:
+        builtin = keras.layers.Conv3DTranspose(filters, kernel, stride, padding=padding,
+                                               data_format=data_format)
+        builtin.build(shape)
+        paths["keras Conv3DTranspose"] = builtin
     timed = {}
     for name, layer in paths.items():
         forward = tf.function(lambda x, layer=layer: layer(x))
@@ -235,8 +239,9 @@ def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last
 TORCH_DTYPES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
-def torch_paths(shape, filters, kernel, stride, padding, policy="float32"):
-    """PyTorch's forward and training step, on tensors of the policy's compute dtype."""
+def torch_paths(shape, filters, kernel, stride, padding, policy="float32", groups=1):
+    """PyTorch's forward and training step (loss ``sum(y * y)``), on tensors
+    of the policy's compute dtype, with Keras's padding."""
     torch = _torch()
     if torch is None:
         return {}
@@ -244,7 +249,8 @@ def torch_paths(shape, filters, kernel, stride, padding, policy="float32"):
     dtype = getattr(torch, TORCH_DTYPES[policy])
     batch, d, h, w, channels = shape
     x = torch.randn(batch, channels, d, h, w, dtype=dtype)
-    weight = torch.randn(channels, filters, kernel, kernel, kernel, dtype=dtype) * 0.05
+    weight = torch.randn(channels, filters // groups, kernel, kernel, kernel,
+                         dtype=dtype) * 0.05
     # PyTorch's padding p crops p from both sides; Keras "same" with this
     # case's odd or even kernel matches p = (k - s + 1) // 2 and output_padding.
     if padding == "same":
@@ -256,14 +262,14 @@ def torch_paths(shape, filters, kernel, stride, padding, policy="float32"):
     def forward():
         with torch.no_grad():
             return torch.nn.functional.conv_transpose3d(
-                x, weight, stride=stride, padding=pad, output_padding=out_pad)
+                x, weight, stride=stride, padding=pad, output_padding=out_pad, groups=groups)
 
     xg = x.clone().requires_grad_(True)
     wg = weight.clone().requires_grad_(True)
 
     def train_step():
         y = torch.nn.functional.conv_transpose3d(xg, wg, stride=stride, padding=pad,
-                                                 output_padding=out_pad)
+                                                 output_padding=out_pad, groups=groups)
         (y * y).sum().backward()
         xg.grad = None
         wg.grad = None
@@ -271,10 +277,11 @@ def torch_paths(shape, filters, kernel, stride, padding, policy="float32"):
     return {"torch conv_transpose3d": (forward, train_step)}
 
 
-def torch_ms(index, args):
+def torch_ms(index, args, script=__file__):
     """PyTorch's (forward, training) median ms on one case, timed in a child
-    process of its own; None where torch is missing or the case fails there."""
-    command = [sys.executable, __file__, "--torch-of", str(index), "--repeats",
+    process of its own (``script --torch-of index``, which calls
+    :func:`time_torch`); None where torch is missing or the case fails there."""
+    command = [sys.executable, script, "--torch-of", str(index), "--repeats",
                str(args.repeats), "--policy", args.policy]
     result = subprocess.run(command, capture_output=True, text=True)
     try:
@@ -284,8 +291,10 @@ def torch_ms(index, args):
         return None
 
 
-def _time_torch(index, repeats, policy):
-    paths = torch_paths(*CASES[index], policy=policy)
+def time_torch(case, repeats, policy, groups=1):
+    """Prints PyTorch's (forward, training) median ms on ``case`` (shape,
+    filters, kernel, stride, padding) as JSON: the child :func:`torch_ms` reads."""
+    paths = torch_paths(*case, policy=policy, groups=groups)
     if not paths:
         return print(json.dumps(None))
     (forward, train), = paths.values()
@@ -457,7 +466,7 @@ def main():
     if args.configurations:
         return run_configurations(args)
     if args.torch_of is not None:
-        return _time_torch(args.torch_of, args.repeats, args.policy)
+        return time_torch(CASES[args.torch_of], args.repeats, args.policy)
     keras.mixed_precision.set_global_policy(args.policy)
     if args.peak_memory_of:
         return _measure_peak_memory(int(args.peak_memory_of[0]), args.peak_memory_of[1],

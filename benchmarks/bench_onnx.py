@@ -44,19 +44,20 @@ def cpu_model():
         return platform.processor() or platform.machine()
 
 
-def result_path(cpu, date, out_dir, isa=None):
-    """``out_dir/<cpu>[-<isa>]_<date>.json``, the name the results directories
-    use; ``isa``, the CPU's vector class, tells apart CPUs of one model name
-    ("AMD EPYC" is an AVX2 and an AVX-512 machine)."""
+def result_path(cpu, date, out_dir, isa=None, variant=None):
+    """``out_dir/<cpu>[-<isa>][_<variant>]_<date>.json``, the name the results
+    directories use; ``isa``, the CPU's vector class, tells apart CPUs of one
+    model name ("AMD EPYC" is an AVX2 and an AVX-512 machine), and
+    ``variant`` runs of one machine and day (a dtype)."""
     slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "") + (f"-{isa}" if isa else "")
-    return os.path.join(out_dir, f"{slug}_{date}.json")
+    return os.path.join(out_dir, f"{slug}{f'_{variant}' if variant else ''}_{date}.json")
 
 
-def write_result(result, out_dir):
+def write_result(result, out_dir, variant=None):
     """Writes a run's ``result`` (with its "cpu" and "date", and "isa" where
     it records one) to its :func:`result_path`."""
     os.makedirs(out_dir, exist_ok=True)
-    path = result_path(result["cpu"], result["date"], out_dir, result.get("isa"))
+    path = result_path(result["cpu"], result["date"], out_dir, result.get("isa"), variant)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
