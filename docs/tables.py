@@ -14,6 +14,7 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 - ``quantization FILE``: a bench_quantization.py run, one row per TFLite file;
 - ``initializer FILE``: a bench_initializer.py run, held-out Dice by epoch;
 - ``xla FILE``: a bench_xla.py run, each path's forward ms by case;
+- ``tuning_block FILE``: a bench_tuning_block.py run, whole size against block;
 - ``export FILE``: the artifact rows of an export's report.json.
 
 Each table opens with the run's machine and configuration as the file
@@ -62,6 +63,8 @@ def render(kind, path, name=None):
         return _initializer(content, source)
     if kind == "xla":
         return _xla(content, source)
+    if kind == "tuning_block":
+        return _tuning_block(content, source)
     raise ValueError(f"unknown table kind {kind!r} in a marker for {path}")
 
 
@@ -162,6 +165,22 @@ def _groups(content, source):
     return head + ":\n\n" + _table(
         ["configuration", "input", "groups", "auto", "native", "gemm", "subpixel",
          "PyTorch"], rows)
+
+
+def _tuning_block(content, source):
+    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+            f"{content['cores']} cores, TensorFlow {content['tensorflow']} "
+            f"({content['cpu_configuration']}), {content['dtype']}; tuning.measure at each "
+            f"size, winners over forward plus training step / forward alone, and the "
+            f"block's winners timed at the whole size against its fastest {source}")
+    rows = [(r["case"], f"{r['whole']['seconds']:.2f}", "/".join(r["whole"]["winner"]),
+             str(tuple(r["block"]["spatial"])), f"{r['block']['seconds']:.2f}",
+             "/".join(r["block"]["winner"]),
+             f"{r['block_choice_over_fastest']:.2f}x / "
+             f"{r['block_forward_choice_over_fastest']:.2f}x") for r in content["rows"]]
+    return head + ":\n\n" + _table(
+        ["case", "whole s", "whole's winners", "block", "block s", "block's winners",
+         "block's at the whole size"], rows)
 
 
 def _serving(content, source):

@@ -70,7 +70,7 @@ def test_times_every_lowering_logs_once_and_runs_the_winner(tuning_on, measureme
     lines = [r.getMessage() for r in caplog.records if "tf_conv3dt auto:" in r.getMessage()]
     assert len(lines) == 1, lines
     (decision,) = tuning._memory.values()
-    assert set(decision.ms) == {"native", "gemm", "subpixel"}
+    assert set(decision.ms) == set(tuning.eligible(tuning.CANDIDATES))
     fastest = min(decision.ms, key=lambda name: sum(decision.ms[name]))
     rule = ops.resolve_implementation("auto", (3, 3, 3), (2, 2, 2), "float32")
     assert decision.winner == fastest or (decision.winner == rule and sum(
@@ -280,6 +280,27 @@ def test_a_corrupt_cache_is_ignored_and_replaced(tuning_on, measurements, caplog
 
 
 @op_only
+def test_a_cache_of_an_older_format_is_not_used(tuning_on, measurements, caplog):
+    """Format 1 had no timed block: its entries are timed again, even in
+    this environment, and the warning names the format."""
+    x, kernel = _inputs()
+    _auto(x, kernel)
+    path = tuning.cache_path()
+    content = json.loads(open(path).read())
+    content["format"] = 1
+    for decision in content["choices"].values():
+        del decision["spatial"]
+    with open(path, "w") as f:
+        json.dump(content, f)
+    tuning.forget()
+    with caplog.at_level(logging.WARNING, logger="tf_conv3dt"):
+        _auto(x, kernel)
+    assert len(measurements) == 2
+    assert any("has format 1, not 2" in r.getMessage() for r in caplog.records)
+    assert json.loads(open(path).read())["format"] == tuning.FORMAT
+
+
+@op_only
 def test_a_winner_that_names_no_lowering_is_not_run(tuning_on, measurements):
     x, kernel = _inputs()
     _auto(x, kernel)
@@ -401,20 +422,45 @@ def test_unknown_spatial_sizes_take_the_rule_and_an_unknown_batch_the_nominal_on
                                atol=1e-6)
 
 
+def _as_on_a_cpu(monkeypatch):
+    """Tuning as on a CPU, where blocks are timed, on a machine with a GPU too."""
+    devices = tf.config.list_logical_devices
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        lambda kind=None: [] if kind == "GPU" else devices(kind))
+
+
+@op_only
+def test_a_channels_first_call_describes_its_own_input(tuning_on, measurements):
+    """The key holds the input channels last, whatever the layout: a call
+    timed at its own size names no block, and its input as the key has it."""
+    x, kernel = _inputs()
+    _auto(np.transpose(x, (0, 4, 1, 2, 3)), kernel, data_format="channels_first")
+    (decision,) = tuning._memory.values()
+    line = decision.describe()
+    assert decision.spatial == SHAPE[1:4] and " on (" not in line, line
+    assert f"channels_first input {SHAPE[1:]} at batch {SHAPE[0]}," in line, line
+
+
+def test_an_untuned_depthwise_auto_layer_says_it_runs_gemms_one_call():
+    layer = tf_conv3dt.Conv3DTranspose(4, 3, 2, groups=4, name="dw")
+    layer.build((None, 3, 3, 3, 4))
+    assert tune._row(layer, None) == "dw: not tuned, runs gemm's one call (depthwise)"
+
+
 @op_only
 @pytest.mark.parametrize("padding, kernel_size, strides, dilation, output_padding", [
     ("same", 3, 2, 1, None), ("valid", 3, 2, 1, None), ("valid", 1, 2, 1, None),
     ("same", 4, 2, 1, 1), ("valid", 2, 1, 2, None), ("same", 3, (2, 1, 3), 1, None)])
-def test_a_large_configuration_is_timed_on_a_block_of_its_input_under_onednn(
+def test_a_large_configuration_is_timed_on_a_block_of_its_input(
         monkeypatch, padding, kernel_size, strides, dilation, output_padding):
     """Its output lengths are the ones the block's own call computes, so the
-    block keeps the configuration's padding; without oneDNN nothing shrinks."""
+    block keeps the configuration's padding."""
     kernel_size, strides = (kernel_size,) * 3, strides if isinstance(strides, tuple) else (
         strides,) * 3
     whole, kernel = (64, 40, 9), (*kernel_size, 16, 32)
     output = [shapes.output_length(n, k, s, padding, output_padding, dilation)
               for n, k, s in zip(whole, kernel_size, strides)]
-    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
+    _as_on_a_cpu(monkeypatch)
     products = 2 * 32 * 16 * np.prod(kernel_size)  # per input voxel, at batch 2
     for limit, block in ((products * 16 * 20 * 9, (16, 20, 9)),  # longest axis first
                          (products * 64 * 40 * 9, whole), (1, (8, 8, 8))):  # none below 8
@@ -424,15 +470,12 @@ def test_a_large_configuration_is_timed_on_a_block_of_its_input_under_onednn(
         assert timed_output == tuple(
             shapes.output_length(n, k, s, padding, output_padding, dilation)
             for n, k, s in zip(spatial, kernel_size, strides))
-    monkeypatch.setattr(choice, "cpu_configuration", lambda: "eigen")
-    assert tuning.timed_shape(2, (*whole, 32), kernel, strides, output) == (whole,
-                                                                            tuple(output))
 
 
 @op_only
 def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurements,
                                                               monkeypatch, caplog):
-    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
+    _as_on_a_cpu(monkeypatch)
     monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", 2 * 8 * 9 * 5 * 2 * 3 * 27)
     x, kernel = _inputs((2, 16, 9, 5, 2))
     with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
@@ -446,6 +489,25 @@ def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurem
     tuning.forget()  # the cache keeps the block
     _auto(x, kernel)
     assert next(iter(tuning._memory.values())).spatial == (8, 9, 5)
+    reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
+                                                            padding="same"))
+
+
+@op_only
+@pytest.mark.parametrize("configuration, timed", [
+    ("onednn", {"native", "gemm", "subpixel"}), ("eigen", {"gemm", "subpixel"})])
+def test_without_onednn_the_native_op_is_not_timed(tuning_on, measurements, monkeypatch,
+                                                   configuration, timed):
+    """Eigen's Conv3DBackprop* kernels, which the native op runs without
+    oneDNN, collapse at batch > 1 and keep no steady rate at batch 1: the
+    rule never takes them there, and tuning does not time them."""
+    monkeypatch.setattr(choice, "cpu_configuration", lambda: configuration)
+    x, kernel = _inputs()
+    y = _auto(x, kernel)
+    (args,) = measurements
+    assert set(args[-1]) == timed
+    (decision,) = tuning._memory.values()
+    assert set(decision.ms) == timed
     reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
                                                             padding="same"))
 
@@ -542,7 +604,7 @@ def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_
     assert rows["fixed"] == "fixed: not tuned, runs native"
     up = rows["up"]
     assert "bfloat16" in up and "input (4, 5, 3, 2) at batch 3" in up, up
-    for name in tuning.CANDIDATES:
+    for name in tuning.eligible(tuning.CANDIDATES):
         assert f"{name} " in up, up
     winner = up.rsplit("| ", 1)[1].split()[0]
     assert winner in tuning.CANDIDATES and up.endswith("(measured)"), up

@@ -130,7 +130,12 @@ def _flattened(model):
 def _row(layer, decision):
     """One layer's line: name, configuration, each candidate's ms and the winner."""
     if decision is None:
-        fixed = "gemm (quantized)" if layer.implementation == "auto" else layer.implementation
+        if layer.implementation != "auto":
+            fixed = layer.implementation
+        elif 1 < layer.groups == layer.kernel.shape[-1]:
+            fixed = "gemm's one call (depthwise)"
+        else:
+            fixed = "gemm (quantized)"
         return f"{layer.name}: not tuned, runs {fixed}"
     return f"{layer.name}: {decision.describe()}"
 

@@ -68,7 +68,7 @@ AUTO_RULE = {
               "stride 1": "subpixel", "overlapping": "subpixel"},
     "onednn avx2": {"kernel < stride": "native", "kernel == stride": "gemm",
                     "stride 1": "native", "overlapping": "native"},
-    "onednn avx512": {"kernel < stride": "gemm", "kernel == stride": "gemm",
+    "onednn avx512": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
                       "stride 1": "native", "overlapping": "native"},
     "onednn avx512 bfloat16": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
                                "stride 1": "native", "overlapping": "native"},

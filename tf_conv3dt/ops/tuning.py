@@ -12,11 +12,12 @@ an environment record that must match, so it is never reused.
 
 Timing is opt-in (``TF_CONV3DT_AUTOTUNE=1``, :func:`set_autotune`, or the
 tune command): in the benchmarks of 2026-12-01 to 2026-12-03 it still chose
-worse than the rule in some cases, and its largest cases took up to 12 s
-with oneDNN and up to 24 s with Eigen. A batch unknown at trace time (every
-Keras model's graph) is timed at :data:`NOMINAL_BATCH`, and under oneDNN a
+worse than the rule in some cases (docs/performance.md). A batch unknown at trace time (every
+Keras model's graph) is timed at :data:`NOMINAL_BATCH`, and on a CPU a
 configuration of more than :data:`MAX_TIMED_PRODUCTS` multiply-adds on a
-smaller block of its input (:func:`timed_shape`). Without static
+smaller block of its input (:func:`timed_shape`). Without oneDNN the
+native op is not timed (:func:`eligible`), as the rule never takes it
+there. Without static
 spatial sizes, with tuning off, under
 ``tf.config.experimental.enable_op_determinism()`` or across several workers,
 the static rule (``choice.AUTO_RULE``) decides.
@@ -70,14 +71,14 @@ than this fraction: closer timings are within this machine's noise, and the
 rule comes from many benchmark runs."""
 MAX_TIMED_PRODUCTS = 2**28
 """Multiply-adds of one forward pass (batch x input voxels x channels x
-filters per group x kernel taps) above which oneDNN's configurations are
-timed on a smaller block of their input (:func:`timed_shape`). Timed at
-their own size, the benchmark's six cases above it took 1.8-9.3 s to tune
-on a 2-core AVX-512 EPYC (tuning.measure alone, float32); on the block,
-0.9-2.0 s, and the block's winners, over forward plus training step and in
-the forward alone, were the whole size's. In bfloat16 (2.0-5.7 s against
-0.9-2.2 s) so were those over both, the rule's 5% margin deciding one 3%
-tie, and one forward winner was 2% behind the whole size's fastest."""
+filters per group x kernel taps) above which a configuration is timed on
+a smaller block of its input on a CPU (:func:`timed_shape`). Timed at their
+own size, the benchmark's six cases above it took 1.8-22.7 s to tune on a
+2-core AVX-512 EPYC (benchmarks/bench_tuning_block.py: oneDNN in float32
+and bfloat16, oneDNN held to AVX2, Eigen); on the block, 0.8-2.3 s, and the
+block's choice ran within 1.12x of the whole size's fastest over forward
+plus training step, its fastest forward within 1.28x. ``float("inf")``
+times every configuration at its own size."""
 MIN_TIMED_LENGTH = 8
 """A spatial length :func:`timed_shape` does not halve below."""
 CANDIDATES = ("native", "gemm", "subpixel")
@@ -163,20 +164,20 @@ def configuration_key(dtype, data_format, input_shape, kernel_shape, strides, pa
 
 def timed_shape(batch, input_shape, kernel_shape, strides, output_lengths):
     """The input's spatial lengths and the output lengths a configuration is
-    timed at: its own, or under oneDNN on a CPU, where one forward pass
-    takes more than :data:`MAX_TIMED_PRODUCTS` multiply-adds, a block of
-    the input halved along its longest axis until it does not (no axis
-    below :data:`MIN_TIMED_LENGTH`), with each output length shortened by
-    the stride times what its input lost, which keeps the padding.
+    timed at: its own, or on a CPU, where one forward pass takes more than
+    :data:`MAX_TIMED_PRODUCTS` multiply-adds, a block of the input halved
+    along its longest axis until it does not (no axis below
+    :data:`MIN_TIMED_LENGTH`), with each output length shortened by the
+    stride times what its input lost, which keeps the padding.
 
-    oneDNN's kernels and the GEMMs of the other lowerings run at a steady
-    rate per product on such sizes, so the block ranks the lowerings as the
-    whole does (:data:`MAX_TIMED_PRODUCTS`) in a fraction of the time. Eigen's
-    Conv3DBackprop* kernels do not: the native training step of (1, 16^3, 64)
-    k3 s2 took 0.5 s with them against 0.15 s for (1, 32^3, 64), so without
-    oneDNN, and on a GPU (not measured), every call is timed at its size."""
+    oneDNN's kernels, and the GEMMs and forward convolutions of the other
+    lowerings, run at a steady rate per product on such sizes, so the block
+    ranks the lowerings as the whole does (:data:`MAX_TIMED_PRODUCTS`) in a
+    fraction of the time. Eigen's Conv3DBackprop* kernels, which the native
+    op runs without oneDNN, do not (:func:`eligible`). On a GPU (not
+    measured) every call is timed at its size."""
     spatial = list(input_shape[:3])
-    if choice.cpu_configuration() == "onednn" and not tf.config.list_logical_devices("GPU"):
+    if not tf.config.list_logical_devices("GPU"):
         per_voxel = batch * input_shape[3] * kernel_shape[3] * math.prod(kernel_shape[:3])
         while (per_voxel * math.prod(spatial) > MAX_TIMED_PRODUCTS
                and max(spatial) > MIN_TIMED_LENGTH):
@@ -185,6 +186,20 @@ def timed_shape(batch, input_shape, kernel_shape, strides, output_lengths):
     output = [length - (whole - timed) * stride for length, whole, timed, stride in
               zip(output_lengths, input_shape[:3], spatial, strides)]
     return tuple(spatial), tuple(output)
+
+
+def eligible(candidates):
+    """``candidates`` less the native op on a CPU without oneDNN, where the
+    rule never takes it either: its Conv3DBackprop* kernels collapse at
+    batch > 1, and at batch 1 their rate per product varies with size, so a
+    block of the input would misrank them, and the whole input takes seconds
+    a call. In the three Eigen runs kept in benchmarks/results/ (nine cases
+    each), its forward plus training step was the fastest in two of the 27
+    (by 1.5% at batch 2, and by 13% at batch 1 on (1, 64^3, 32) k3 s2 in
+    one of three runs), and elsewhere 1.02-53x the fastest lowering's."""
+    if choice.cpu_configuration() == "eigen" and not tf.config.list_logical_devices("GPU"):
+        return [c for c in candidates if c != "native"]
+    return list(candidates)
 
 
 class Decision(NamedTuple):
@@ -213,8 +228,8 @@ class Decision(NamedTuple):
             self.key)
         times = "  ".join(f"{name} {f:.2f}/{t:.2f}" for name, (f, t) in self.ms.items())
         chosen = self.forward_winner + " (fastest forward)" if serving else self.winner
-        own = shape[1:4] if data_format == "channels_last" else shape[2:5]
-        block = "" if tuple(own) == tuple(self.spatial) else f" on {tuple(self.spatial)}"
+        # The key holds the input as the lowerings see it, channels last.
+        block = "" if tuple(shape[1:4]) == tuple(self.spatial) else f" on {tuple(self.spatial)}"
         return (f"{dtype} {data_format} input {tuple(shape[1:])} at batch {self.batch}"
                 f"{block}, "
                 f"kernel {tuple(kernel[:3])} -> {kernel[3]} filters, strides "
@@ -259,6 +274,7 @@ def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, ca
     """The lowering "auto" runs for ``x`` (NDHWC) and ``kernel``: the measured
     fastest of ``candidates`` where the call is static and tuning is on, else ``rule``."""
     recorder = _RECORDER.get()
+    candidates = eligible(candidates)
     static = x.shape[1:].is_fully_defined() and None not in output_lengths
     if not (recorder or autotune_enabled()) or len(candidates) < 2 or not static or (
             _multi_worker()):
@@ -484,7 +500,11 @@ def _load(path):
     try:
         with open(path) as f:
             content = json.load(f)
-        if content.get("format") != FORMAT or content.get("environment") != environment():
+        if content.get("format") != FORMAT:
+            _logger.warning("tf_conv3dt auto: %s has format %r, not %d; not used", path,
+                            content.get("format"), FORMAT)
+            return {}
+        if content.get("environment") != environment():
             _logger.warning("tf_conv3dt auto: %s is for another environment; not used", path)
             return {}
         decisions = {}

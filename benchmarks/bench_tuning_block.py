@@ -1,0 +1,91 @@
+"""Tuning on a block of the input against tuning at the whole size: cost and choice.
+
+For each benchmark case (bench_conv3d_transpose.CASES) whose forward pass
+takes more than ``tuning.MAX_TIMED_PRODUCTS`` multiply-adds, times the
+eligible lowerings with ``tuning.measure`` twice, at the case's own size
+and on the block ``tuning.timed_shape`` gives it, and records the seconds
+each took, every candidate's forward / training-step ms, and the winners
+(over both steps, the rule's choice kept within ``tuning.RULE_MARGIN`` as
+tuning keeps it, and over the forward alone), with what each block winner
+costs at the whole size against the whole size's fastest. The result goes
+to benchmarks/results/tuning/<cpu>_<dtype>_<date>.json:
+
+    python benchmarks/bench_tuning_block.py [--dtype bfloat16]
+"""
+
+import argparse
+import datetime
+import os
+import time
+
+import tensorflow as tf
+
+from tf_conv3dt import ops, shapes
+from tf_conv3dt.ops import choice, tuning
+from bench_conv3d_transpose import CASES
+from bench_onnx import cpu_model, write_result
+
+
+def _winners(times, rule):
+    both = min(times, key=lambda name: sum(times[name]))
+    if rule in times and sum(times[rule]) <= (1 + tuning.RULE_MARGIN) * sum(times[both]):
+        both = rule
+    return both, min(times, key=lambda name: times[name][0])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                      "tuning"))
+    args = parser.parse_args()
+    dtype = tf.as_dtype(args.dtype)
+    rows = []
+    for shape, filters, kernel, stride, padding in CASES:
+        kernel_shape, strides = (kernel,) * 3 + (filters, shape[4]), (stride,) * 3
+        whole = tuple(shape[1:4])
+        output = [shapes.output_length(n, kernel, stride, padding) for n in whole]
+        block, block_output = tuning.timed_shape(shape[0], shape[1:], kernel_shape, strides,
+                                                 output)
+        if block == whole:
+            continue
+        rule = ops.resolve_implementation("auto", kernel_shape[:3], strides, dtype)
+        candidates = tuning.eligible(tuning.CANDIDATES)
+        timed = {}
+        for name, (spatial, lengths) in (("whole", (whole, output)),
+                                         ("block", (block, block_output))):
+            started = time.perf_counter()
+            ms = tuning.measure(dtype, shape[0], (*spatial, shape[4]), kernel_shape, strides,
+                                padding.upper(), (1, 1, 1), lengths,
+                                [rule, *[c for c in candidates if c != rule]])
+            timed[name] = dict(seconds=time.perf_counter() - started, spatial=list(spatial),
+                               ms=ms, winner=_winners(ms, rule))
+        whole_ms = timed["whole"]["ms"]
+        both, forward = timed["block"]["winner"]
+        row = dict(case=f"{shape}->{filters} k{kernel} s{stride} {padding}", rule=rule,
+                   **timed,
+                   block_choice_over_fastest=sum(whole_ms[both]) / min(
+                       sum(ms) for ms in whole_ms.values()),
+                   block_forward_choice_over_fastest=whole_ms[forward][0] / min(
+                       ms[0] for ms in whole_ms.values()))
+        rows.append(row)
+        print(f"{row['case']:<36} whole {timed['whole']['seconds']:5.2f} s "
+              f"{'/'.join(timed['whole']['winner'])}, block {tuple(block)} "
+              f"{timed['block']['seconds']:5.2f} s {'/'.join(timed['block']['winner'])}, "
+              f"block's choices at the whole size {row['block_choice_over_fastest']:.3f}x "
+              f"/ {row['block_forward_choice_over_fastest']:.3f}x", flush=True)
+    result = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(),
+              "isa": choice.cpu_isa(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+              "cpu_configuration": choice.cpu_configuration(), "dtype": args.dtype,
+              "max_timed_products": tuning.MAX_TIMED_PRODUCTS,
+              "environment": {k: v for k, v in os.environ.items()
+                              if k.startswith(("TF_ENABLE_ONEDNN", "ONEDNN", "OPENBLAS"))},
+              "rows": rows}
+    if rows:
+        result["worst"] = {key: max(row[key] for row in rows) for key in (
+            "block_choice_over_fastest", "block_forward_choice_over_fastest")}
+    write_result(result, args.out, f"{choice.cpu_configuration()}_{args.dtype}")
+
+
+if __name__ == "__main__":
+    main()
