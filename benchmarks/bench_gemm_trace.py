@@ -85,7 +85,7 @@ def main():
             result = json.load(f)
     result["runs"][args.label] = {"environment": {k: os.environ[k] for k in ENVIRONMENT
                                                   if k in os.environ}, "rows": rows}
-    write_result(result, args.out)
+    write_result(result, args.out, merged=True)
 
 
 if __name__ == "__main__":

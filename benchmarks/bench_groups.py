@@ -48,13 +48,13 @@ def main():
         _, *arguments, groups = CONFIGS[args.torch_of]
         return time_torch(arguments, args.repeats, args.policy, groups)
     keras.mixed_precision.set_global_policy(args.policy)
+    train_repeats = max(args.repeats // 2, 3)  # as bench_conv3d_transpose.py times them
     rows = []
     print(f"{'configuration':<24} {'path':<10} {'fwd ms':>8} {'train ms':>9}")
     for index, (name, *arguments, groups) in enumerate(CONFIGS):
         paths = tf_paths(*arguments, groups=groups)
         forward = interleaved_ms({n: f for n, (f, _) in paths.items()}, args.repeats)
-        train = interleaved_ms({n: t for n, (_, t) in paths.items()},
-                               max(args.repeats // 2, 3))
+        train = interleaved_ms({n: t for n, (_, t) in paths.items()}, train_repeats)
         torch_times = torch_ms(index, args, script=__file__) or (None, None)
         row = {"configuration": name, "input_shape": list(arguments[0]),
                "filters": arguments[1], "kernel": arguments[2], "stride": arguments[3],
@@ -70,7 +70,7 @@ def main():
                   flush=True)
     result = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(),
               "isa": choice.cpu_isa(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
-              "policy": args.policy, "repeats": args.repeats,
+              "policy": args.policy, "repeats": args.repeats, "train_repeats": train_repeats,
               "environment": {k: v for k, v in os.environ.items()
                               if k.startswith(("TF_ENABLE_ONEDNN", "ONEDNN", "OPENBLAS"))},
               "rows": rows}

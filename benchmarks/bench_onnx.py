@@ -47,19 +47,26 @@ def cpu_model():
 def result_path(cpu, date, out_dir, isa=None, variant=None):
     """``out_dir/<cpu>[-<isa>][_<variant>]_<date>.json``, the name the results
     directories use; ``isa``, the CPU's vector class, tells apart CPUs of one
-    model name ("AMD EPYC" is an AVX2 and an AVX-512 machine), and
-    ``variant`` runs of one machine and day (a dtype)."""
+    model name ("AMD EPYC" is an AVX2 and an AVX-512 machine; two AVX-512
+    EPYCs of different families still share it), and ``variant`` runs of one
+    machine and day (a dtype)."""
     slug = "-".join(cpu.lower().split()[:2]).replace("(r)", "") + (f"-{isa}" if isa else "")
     return os.path.join(out_dir, f"{slug}{f'_{variant}' if variant else ''}_{date}.json")
 
 
-def write_result(result, out_dir, variant=None):
+def write_result(result, out_dir, variant=None, merged=False):
     """Writes a run's ``result`` (with its "cpu" and "date", and "isa" where
-    it records one) to its :func:`result_path`."""
+    it records one) to its :func:`result_path`, which must not exist (a kept
+    run of another CPU of the same name may be there) unless ``result`` was
+    ``merged`` with what it holds."""
     os.makedirs(out_dir, exist_ok=True)
     path = result_path(result["cpu"], result["date"], out_dir, result.get("isa"), variant)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    try:
+        with open(path, "w" if merged else "x") as f:
+            json.dump(result, f, indent=1)
+    except FileExistsError:
+        raise SystemExit(f"{path} exists; not overwritten: move it, or write this run "
+                         "elsewhere with --out") from None
     print(f"wrote {path}")
 
 

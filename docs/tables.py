@@ -156,9 +156,11 @@ def _onnx(content, source):
 def _groups(content, source):
     paths = ("auto", "native", "gemm", "subpixel", "torch")
     policy = content.get("policy", "float32")  # runs before --policy were float32
+    training = (f" ({content['train_repeats']} for the training step)"
+                if "train_repeats" in content else "")
     head = (f"{content['date']}, {content['cpu']}, {content['cores']} cores, TensorFlow "
-            f"{content['tensorflow']}, {policy}; median of {content['repeats']} rounds, "
-            f"forward / training step ms {source}")
+            f"{content['tensorflow']}, {policy}; median of {content['repeats']} rounds"
+            f"{training}, forward / training step ms {source}")
     rows = [(r["configuration"], tuple(r["input_shape"]), r["groups"],
              *(f"{_number(r[p]['forward_ms'], '.1f')} / {_number(r[p]['train_ms'], '.1f')}"
                for p in paths)) for r in content["rows"]]

@@ -93,7 +93,8 @@ def parse_args(argv):
                              "--batch-size (run it on one of the kind that will serve), the "
                              "other files at their default (default: " + ", ".join(
                                  f"{artifact} {name}" for artifact, name in
-                                 DEFAULT_LOWERINGS.items()) + ")")
+                                 DEFAULT_LOWERINGS.items())
+                        + "; the SavedModel's depthwise layers: gemm's one call)")
     parser.add_argument("--tolerance", type=_typed_tolerance, action="append", metavar="MODE=X",
                         help="replace a TFLite mode's tolerance (relative, as in the report), "
                              "e.g. int8=0.25 for a deep network judged by its task metric; "

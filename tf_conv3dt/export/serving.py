@@ -68,8 +68,9 @@ def write_serving_version(model, base_dir, name, version=None, warmup_batches=()
       version: an integer, refused if present; None takes the next integer.
       warmup_batches: input arrays written as PredictionLog warmup records.
       implementation: the lowering traced for tf_conv3dt layers (None: the
-        SavedModel's default, ``signature.DEFAULT_LOWERINGS``), or "tuned"
-        as :func:`write_version` takes it.
+        SavedModel's default, ``signature.DEFAULT_LOWERINGS``, with depthwise
+        layers as GEMM's one call), or "tuned" as :func:`write_version`
+        takes it.
 
     Raises:
       ExportError: a bad name or version, an existing version, or a graph
@@ -106,7 +107,7 @@ def write_version(model, path, name, warmup_batches=(), implementation=None,
         with tuning.recording(batch=tuning_batch, serving=True) as decisions:
             save_signature(model, path, spec, "auto")
     else:
-        spec = _traceable_spec(model, implementation)
+        spec = _traceable_spec(model, implementation, depthwise_as_gemm)
         save_signature(model, path, spec, implementation,
                        depthwise_as_gemm=depthwise_as_gemm)
     found = dict(serving_ops(path), tuned=decisions)
@@ -131,15 +132,16 @@ def publish_version(staged, staged_name, model_dir, version):
                           "version", version) from None
 
 
-def _traceable_spec(model, implementation):
+def _traceable_spec(model, implementation, depthwise_as_gemm=False):
     """Dynamic spatial dims where the model traces with them (channels last,
-    then channels first) and its output size follows them, else the model's
-    own shape with a dynamic batch."""
+    then channels first) under the lowering it is saved with, and its output
+    size follows them, else the model's own shape with a dynamic batch."""
     rank = len(model.inputs[0].shape)
     for fixed_axes in ((rank - 1,), (1,), None):
         spec = serving_spec(model, fixed_axes)
         try:
-            with ops.forced_implementation(implementation):
+            with ops.forced_implementation(implementation,
+                                           depthwise_as_gemm=depthwise_as_gemm):
                 traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
         except (ValueError, TypeError) as error:  # what shape checks raise while tracing
             failure = error

@@ -211,7 +211,7 @@ def _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups
     (benchmarks/results/groups/, 32 and 64 channels, k3 s2 and k2 s2), one
     call ran forward 3-4.5x faster than one call per channel, and it was the
     fastest lowering over forward and training step together with Eigen and
-    with oneDNN (AVX2 and AVX-512): 2.0-2.3x ahead of the native op where the
+    with oneDNN (AVX2 and AVX-512): 1.9-2.3x ahead of the native op where the
     rule takes that. Every other grouped call runs one call per group
     (:func:`_grouped`): batched matmuls over the groups measured 1.5-4x
     slower than that, and GEMM's int8 form keeps one FULLY_CONNECTED per

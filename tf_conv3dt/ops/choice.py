@@ -21,7 +21,9 @@ def forced_implementation(implementation, one_product_per_phase=False,
                           depthwise_as_gemm=False):
     """Traces every transposed convolution in the block with ``implementation``
     (and, for "gemm", ``one_product_per_phase``, see :func:`conv3d_transpose`);
-    ``depthwise_as_gemm``: depthwise calls run GEMM's one call instead.
+    ``depthwise_as_gemm``: depthwise calls run GEMM's one call instead, where
+    GEMM's float form runs them (not with ``one_product_per_phase``, nor
+    beyond ``shapes.MAX_UNROLLED`` taps).
 
     Export uses it to put one lowering into an artifact whatever each layer
     was configured with: the GEMM lowering for TFLite (integer kernels exist
