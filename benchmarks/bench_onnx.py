@@ -66,7 +66,7 @@ def write_result(result, out_dir, variant=None, merged=False):
             json.dump(result, f, indent=1)
     except FileExistsError:
         raise SystemExit(f"{path} exists; not overwritten: move it, or write this run "
-                         "elsewhere with --out") from None
+                         "to another directory") from None
     print(f"wrote {path}")
 
 

@@ -8,7 +8,9 @@ each took, every candidate's forward / training-step ms, and the winners
 (over both steps, the rule's choice kept within ``tuning.RULE_MARGIN`` as
 tuning keeps it, and over the forward alone), with what each block winner
 costs at the whole size against the whole size's fastest. The result goes
-to benchmarks/results/tuning/<cpu>_<dtype>_<date>.json:
+to benchmarks/results/tuning/<cpu>-<isa>_<cpu configuration>_<dtype>_<date>.json
+(the kept ones were renamed block_<cpu>-<family and model>-...: CPUs of one
+model name and ISA class share the name otherwise):
 
     python benchmarks/bench_tuning_block.py [--dtype bfloat16]
 """

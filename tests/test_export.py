@@ -25,7 +25,7 @@ import tf_conv3dt
 from tf_conv3dt import export
 from tf_conv3dt.export import pipeline, serving, staging, tflite
 from tf_conv3dt.export.signature import DEFAULT_LOWERINGS, lowering
-from tf_conv3dt.ops import tuning
+from tf_conv3dt.ops import choice, tuning
 from tf_conv3dt._keras import keras
 from markers import cli_only, smoke
 from reference import assert_close, np_conv3d_transpose
@@ -115,7 +115,9 @@ def test_saved_model_signature_contract(exported, rng):
 def test_a_tuned_export_traces_each_auto_layers_fastest_forward(tmp_path, monkeypatch, rng):
     """implementation="tuned" times the SavedModel's layer at the export's
     batch and serves its fastest forward (native here), not the fastest
-    training step (gemm); TFLite and ONNX keep their defaults."""
+    training step (gemm); TFLite and ONNX keep their defaults. As under
+    oneDNN, where tuning times the native op too (tuning.eligible)."""
+    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
     monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
     timed = []
 

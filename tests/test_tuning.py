@@ -296,7 +296,7 @@ def test_a_cache_of_an_older_format_is_not_used(tuning_on, measurements, caplog)
     with caplog.at_level(logging.WARNING, logger="tf_conv3dt"):
         _auto(x, kernel)
     assert len(measurements) == 2
-    assert any("has format 1, not 2" in r.getMessage() for r in caplog.records)
+    assert any(f"has format 1, not {tuning.FORMAT}" in r.getMessage() for r in caplog.records)
     assert json.loads(open(path).read())["format"] == tuning.FORMAT
 
 
@@ -432,13 +432,14 @@ def _as_on_a_cpu(monkeypatch):
 @op_only
 def test_a_channels_first_call_describes_its_own_input(tuning_on, measurements):
     """The key holds the input channels last, whatever the layout: a call
-    timed at its own size names no block, and its input as the key has it."""
+    timed at its own size names no block, and its input as the caller has it."""
     x, kernel = _inputs()
     _auto(np.transpose(x, (0, 4, 1, 2, 3)), kernel, data_format="channels_first")
     (decision,) = tuning._memory.values()
     line = decision.describe()
     assert decision.spatial == SHAPE[1:4] and " on (" not in line, line
-    assert f"channels_first input {SHAPE[1:]} at batch {SHAPE[0]}," in line, line
+    given = (SHAPE[4], *SHAPE[1:4])  # as the caller lays it out
+    assert f"channels_first input {given} at batch {SHAPE[0]}," in line, line
 
 
 def test_an_untuned_depthwise_auto_layer_says_it_runs_gemms_one_call():
@@ -472,6 +473,17 @@ def test_a_large_configuration_is_timed_on_a_block_of_its_input(
             for n, k, s in zip(spatial, kernel_size, strides))
 
 
+def test_on_a_gpu_every_call_is_timed_at_its_size_with_every_lowering(monkeypatch):
+    """Neither the block nor leaving out the native op was measured on a GPU."""
+    monkeypatch.setattr(tf.config, "list_logical_devices",
+                        lambda kind=None: ["a GPU"] if kind == "GPU" else [])
+    monkeypatch.setattr(choice, "cpu_configuration", lambda: "eigen")
+    output = (128, 128, 128)
+    assert tuning.timed_shape(1, (64, 64, 64, 32), (3, 3, 3, 16, 32), (2, 2, 2),
+                              output) == ((64, 64, 64), output)
+    assert tuning.eligible(tuning.CANDIDATES) == list(tuning.CANDIDATES)
+
+
 @op_only
 def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurements,
                                                               monkeypatch, caplog):
@@ -501,6 +513,7 @@ def test_without_onednn_the_native_op_is_not_timed(tuning_on, measurements, monk
     """Eigen's Conv3DBackprop* kernels, which the native op runs without
     oneDNN, collapse at batch > 1 and keep no steady rate at batch 1: the
     rule never takes them there, and tuning does not time them."""
+    _as_on_a_cpu(monkeypatch)
     monkeypatch.setattr(choice, "cpu_configuration", lambda: configuration)
     x, kernel = _inputs()
     y = _auto(x, kernel)
@@ -604,8 +617,9 @@ def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_
     assert rows["fixed"] == "fixed: not tuned, runs native"
     up = rows["up"]
     assert "bfloat16" in up and "input (4, 5, 3, 2) at batch 3" in up, up
-    for name in tuning.eligible(tuning.CANDIDATES):
-        assert f"{name} " in up, up
+    times = up.split("| ms forward/training: ")[1].split(" | ")[0]
+    assert {t.split()[0] for t in times.split("  ")} == set(
+        tuning.eligible(tuning.CANDIDATES)), up
     winner = up.rsplit("| ", 1)[1].split()[0]
     assert winner in tuning.CANDIDATES and up.endswith("(measured)"), up
     choices = json.loads(open(tuning.cache_path()).read())["choices"]

@@ -242,11 +242,15 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         kernel = tf.cast(self.kernel, self.compute_dtype)
         return self._apply(inputs, kernel, output_shape, training)
 
+    def _quantized(self):
+        """Whether the layer is quantized (QAT, or Keras 3's int8 mode): meant
+        for integer TFLite, whichever converter traces it, so it runs the
+        GEMM lowering, each stride phase one product (accumulated in int32),
+        never the float-only CONV_3D_TRANSPOSE."""
+        return self._for_int8 or self._keras_quantization_mode() == "int8"
+
     def _apply(self, inputs, kernel, output_shape, training):
-        # A quantized layer is meant for integer TFLite, whichever converter
-        # traces it: the GEMM lowering, each stride phase one product
-        # (accumulated in int32), never the float-only CONV_3D_TRANSPOSE.
-        quantized = self._for_int8 or self._keras_quantization_mode() == "int8"
+        quantized = self._quantized()
         fused = self._fused_activation()
         outputs = ops.conv3d_transpose(
             inputs,

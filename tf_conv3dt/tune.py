@@ -2,7 +2,8 @@
 
 Run it on the machine that will train (or serve) the model, before a long
 run: each layer whose implementation is "auto" is timed with every exact
-lowering, forward and training step, at --batch-size (the batch "auto"
+lowering tuning takes on this machine (ops.tuning.eligible), forward and
+training step, at --batch-size (the batch "auto"
 assumes for a Keras model's graph, whose batch is unknown), and the winners
 go into the tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
 directory), which "auto" reads in a run with TF_CONV3DT_AUTOTUNE=1 (timing
@@ -130,12 +131,14 @@ def _flattened(model):
 def _row(layer, decision):
     """One layer's line: name, configuration, each candidate's ms and the winner."""
     if decision is None:
-        if layer.implementation != "auto":
+        if layer._quantized():
+            fixed = "gemm (quantized)"
+        elif layer.implementation != "auto":
             fixed = layer.implementation
         elif 1 < layer.groups == layer.kernel.shape[-1]:
             fixed = "gemm's one call (depthwise)"
-        else:
-            fixed = "gemm (quantized)"
+        else:  # beyond shapes.MAX_UNROLLED stride phases or taps
+            fixed = "native"
         return f"{layer.name}: not tuned, runs {fixed}"
     return f"{layer.name}: {decision.describe()}"
 

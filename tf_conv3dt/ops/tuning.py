@@ -1,4 +1,4 @@
-"""Measured "auto": times each exact lowering of a static call here and remembers the fastest.
+"""Measured "auto": times the exact lowerings of a static call here and remembers the fastest.
 
 The first time ``implementation="auto"`` meets a configuration whose dtype,
 layout, input shape, kernel, strides, padding, dilation and output size are
@@ -82,7 +82,7 @@ times every configuration at its own size."""
 MIN_TIMED_LENGTH = 8
 """A spatial length :func:`timed_shape` does not halve below."""
 CANDIDATES = ("native", "gemm", "subpixel")
-FORMAT = 2
+FORMAT = 3
 
 _logger = logging.getLogger("tf_conv3dt")
 _lock = threading.RLock()
@@ -190,13 +190,15 @@ def timed_shape(batch, input_shape, kernel_shape, strides, output_lengths):
 
 def eligible(candidates):
     """``candidates`` less the native op on a CPU without oneDNN, where the
-    rule never takes it either: its Conv3DBackprop* kernels collapse at
-    batch > 1, and at batch 1 their rate per product varies with size, so a
-    block of the input would misrank them, and the whole input takes seconds
-    a call. In the three Eigen runs kept in benchmarks/results/ (nine cases
-    each), its forward plus training step was the fastest in two of the 27
-    (by 1.5% at batch 2, and by 13% at batch 1 on (1, 64^3, 32) k3 s2 in
-    one of three runs), and elsewhere 1.02-53x the fastest lowering's."""
+    rule never takes it either: its Conv3DBackprop* kernels collapse on some
+    shapes (51-58x the fastest lowering over forward plus training step on
+    the benchmark's batch-4 case, 18-21x on (1, 16^3, 64) k4 s2), their rate
+    per product varies with size, so a block of the input would misrank
+    them, and timing them at the whole size cost up to 24 s a configuration.
+    In the six Eigen runs kept in benchmarks/results/ (nine cases each) it
+    was the fastest in 7 of 54 cases: by 13-17% on (1, 64^3, 32) k3 s2 in
+    four of six runs, by 4.6% on (1, 32^3, 64) k3 s2 once, and by 1.5-5.5%
+    on k1 s2 at batch 2 twice; what tuning gives up here for its budget."""
     if choice.cpu_configuration() == "eigen" and not tf.config.list_logical_devices("GPU"):
         return [c for c in candidates if c != "native"]
     return list(candidates)
@@ -230,7 +232,8 @@ class Decision(NamedTuple):
         chosen = self.forward_winner + " (fastest forward)" if serving else self.winner
         # The key holds the input as the lowerings see it, channels last.
         block = "" if tuple(shape[1:4]) == tuple(self.spatial) else f" on {tuple(self.spatial)}"
-        return (f"{dtype} {data_format} input {tuple(shape[1:])} at batch {self.batch}"
+        given = shape[1:] if data_format == "channels_last" else [shape[4], *shape[1:4]]
+        return (f"{dtype} {data_format} input {tuple(given)} at batch {self.batch}"
                 f"{block}, "
                 f"kernel {tuple(kernel[:3])} -> {kernel[3]} filters, strides "
                 f"{tuple(strides)}, {padding}, dilation {tuple(dilation)}, output "
@@ -274,10 +277,11 @@ def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, ca
     """The lowering "auto" runs for ``x`` (NDHWC) and ``kernel``: the measured
     fastest of ``candidates`` where the call is static and tuning is on, else ``rule``."""
     recorder = _RECORDER.get()
-    candidates = eligible(candidates)
     static = x.shape[1:].is_fully_defined() and None not in output_lengths
-    if not (recorder or autotune_enabled()) or len(candidates) < 2 or not static or (
-            _multi_worker()):
+    if not (recorder or autotune_enabled()) or not static or _multi_worker():
+        return rule
+    candidates = eligible(candidates)
+    if len(candidates) < 2:
         return rule
     dtype, batch, timing_batch = x.dtype, x.shape[0], x.shape[0] or NOMINAL_BATCH
     if recorder:
