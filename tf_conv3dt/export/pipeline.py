@@ -382,10 +382,11 @@ def _stage_keras(job, staged, x, expected, report, step):
 
 def _stage_saved_model(job, staged, x, expected, report, step):
     implementation = lowering(job.implementation, "savedmodel")
-    step(f"writing TF Serving SavedModel (lowering: {implementation}"
-         + (f", timing each auto layer's forward at batch {job.batch_size})"
-            if implementation == "tuned" else
-            ", depthwise layers: gemm's one call)" if job.implementation is None else ")"))
+    if implementation == "tuned":
+        detail = f", timing each auto layer's forward at batch {job.batch_size}"
+    else:  # the default forces depthwise layers to GEMM (serving.write_version)
+        detail = ", depthwise layers: gemm's one call" if job.implementation is None else ""
+    step(f"writing TF Serving SavedModel (lowering: {implementation}{detail})")
     path = staged.path_of("saved_model")
     found = serving.write_version(job.model, path, job.name, warmup_batches=[x[:1], x],
                                   implementation=job.implementation,

@@ -37,7 +37,8 @@ import tensorflow as tf
 
 from tf_conv3dt import shapes
 from tf_conv3dt.ops.choice import (AUTO_RULE, cpu_configuration, depthwise_forced_to_gemm,
-                                   forced_implementation, forced_or, kernel_relation, resolve,
+                                   forced_implementation, forced_or, kernel_relation,
+                                   on_a_gpu, resolve,
                                    resolve_implementation, rule_key)
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 from tf_conv3dt.ops.gemm import gemm
@@ -224,7 +225,7 @@ def _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups
     if shapes.unrolled_excess(tuple(kernel.shape[:3]), strides):
         return implementation == "gemm"  # which refuses it, naming the limit
     return implementation == "gemm" or depthwise_forced_to_gemm() or (
-        implementation == "auto" and not tf.config.list_logical_devices("GPU"))
+        implementation == "auto" and not on_a_gpu())
 
 
 def _grouped(inputs, kernel, groups, bias, arguments):

@@ -128,6 +128,11 @@ def rule_key(dtype=tf.float32):
     return specific if specific in AUTO_RULE else measured_key("onednn", isa)
 
 
+def on_a_gpu():
+    """Whether TensorFlow places ops on a GPU here (what "auto" decides by first)."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
 def resolve_implementation(implementation, kernel_size, strides, dtype=tf.float32):
     """The lowering a call with this kernel size, stride and compute dtype runs.
 
@@ -147,7 +152,7 @@ def resolve_implementation(implementation, kernel_size, strides, dtype=tf.float3
 def resolve(implementation, kernel_size, strides, dtype=tf.float32):
     """:func:`resolve_implementation` for a normalized, already forced choice."""
     if implementation == "auto":
-        if tf.config.list_logical_devices("GPU"):
+        if on_a_gpu():
             return "native"
         if shapes.unrolled_excess(kernel_size, strides):
             return "native"

@@ -177,7 +177,7 @@ def timed_shape(batch, input_shape, kernel_shape, strides, output_lengths):
     op runs without oneDNN, do not (:func:`eligible`). On a GPU (not
     measured) every call is timed at its size."""
     spatial = list(input_shape[:3])
-    if not tf.config.list_logical_devices("GPU"):
+    if not choice.on_a_gpu():
         per_voxel = batch * input_shape[3] * kernel_shape[3] * math.prod(kernel_shape[:3])
         while (per_voxel * math.prod(spatial) > MAX_TIMED_PRODUCTS
                and max(spatial) > MIN_TIMED_LENGTH):
@@ -199,7 +199,7 @@ def eligible(candidates):
     was the fastest in 7 of 54 cases: by 13-17% on (1, 64^3, 32) k3 s2 in
     four of six runs, by 4.6% on (1, 32^3, 64) k3 s2 once, and by 1.5-5.5%
     on k1 s2 at batch 2 twice; what tuning gives up here for its budget."""
-    if choice.cpu_configuration() == "eigen" and not tf.config.list_logical_devices("GPU"):
+    if choice.cpu_configuration() == "eigen" and not choice.on_a_gpu():
         return [c for c in candidates if c != "native"]
     return list(candidates)
 
@@ -485,9 +485,7 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
                                           output_lengths)
     times = _on_a_fresh_thread(measure, dtype, batch, (*spatial, spatial_and_channels[3]),
                                kernel_shape, strides, padding, dilation, output_lengths, order)
-    winner = next(iter(times), rule)
-    if rule in times and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(times[winner]):
-        winner = rule
+    winner = choose(times, rule)
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
         "training ms: %s)", key, winner, batch, spatial, time.perf_counter() - started,
@@ -496,6 +494,16 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
     if times:
         _store(key, decision)
     return decision
+
+
+def choose(times, rule):
+    """The winner of ``times`` ({name: (forward, training)}): the fastest over
+    both, unless ``rule``'s choice is within :data:`RULE_MARGIN` of it; the
+    rule where none was timed."""
+    winner = min(times, key=lambda name: sum(times[name]), default=rule)
+    if rule in times and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(times[winner]):
+        winner = rule
+    return winner
 
 
 def _load(path):
