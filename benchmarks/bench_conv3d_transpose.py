@@ -311,9 +311,11 @@ def _torch_version():
 
 
 def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
-    """(winner, seconds the first "auto" call of this case spent timing the
-    lowerings, seconds a new process spends taking the choice from the cache):
-    each the extra time of a call over a later one, which finds it in memory."""
+    """(what tuning chose: a lowering, or "forward+gradient" where it takes
+    one lowering's forward with another's gradient; seconds the first "auto"
+    call of this case spent timing the lowerings; seconds a new process
+    spends taking the choice from the cache): each the extra time of a call
+    over a later one, which finds it in memory."""
     channels = shape[4]
     if data_format == "channels_first":
         shape = (shape[0], shape[4], *shape[1:4])
@@ -327,10 +329,11 @@ def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
 
     tuning.forget()
     first, again = seconds(), seconds()
-    winner = next(iter(tuning._memory.values())).winner
+    decision = next(iter(tuning._memory.values()))
+    chosen = "+".join(dict.fromkeys((decision.forward, decision.gradient)))
     tuning.forget()
     hit = seconds()
-    return winner, max(first - again, 0.0), max(hit - again, 0.0)
+    return chosen, max(first - again, 0.0), max(hit - again, 0.0)
 
 
 # Scaling of "auto": (1, 16^3) to (8, 16^3) and (1, 16^3) to (1, 48^3) inputs.
@@ -385,7 +388,8 @@ def compare(rows):
         torch_row = paths.get("torch conv_transpose3d")
         rule = paths.get(f"tf_conv3dt {auto['rule']}", auto)
         # The lowering tuning chose, as its own row times it: what auto runs,
-        # without the noise between two timings of one graph.
+        # without the noise between two timings of one graph (a forward with
+        # another lowering's gradient has no row of its own: auto's).
         chosen = paths.get(f"tf_conv3dt {auto['lowering']}", auto)
         entry = dict(
             case=case, auto=auto["lowering"], rule=auto["rule"],

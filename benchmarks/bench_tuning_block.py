@@ -4,10 +4,10 @@ For each benchmark case (bench_conv3d_transpose.CASES) whose forward pass
 takes more than ``tuning.MAX_TIMED_PRODUCTS`` multiply-adds, times the
 eligible lowerings with ``tuning.measure`` twice, at the case's own size
 and on the block ``tuning.timed_shape`` gives it, and records the seconds
-each took, every candidate's forward / training-step ms, and the winners
-(over both steps, the rule's choice kept within ``tuning.RULE_MARGIN`` as
-tuning keeps it, and over the forward alone), with what each block winner
-costs at the whole size against the whole size's fastest. The result goes
+each took, every candidate's forward / gradient ms, and tuning's choice of
+forward and gradient lowerings (``tuning.choose``), with what the block's
+choice costs at the whole size against the whole size's fastest: a
+training step (forward plus gradient) and the forward alone. The result goes
 to benchmarks/results/tuning/<cpu>-<isa>_<cpu configuration>_<dtype>_<date>.json
 (the kept ones were renamed block_<cpu>-<family and model>-...: CPUs of one
 model name and ISA class share the name otherwise):
@@ -26,11 +26,6 @@ from tf_conv3dt import ops, shapes
 from tf_conv3dt.ops import choice, tuning
 from bench_conv3d_transpose import CASES
 from bench_onnx import cpu_model, write_result
-
-
-def _winners(times, rule):
-    """Tuning's choice over both steps, and the fastest forward."""
-    return tuning.choose(times, rule), min(times, key=lambda name: times[name][0])
 
 
 def main():
@@ -59,19 +54,19 @@ def main():
                                 padding.upper(), (1, 1, 1), lengths,
                                 [rule, *[c for c in candidates if c != rule]])
             timed[name] = dict(seconds=time.perf_counter() - started, spatial=list(spatial),
-                               ms=ms, winner=_winners(ms, rule))
+                               ms=ms, choice=tuning.choose(ms, rule))
         whole_ms = timed["whole"]["ms"]
-        both, forward = timed["block"]["winner"]
+        forward, gradient = timed["block"]["choice"]
+        fastest = [min(ms[step] for ms in whole_ms.values()) for step in (0, 1)]
         row = dict(case=f"{shape}->{filters} k{kernel} s{stride} {padding}", rule=rule,
                    **timed,
-                   block_choice_over_fastest=sum(whole_ms[both]) / min(
-                       sum(ms) for ms in whole_ms.values()),
-                   block_forward_choice_over_fastest=whole_ms[forward][0] / min(
-                       ms[0] for ms in whole_ms.values()))
+                   block_choice_over_fastest=(whole_ms[forward][0] + whole_ms[gradient][1])
+                   / sum(fastest),
+                   block_forward_choice_over_fastest=whole_ms[forward][0] / fastest[0])
         rows.append(row)
         print(f"{row['case']:<36} whole {timed['whole']['seconds']:5.2f} s "
-              f"{'/'.join(timed['whole']['winner'])}, block {tuple(block)} "
-              f"{timed['block']['seconds']:5.2f} s {'/'.join(timed['block']['winner'])}, "
+              f"{'/'.join(timed['whole']['choice'])}, block {tuple(block)} "
+              f"{timed['block']['seconds']:5.2f} s {'/'.join(timed['block']['choice'])}, "
               f"block's choices at the whole size {row['block_choice_over_fastest']:.3f}x "
               f"/ {row['block_forward_choice_over_fastest']:.3f}x", flush=True)
     result = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(),

@@ -170,14 +170,19 @@ def _groups(content, source):
 
 
 def _tuning_block(content, source):
+    # Runs before tuning split the forward from the gradient recorded the
+    # winner over both steps and the fastest forward ("winner").
+    key, chosen = (("choice", "lowerings chosen for the forward / the gradient") if
+                   "choice" in content["rows"][0]["whole"] else
+                   ("winner", "winners over forward plus training step / forward alone"))
     head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
             f"{content['cores']} cores, TensorFlow {content['tensorflow']} "
             f"({content['cpu_configuration']}), {content['dtype']}; tuning.measure at each "
-            f"size, winners over forward plus training step / forward alone, and the "
-            f"block's winners timed at the whole size against its fastest {source}")
-    rows = [(r["case"], f"{r['whole']['seconds']:.2f}", "/".join(r["whole"]["winner"]),
+            f"size, {chosen}, and the block's timed at the whole size against its "
+            f"fastest {source}")
+    rows = [(r["case"], f"{r['whole']['seconds']:.2f}", "/".join(r["whole"][key]),
              str(tuple(r["block"]["spatial"])), f"{r['block']['seconds']:.2f}",
-             "/".join(r["block"]["winner"]),
+             "/".join(r["block"][key]),
              f"{r['block_choice_over_fastest']:.2f}x / "
              f"{r['block_forward_choice_over_fastest']:.2f}x") for r in content["rows"]]
     return head + ":\n\n" + _table(

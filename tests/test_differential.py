@@ -5,7 +5,8 @@ sizes 1-5 per axis, strides 1-3, dilation 1-3 (with stride 1), both paddings,
 output_padding, requested output sizes across the whole legal range, both
 data formats, batch 0-3, channels 1-4, spatial sizes 1-7 and groups (one, a
 common divisor of the channels and filters, or depthwise). Each is checked
-for every lowering (the named cases for "auto" too), eagerly and through a
+for every lowering (the named cases for "auto" too) and for one of the
+``SPLITS``, a lowering's forward with another's gradient, in turn, eagerly and through a
 trace with unknown batch and spatial sizes, and for two in five
 configurations (every one with batch 0)
 through a trace with only the batch unknown, as in a Keras model's graph:
@@ -37,7 +38,7 @@ from hypothesis import assume, given, settings, strategies as st
 import tf_conv3dt
 from tf_conv3dt import ops, shapes
 import reference
-from lowerings import LOWERINGS, lowering
+from lowerings import LOWERINGS, SPLITS, lowering
 from markers import op_only, smoke
 
 CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 64))
@@ -231,7 +232,7 @@ def check_config(config, seed, implementations=IMPLEMENTATIONS):
 @pytest.mark.parametrize("seed", [SEED + i for i in range(CONFIGS)],
                          ids=lambda seed: f"seed={seed}")
 def test_random_configuration_matches_reference(seed):
-    check_config(draw_config(seed), seed, LOWERINGS)
+    check_config(draw_config(seed), seed, [*LOWERINGS, SPLITS[seed % len(SPLITS)]])
 
 
 def test_references_agree_with_each_other():

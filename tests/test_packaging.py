@@ -104,7 +104,7 @@ def test_installed_tune_command_tunes_the_exported_model(installed, tmp_path):
     done = _run(installed, str(scripts / "tf-conv3dt-tune"), str(tmp_path / "model.keras"),
                 "--batch-size", "1")
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    (row,) = [line for line in done.stdout.splitlines() if "ms forward/training" in line]
+    (row,) = [line for line in done.stdout.splitlines() if "ms forward/gradient" in line]
     assert "input (10, 8, 12, 128) at batch 1" in row and row.endswith("(measured)"), row
 
 

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping, Set
 SPATIAL_DIMS = 3
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
-IMPLEMENTATIONS = ("auto", "native", "gemm", "subpixel")
+LOWERINGS = ("native", "gemm", "subpixel")
+IMPLEMENTATIONS = ("auto", *LOWERINGS)
 # Lengths and shapes travel as int32 tensors (TensorFlow's shape arguments and
 # TFLite's), so no length may exceed this, nor may one example's output hold
 # more elements (8 GiB of float32).

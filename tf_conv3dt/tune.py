@@ -2,14 +2,15 @@
 
 Run it on the machine that will train (or serve) the model, before a long
 run: each layer whose implementation is "auto" is timed with every exact
-lowering tuning takes on this machine (ops.tuning.eligible), forward and
-training step, at --batch-size (the batch "auto"
-assumes for a Keras model's graph, whose batch is unknown), and the winners
-go into the tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
+lowering tuning takes on this machine (ops.tuning.eligible), forward pass
+and gradient, at --batch-size (the batch "auto"
+assumes for a Keras model's graph, whose batch is unknown), and the
+lowerings with the fastest forward and the fastest gradient (one, or two
+run together) go into the tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
 directory), which "auto" reads in a run with TF_CONV3DT_AUTOTUNE=1 (timing
 is off by default; a cached configuration is not timed again). One row per
-layer: its configuration, each candidate's forward / training-step
-milliseconds, and the winner.
+layer: its configuration, each candidate's forward / gradient
+milliseconds, and what runs.
 
 exit status:
   0    every layer tuned (or fixed to one lowering by its configuration)
@@ -129,7 +130,7 @@ def _flattened(model):
 
 
 def _row(layer, decision):
-    """One layer's line: name, configuration, each candidate's ms and the winner."""
+    """One layer's line: name, configuration, each candidate's ms and what runs."""
     if decision is None:
         if layer._quantized():
             fixed = "gemm (quantized)"

@@ -29,7 +29,8 @@ the *full* output; the result is the window of the full output that
   split as the native op.
 
 ``"auto"`` picks one of them per call: the measured fastest where the call's
-shapes are static (``tuning``), else the rule (:func:`resolve_implementation`,
+shapes are static (``tuning``; its forward pass and its gradient may then come
+from two lowerings, ``split``), else the rule (:func:`resolve_implementation`,
 in ``choice``); ``plan`` holds the window every lowering computes.
 """
 
@@ -37,13 +38,14 @@ import tensorflow as tf
 
 from tf_conv3dt import shapes
 from tf_conv3dt.ops.choice import (AUTO_RULE, cpu_configuration, depthwise_forced_to_gemm,
-                                   forced_implementation, forced_or, kernel_relation,
+                                   forced, forced_implementation, forced_or, kernel_relation,
                                    on_a_gpu, resolve,
                                    resolve_implementation, rule_key)
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 from tf_conv3dt.ops.gemm import gemm
 from tf_conv3dt.ops.native import input_gradient_at_risk, native
 from tf_conv3dt.ops.plan import Plan, make_plan
+from tf_conv3dt.ops.split import with_gradient_of
 from tf_conv3dt.ops.subpixel import subpixel
 from tf_conv3dt.ops import tuning
 from tf_conv3dt.ops.tuning import autotune_enabled, set_autotune
@@ -78,7 +80,12 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
       implementation: "auto" (the lowering measured fastest on this machine
         for a call whose shapes are known at trace time, see ``tuning``; else
         the rule of :func:`resolve_implementation`), "native", "gemm" or
-        "subpixel".
+        "subpixel"; or a pair ``(forward, gradient)`` of those three: the
+        forward pass runs the first, differentiated as the second
+        (``split.with_gradient_of``; what tuned "auto" runs where the
+        fastest forward and the fastest gradient differ).
+        ``forced_implementation`` overrides both, and a call that runs
+        GEMM's int8 form or GEMM's one depthwise call runs GEMM's gradient.
       one_product_per_phase: the GEMM lowering's int8-oriented form: each
         stride phase's taps summed inside one matmul (the shifted input
         windows side by side) instead of one product per tap. TensorFlow runs
@@ -141,13 +148,15 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     kernel_size = tuple(kernel.shape[:3])
     shapes.check_conv_arguments(kernel_size, strides, padding, dilation, output_padding)
     groups = shapes.check_groups(groups, kernel.shape[4])
+    asked = implementation
+    implementation, gradient = _forward_and_gradient(implementation)
     depthwise_gemm = groups > 1 and _depthwise_in_one_gemm(
         implementation, one_product_per_phase, kernel, groups, strides)
     if groups > 1 and not depthwise_gemm:
         return _grouped(inputs, kernel, groups, bias, dict(
             strides=strides, padding=padding, output_padding=output_padding,
             dilation_rate=dilation, data_format=data_format, output_shape=output_shape,
-            implementation=implementation, one_product_per_phase=one_product_per_phase,
+            implementation=asked, one_product_per_phase=one_product_per_phase,
             activation=activation, fake_quantize_kernel=fake_quantize_kernel))
     epilogue = _epilogue(bias, activation, kernel, groups)
     if fake_quantize_kernel and not one_product_per_phase:
@@ -155,16 +164,18 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
                          "one_product_per_phase=True makes; received "
                          "one_product_per_phase=False.")
     if one_product_per_phase:  # never overridden: a quantized layer's int8 form
-        if implementation not in ("auto", "gemm"):
+        if implementation not in ("auto", "gemm") or gradient not in (None, "gemm"):
             raise ValueError("one_product_per_phase=True is a form of the GEMM lowering. "
-                             f"Received: implementation={implementation!r}")
-        implementation = "gemm"
+                             f"Received: implementation={asked!r}")
+        implementation, gradient = "gemm", None
     elif depthwise_gemm:  # whatever lowering is forced on the other calls
-        implementation = "gemm"
+        implementation, gradient = "gemm", None
     else:
+        gradient = None if forced() else gradient
         implementation, one_product_per_phase = forced_or(implementation)
     requested = implementation
     implementation = resolve(implementation, kernel_size, strides, inputs.dtype)
+    gradient = gradient and resolve(gradient, kernel_size, strides, inputs.dtype)
 
     x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
     channels = x.shape[-1]
@@ -177,10 +188,12 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     at_risk = input_gradient_at_risk(x.shape[1:4], strides, kernel.shape[3])
     if implementation == "native" and at_risk:
         implementation = "gemm"
+    if gradient == "native" and at_risk:
+        gradient = "gemm"
     plan, checks = make_plan(x, kernel_size, strides, padding, output_padding, dilation,
                              output_shape)
     if requested == "auto" and not shapes.unrolled_excess(kernel_size, strides):
-        implementation = tuning.tuned(
+        implementation, gradient = tuning.tuned(
             x, kernel, strides, padding, dilation, plan.static_output_lengths, data_format,
             [c for c in tuning.CANDIDATES if not (c == "native" and at_risk)], implementation)
     filters = kernel.shape[3] * groups
@@ -188,18 +201,40 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     if checks:
         with tf.control_dependencies(checks):
             x = tf.identity(x)
-    fused = False
-    if implementation == "native":
-        y = native(x, kernel, plan, strides, padding, dilation)
-    elif implementation == "subpixel":
-        y = dilated_as_undilated(subpixel, x, kernel, plan, strides, padding, dilation)
+
+    def lowered(name, x, kernel, epilogue=None):
+        """The output of lowering ``name``, and whether it applied ``epilogue``."""
+        if name == "native":
+            return native(x, kernel, plan, strides, padding, dilation), False
+        if name == "subpixel":
+            return dilated_as_undilated(subpixel, x, kernel, plan, strides, padding,
+                                        dilation), False
+        return gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue,
+                    fake_quantize_kernel, groups)
+
+    if gradient in (None, implementation):
+        y, fused = lowered(implementation, x, kernel, epilogue)
     else:
-        y, fused = gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue,
-                        fake_quantize_kernel, groups)
+        y, fused = with_gradient_of(lambda x, kernel: lowered(implementation, x, kernel)[0],
+                                    lambda x, kernel: lowered(gradient, x, kernel)[0],
+                                    x, kernel), False
     y.set_shape([x.shape[0], *plan.static_output_lengths, filters])
     if epilogue is not None and not fused:
         y = epilogue(y)
     return tf.transpose(y, (0, 4, 1, 2, 3)) if data_format == "channels_first" else y
+
+
+def _forward_and_gradient(implementation):
+    """``(forward, gradient)`` lowerings of an ``implementation`` argument: a
+    name (normalized; gradient None: its own) or a pair of lowering names."""
+    if isinstance(implementation, (tuple, list)):
+        if len(implementation) != 2:
+            raise ValueError("`implementation` must be a name or a (forward, gradient) pair "
+                             f"of lowerings. Received: implementation={implementation!r}")
+        return tuple(shapes.normalize_choice(name, "implementation", shapes.LOWERINGS)
+                     for name in implementation)
+    return shapes.normalize_choice(implementation, "implementation",
+                                   shapes.IMPLEMENTATIONS), None
 
 
 def _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups, strides):

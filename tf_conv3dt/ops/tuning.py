@@ -3,9 +3,10 @@
 The first time ``implementation="auto"`` meets a configuration whose dtype,
 layout, input shape, kernel, strides, padding, dilation and output size are
 all known at trace time, :func:`tuned` times every eligible lowering (the
-forward pass and a training step, input and kernel gradients) and keeps the
-one fastest over the two together (the rule's choice unless another beats
-it by :data:`RULE_MARGIN`). The choice is kept in memory and in a
+forward pass, and its gradient with respect to the input and the kernel)
+and keeps the one with the fastest forward pass for the forward, and the
+one with the fastest gradient for training (:func:`choose`; the rule's
+choice unless another beats it by :data:`RULE_MARGIN`). The choice is kept in memory and in a
 JSON file per machine environment (:func:`cache_path`); a file written under
 another TensorFlow, tf_conv3dt, device or oneDNN setting has another name and
 an environment record that must match, so it is never reused.
@@ -60,9 +61,10 @@ BUDGET_S = 2.0
 DROP_RATIO = 3.0
 """A candidate this many times slower than the best so far is not timed again."""
 RACE_RATIO = 1.5
-"""A warmed-up candidate this many times slower than the best, both over
-forward plus training step and in its forward pass alone (what a served
-model runs), is not timed in rounds: rounds separate close candidates, and
+"""A warmed-up candidate this many times slower than the best over
+forward plus gradient, in its forward pass alone and in its gradient alone
+(:func:`choose` takes each from its fastest) is not timed in rounds:
+rounds separate close candidates, and
 warm-up times ran up to about 20% above the rounds' lowest here, so this
 margin leaves none behind that could win."""
 RULE_MARGIN = 0.05
@@ -82,7 +84,7 @@ times every configuration at its own size."""
 MIN_TIMED_LENGTH = 8
 """A spatial length :func:`timed_shape` does not halve below."""
 CANDIDATES = ("native", "gemm", "subpixel")
-FORMAT = 3
+FORMAT = 4
 
 _logger = logging.getLogger("tf_conv3dt")
 _lock = threading.RLock()
@@ -205,31 +207,35 @@ def eligible(candidates):
 
 
 class Decision(NamedTuple):
-    """One configuration's choice: the key, the winner, each candidate's
-    (forward, training) ms, the batch and input spatial lengths they were
-    timed at (:func:`timed_shape`), and where the choice came from
+    """One configuration's choice: the key, the lowering the forward pass
+    runs and the one whose gradient training runs (:func:`choose`), each
+    candidate's (forward, gradient) ms, the batch and input spatial lengths
+    they were timed at (:func:`timed_shape`), and where the choice came from
     ("measured", "cache" or "memory")."""
 
     key: str
-    winner: str
+    forward: str
+    gradient: str
     ms: dict
     batch: int
     spatial: tuple
     source: str
 
-    @property
-    def forward_winner(self):
-        """The candidate with the fastest forward pass (what a served model
-        runs), or the winner where none was timed."""
-        return min(self.ms, key=lambda name: self.ms[name][0], default=self.winner)
+    def runs(self, serving=False):
+        """What runs, in words: the forward lowering, with the gradient's
+        where it differs (``serving``: a model that only serves)."""
+        if serving:
+            return f"{self.forward} (fastest forward)"
+        if self.gradient == self.forward:
+            return self.forward
+        return f"{self.forward} with {self.gradient}'s gradient"
 
     def describe(self, serving=False):
-        """One line: the configuration, each candidate's forward/training ms,
-        and what runs (``serving``: the fastest forward) with the source."""
+        """One line: the configuration, each candidate's forward/gradient ms,
+        and what runs (:meth:`runs`) with the source."""
         dtype, data_format, shape, kernel, strides, padding, dilation, out = json.loads(
             self.key)
         times = "  ".join(f"{name} {f:.2f}/{t:.2f}" for name, (f, t) in self.ms.items())
-        chosen = self.forward_winner + " (fastest forward)" if serving else self.winner
         # The key holds the input as the lowerings see it, channels last.
         block = "" if tuple(shape[1:4]) == tuple(self.spatial) else f" on {tuple(self.spatial)}"
         given = shape[1:] if data_format == "channels_last" else [shape[4], *shape[1:4]]
@@ -237,8 +243,8 @@ class Decision(NamedTuple):
                 f"{block}, "
                 f"kernel {tuple(kernel[:3])} -> {kernel[3]} filters, strides "
                 f"{tuple(strides)}, {padding}, dilation {tuple(dilation)}, output "
-                f"{tuple(out)} | ms forward/training: {times or 'none timed'} | {chosen} "
-                f"({self.source})")
+                f"{tuple(out)} | ms forward/gradient: {times or 'none timed'} | "
+                f"{self.runs(serving)} ({self.source})")
 
 
 class _Recorder(NamedTuple):
@@ -259,8 +265,8 @@ def recording(dtype=None, batch=None, serving=False):
     that dtype instead of its own (a float32 model tuned for
     ``mixed_bfloat16``), and every batch counts as unknown and is timed at
     ``batch`` (default :data:`NOMINAL_BATCH`), as a Keras model's graph meets
-    it. ``serving``: each call takes the candidate with the fastest forward
-    pass (:attr:`Decision.forward_winner`), for a model that will only serve."""
+    it. ``serving``: each call runs its forward lowering's gradient too
+    (:attr:`Decision.forward`), for a model that will only serve."""
     decisions = []
     token = _RECORDER.set(_Recorder(decisions, dtype, batch or NOMINAL_BATCH, serving))
     try:
@@ -274,15 +280,16 @@ def recording(dtype=None, batch=None, serving=False):
 @tf.autograph.experimental.do_not_convert
 def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, candidates,
           rule):
-    """The lowering "auto" runs for ``x`` (NDHWC) and ``kernel``: the measured
-    fastest of ``candidates`` where the call is static and tuning is on, else ``rule``."""
+    """The (forward, gradient) lowerings "auto" runs for ``x`` (NDHWC) and
+    ``kernel``: the measured fastest of ``candidates`` (:func:`choose`) where
+    the call is static and tuning is on, else ``rule`` for both."""
     recorder = _RECORDER.get()
     static = x.shape[1:].is_fully_defined() and None not in output_lengths
     if not (recorder or autotune_enabled()) or not static or _multi_worker():
-        return rule
+        return rule, rule
     candidates = eligible(candidates)
     if len(candidates) < 2:
-        return rule
+        return rule, rule
     dtype, batch, timing_batch = x.dtype, x.shape[0], x.shape[0] or NOMINAL_BATCH
     if recorder:
         dtype, batch, timing_batch = recorder.dtype or dtype, None, recorder.batch
@@ -300,8 +307,8 @@ def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, ca
     if recorder:
         recorder.decisions.append((tf.get_current_name_scope(), decision))
         if recorder.serving:
-            return decision.forward_winner
-    return decision.winner
+            return decision.forward, decision.forward
+    return decision.forward, decision.gradient
 
 
 def _multi_worker():
@@ -320,9 +327,13 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
             output_lengths, candidates):
     """Times each of ``candidates`` on random data, fastest first.
 
-    Returns ``{implementation: (forward_ms, training_ms)}`` as
+    Returns ``{implementation: (forward_ms, gradient_ms)}`` as
     :func:`time_in_rounds` measures them; one that fails is left out. Runs
-    eagerly, within about :data:`BUDGET_S` where the calls allow.
+    eagerly, within about :data:`BUDGET_S` where the calls allow. The
+    gradient is timed as a training step that returns the input and kernel
+    gradients: no lowering's gradient reads its forward's output, so
+    TensorFlow prunes the forward pass from that step, and a training step
+    takes the forward's time plus this one.
     """
     from tf_conv3dt import ops
 
@@ -374,21 +385,21 @@ MAX_SAMPLES = 7
 
 
 def time_in_rounds(steps, budget_s, clock=time.perf_counter):
-    """Seconds of each ``steps`` entry's ``(forward, training)`` calls.
+    """Seconds of each ``steps`` entry's ``(forward, gradient)`` calls.
 
     ``steps`` maps a name to two blocking calls without arguments, in the
     order to try them (the likeliest winner first). Each call is first
     warmed up until two successive runs agree within :data:`STEADY` (at most
     :data:`WARMUP_CALLS` runs; a cold allocator or thread pool would rank a
-    lowering by its first runs). A name whose forward plus training time is
+    lowering by its first runs). A name whose forward plus gradient time is
     already :data:`DROP_RATIO` times the best so far keeps that time and is
     not run again. Those within :data:`RACE_RATIO` of the best (over both
-    calls, or in the forward pass), where there are two or more, are timed
+    calls, or in either one), where there are two or more, are timed
     in rounds of one :func:`primed_seconds` each, so that what else a shared
     machine runs weighs on all of them alike:
     :data:`MIN_SAMPLES` rounds, then more up to :data:`MAX_SAMPLES` while the
     next round fits in ``budget_s``; the others keep their warm-up times.
-    Returns ``{name: (forward_s, training_s)}``, the lowest time of each
+    Returns ``{name: (forward_s, gradient_s)}``, the lowest time of each
     call, the statistic a busy machine's interruptions move least.
     """
     started = clock()
@@ -400,9 +411,9 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
                           for call, first in zip(calls, warm[name])]
             warmed.append(name)
             best = min(best, sum(warm[name]))
-    best_forward = min((warm[name][0] for name in warmed), default=best)
+    fastest = [min((warm[name][call] for name in warmed), default=best) for call in (0, 1)]
     kept = [name for name in warmed if sum(warm[name]) <= RACE_RATIO * best
-            or warm[name][0] <= RACE_RATIO * best_forward]
+            or any(warm[name][call] <= RACE_RATIO * fastest[call] for call in (0, 1))]
     samples = {name: ([], []) for name in kept} if len(kept) > 1 else {}
     for round_ in range(MAX_SAMPLES if samples else 0):
         round_started = clock()
@@ -485,25 +496,38 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
                                           output_lengths)
     times = _on_a_fresh_thread(measure, dtype, batch, (*spatial, spatial_and_channels[3]),
                                kernel_shape, strides, padding, dilation, output_lengths, order)
-    winner = choose(times, rule)
+    forward, gradient = choose(times, rule)
+    decision = Decision(key, forward, gradient, times, batch, spatial, "measured")
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
-        "training ms: %s)", key, winner, batch, spatial, time.perf_counter() - started,
+        "gradient ms: %s)", key, decision.runs(), batch, spatial,
+        time.perf_counter() - started,
         ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in times.items()) or "none ran")
-    decision = Decision(key, winner, times, batch, spatial, "measured")
     if times:
         _store(key, decision)
     return decision
 
 
 def choose(times, rule):
-    """The winner of ``times`` ({name: (forward, training)}): the fastest over
-    both, unless ``rule``'s choice is within :data:`RULE_MARGIN` of it; the
-    rule where none was timed."""
-    winner = min(times, key=lambda name: sum(times[name]), default=rule)
-    if rule in times and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(times[winner]):
-        winner = rule
-    return winner
+    """``(forward, gradient)``, the lowerings ``times`` ({name: (forward ms,
+    gradient ms)}) says to run: the fastest forward pass, unless ``rule``'s
+    choice is within :data:`RULE_MARGIN` of it; and the fastest gradient,
+    unless the forward's own gradient gives a training step (forward plus
+    gradient) within :data:`RULE_MARGIN` of it. ``(rule, rule)`` where none
+    was timed.
+
+    One lowering for both ran up to 1.2x behind the fastest forward, or the
+    fastest training step, where one lowering has the fastest forward and
+    another the fastest gradient (benchmarks/results/: on oneDNN the
+    sub-pixel forward with the native op's gradient)."""
+    if not times:
+        return rule, rule
+    forward = min(times, key=lambda name: times[name][0])
+    if rule in times and times[rule][0] <= (1 + RULE_MARGIN) * times[forward][0]:
+        forward = rule
+    gradient = min(times, key=lambda name: times[name][1])
+    own, best = (times[forward][0] + times[name][1] for name in (forward, gradient))
+    return forward, forward if own <= (1 + RULE_MARGIN) * best else gradient
 
 
 def _load(path):
@@ -521,10 +545,11 @@ def _load(path):
             return {}
         decisions = {}
         for key, entry in content["choices"].items():
-            if entry["winner"] not in CANDIDATES:
-                raise ValueError(f"a choice names no lowering: {entry['winner']!r}")
+            for role in ("forward", "gradient"):
+                if entry[role] not in CANDIDATES:
+                    raise ValueError(f"a choice names no lowering: {entry[role]!r}")
             times = {name: tuple(map(float, ms)) for name, ms in entry["ms"].items()}
-            decisions[key] = Decision(key, entry["winner"], dict(sorted(
+            decisions[key] = Decision(key, entry["forward"], entry["gradient"], dict(sorted(
                 times.items(), key=lambda item: sum(item[1]))), int(entry["batch"]),
                 tuple(map(int, entry["spatial"])), "cache")
         return decisions
