@@ -373,7 +373,7 @@ def compare(rows):
     """Per case: tuned auto and the static rule's choice against our fastest
     lowering, auto against the fastest path and PyTorch, the best GEMM-bound
     rate, auto's training peak against PyTorch's, and what tuning cost."""
-    print(f"\n{'case':<38} {'auto':>9} {'rule':>9} {'fwd/own':>8} {'train/own':>10} "
+    print(f"\n{'case':<38} {'auto':>16} {'rule':>9} {'fwd/own':>8} {'train/own':>10} "
           f"{'rule fwd/own':>13} {'rule train/own':>15} {'fwd/torch':>10} {'train/torch':>12} "
           f"{'fwd/best':>9} {'train/best':>11} {'best %sgemm':>12} {'peak/torch':>11} "
           f"{'tuning s':>9} {'cache hit ms':>13}")
@@ -414,7 +414,7 @@ def compare(rows):
         def ratio(value, width):
             return f"{'n/a':>{width}}" if value is None else f"{value:{width - 1}.2f}x"
 
-        print(f"{case:<38} {entry['auto']:>9} {entry['rule']:>9} "
+        print(f"{case:<38} {entry['auto']:>16} {entry['rule']:>9} "
               f"{ratio(entry['forward_over_own'], 8)} {ratio(entry['train_over_own'], 10)} "
               f"{ratio(entry['rule_forward_over_own'], 13)} "
               f"{ratio(entry['rule_train_over_own'], 15)} "

@@ -3,7 +3,8 @@
 One row per configuration of each run (bench_conv3d_transpose.py --json, with
 or without --configurations): the worst ratio over the cases of tuned
 ``auto`` (timed as a path of its own, and as the row of the lowering it
-chose, the same graph; runs since 2026-12-03) and of the static rule's
+chose, the same graph, or its own where it chose a pair of lowerings; runs
+since 2026-12-03) and of the static rule's
 choice to our fastest lowering, of ``auto``
 to PyTorch (forward and training step), and the most a case's tuning took.
 

@@ -184,6 +184,13 @@ OP = [
     case("phase products with native",
          lambda: _op(implementation="native", one_product_per_phase=True), ValueError,
          "one_product_per_phase", "implementation='native'"),
+    case("a pair of one", lambda: _op(implementation=("gemm",)), ValueError,
+         "(forward, gradient) pair", "implementation=('gemm',)"),
+    case("auto in a pair", lambda: _op(implementation=("auto", "gemm")), ValueError,
+         "(forward, gradient) pair", "implementation=('auto', 'gemm')"),
+    case("phase products with another's gradient",
+         lambda: _op(implementation=("gemm", "native"), one_product_per_phase=True),
+         ValueError, "one_product_per_phase", "implementation=('gemm', 'native')"),
     case("output length beyond int32", lambda: _op(strides=(2**30, 1, 1)), ValueError,
          "more than 2147483647 elements"),
 ]

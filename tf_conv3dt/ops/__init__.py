@@ -1,4 +1,4 @@
-"""The ``conv3d_transpose`` op: validates its arguments, plans the call and runs one lowering.
+"""The ``conv3d_transpose`` op: validates its arguments, plans the call and runs its lowering.
 
 Nothing in ``tf_conv3dt.ops`` imports Keras. Kernels use the layout of ``tf.nn.conv3d_transpose``
 and ``keras.layers.Conv3DTranspose``: ``(kd, kh, kw, filters, in_channels)``.
@@ -175,7 +175,8 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         implementation, one_product_per_phase = forced_or(implementation)
     requested = implementation
     implementation = resolve(implementation, kernel_size, strides, inputs.dtype)
-    gradient = gradient and resolve(gradient, kernel_size, strides, inputs.dtype)
+    if gradient is not None:
+        gradient = resolve(gradient, kernel_size, strides, inputs.dtype)
 
     x = tf.transpose(inputs, (0, 2, 3, 4, 1)) if data_format == "channels_first" else inputs
     channels = x.shape[-1]
@@ -186,10 +187,9 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
             f"kernel.shape={kernel.shape}, data_format={data_format!r}"
         )
     at_risk = input_gradient_at_risk(x.shape[1:4], strides, kernel.shape[3])
-    if implementation == "native" and at_risk:
-        implementation = "gemm"
-    if gradient == "native" and at_risk:
-        gradient = "gemm"
+    if at_risk:  # TensorFlow's input gradient (native.py): its forward goes along
+        implementation, gradient = (
+            "gemm" if name == "native" else name for name in (implementation, gradient))
     plan, checks = make_plan(x, kernel_size, strides, padding, output_padding, dilation,
                              output_shape)
     if requested == "auto" and not shapes.unrolled_excess(kernel_size, strides):
@@ -215,9 +215,9 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
     if gradient in (None, implementation):
         y, fused = lowered(implementation, x, kernel, epilogue)
     else:
-        y, fused = with_gradient_of(lambda x, kernel: lowered(implementation, x, kernel)[0],
-                                    lambda x, kernel: lowered(gradient, x, kernel)[0],
-                                    x, kernel), False
+        y, fused = with_gradient_of(
+            lambda x, kernel, name=implementation: lowered(name, x, kernel)[0],
+            lambda x, kernel, name=gradient: lowered(name, x, kernel)[0], x, kernel), False
     y.set_shape([x.shape[0], *plan.static_output_lengths, filters])
     if epilogue is not None and not fused:
         y = epilogue(y)
@@ -228,11 +228,15 @@ def _forward_and_gradient(implementation):
     """``(forward, gradient)`` lowerings of an ``implementation`` argument: a
     name (normalized; gradient None: its own) or a pair of lowering names."""
     if isinstance(implementation, (tuple, list)):
-        if len(implementation) != 2:
-            raise ValueError("`implementation` must be a name or a (forward, gradient) pair "
-                             f"of lowerings. Received: implementation={implementation!r}")
-        return tuple(shapes.normalize_choice(name, "implementation", shapes.LOWERINGS)
-                     for name in implementation)
+        if len(implementation) != 2 or not all(
+                isinstance(name, str) and name.lower() in shapes.LOWERINGS
+                for name in implementation):
+            raise ValueError(
+                f"The `implementation` argument must be one of "
+                f"{', '.join(map(repr, shapes.IMPLEMENTATIONS))}, or a (forward, gradient) "
+                f"pair of {', '.join(map(repr, shapes.LOWERINGS))}. "
+                f"Received: implementation={implementation!r}")
+        return tuple(name.lower() for name in implementation)
     return shapes.normalize_choice(implementation, "implementation",
                                    shapes.IMPLEMENTATIONS), None
 

@@ -8,14 +8,18 @@ def with_gradient_of(forward, gradient, x, kernel):
 
     Every lowering computes the same function, so any one's gradient is the
     gradient of the others: measured, the fastest forward pass and the
-    fastest gradient often come from different lowerings (the sub-pixel
-    forward with the native op's gradient on oneDNN, docs/performance.md).
+    fastest gradient may come from different lowerings (on oneDNN, the
+    sub-pixel forward and the native op's gradient: docs/performance.md).
 
     The gradient traces ``gradient``'s forward pass inside a tape to
     differentiate it. No lowering's gradient reads its forward's output (each
-    is linear in ``x`` and in ``kernel``), so inside a ``tf.function`` (a
-    Keras training step) TensorFlow prunes that pass and only the gradient
-    runs; called eagerly, it runs too.
+    is linear in ``x`` and in ``kernel``), so inside a ``tf.function`` with
+    a static batch TensorFlow prunes that pass and only the gradient runs.
+    With the batch unknown at trace time (a Keras model's graph), the
+    gradients of its slices and pads read their inputs' shapes, and the part
+    of the pass before them runs too; called eagerly, all of it does.
+    Tuning times a pair as the call traces it before it runs one
+    (``tuning.measure_split``).
     """
 
     @tf.custom_gradient

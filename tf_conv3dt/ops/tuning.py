@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tf_conv3dt import shapes
 from tf_conv3dt.ops import choice
 
 try:
@@ -59,7 +60,8 @@ NOMINAL_BATCH = 2
 BUDGET_S = 2.0
 """Time one configuration's timing runs may take, tracing included."""
 DROP_RATIO = 3.0
-"""A candidate this many times slower than the best so far is not timed again."""
+"""A candidate this many times slower than the best so far, in its forward
+pass, in its gradient and over both, is not timed again."""
 RACE_RATIO = 1.5
 """A warmed-up candidate this many times slower than the best over
 forward plus gradient, in its forward pass alone and in its gradient alone
@@ -78,12 +80,13 @@ a smaller block of its input on a CPU (:func:`timed_shape`). Timed at their
 own size, the benchmark's six cases above it took 1.8-22.7 s to tune on a
 2-core AVX-512 EPYC (benchmarks/bench_tuning_block.py: oneDNN in float32
 and bfloat16, oneDNN held to AVX2, Eigen); on the block, 0.8-2.3 s, and the
-block's choice ran within 1.12x of the whole size's fastest over forward
-plus training step, its fastest forward within 1.28x. ``float("inf")``
+block's choice (one lowering, before tuning paired forwards and
+gradients) ran within 1.12x of the whole size's fastest over forward plus
+training step, its fastest forward within 1.28x. ``float("inf")``
 times every configuration at its own size."""
 MIN_TIMED_LENGTH = 8
 """A spatial length :func:`timed_shape` does not halve below."""
-CANDIDATES = ("native", "gemm", "subpixel")
+CANDIDATES = shapes.LOWERINGS
 FORMAT = 4
 
 _logger = logging.getLogger("tf_conv3dt")
@@ -221,11 +224,18 @@ class Decision(NamedTuple):
     spatial: tuple
     source: str
 
+    @property
+    def fastest_forward(self):
+        """The lowering timed with the fastest forward pass (what a model
+        that only serves runs), or the forward where none was timed."""
+        return min((name for name in self.ms if name in CANDIDATES),
+                   key=lambda name: self.ms[name][0], default=self.forward)
+
     def runs(self, serving=False):
         """What runs, in words: the forward lowering, with the gradient's
-        where it differs (``serving``: a model that only serves)."""
+        where it differs (``serving``: the fastest forward, alone)."""
         if serving:
-            return f"{self.forward} (fastest forward)"
+            return f"{self.fastest_forward} (fastest forward)"
         if self.gradient == self.forward:
             return self.forward
         return f"{self.forward} with {self.gradient}'s gradient"
@@ -260,13 +270,13 @@ _RECORDER = contextvars.ContextVar("tf_conv3dt_tuning_recorder", default=None)
 @contextlib.contextmanager
 def recording(dtype=None, batch=None, serving=False):
     """Collects every decision of the block in a list, as (name scope,
-    :class:`Decision)` pairs (what the tune command prints), tuning whatever
+    :class:`Decision`) pairs (what the tune command prints), tuning whatever
     the switches say. ``dtype`` times every call in
     that dtype instead of its own (a float32 model tuned for
     ``mixed_bfloat16``), and every batch counts as unknown and is timed at
     ``batch`` (default :data:`NOMINAL_BATCH`), as a Keras model's graph meets
-    it. ``serving``: each call runs its forward lowering's gradient too
-    (:attr:`Decision.forward`), for a model that will only serve."""
+    it. ``serving``: each call runs :attr:`Decision.fastest_forward` alone
+    (with its own gradient, never a pair), for a model that will only serve."""
     decisions = []
     token = _RECORDER.set(_Recorder(decisions, dtype, batch or NOMINAL_BATCH, serving))
     try:
@@ -302,12 +312,12 @@ def tuned(x, kernel, strides, padding, dilation, output_lengths, data_format, ca
         else:
             decision = _cached(key) or _measure(
                 key, dtype, timing_batch, x.shape[1:], kernel.shape, strides, padding,
-                dilation, output_lengths, candidates, rule)
+                dilation, output_lengths, candidates, rule, batch is not None)
             _memory[key] = decision
     if recorder:
         recorder.decisions.append((tf.get_current_name_scope(), decision))
         if recorder.serving:
-            return decision.forward, decision.forward
+            return (decision.fastest_forward,) * 2
     return decision.forward, decision.gradient
 
 
@@ -332,46 +342,86 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
     eagerly, within about :data:`BUDGET_S` where the calls allow. The
     gradient is timed as a training step that returns the input and kernel
     gradients: no lowering's gradient reads its forward's output, so
-    TensorFlow prunes the forward pass from that step, and a training step
-    takes the forward's time plus this one.
+    TensorFlow prunes the forward pass from that step (the batch is known
+    here), and a training step takes the forward's time plus this one.
     """
-    from tf_conv3dt import ops
-
     started = time.perf_counter()
-    x, k, upstream = (tf.random.stateless_normal(shape, (0, seed), dtype=dtype) for seed, shape in (
-        (0, (batch, *spatial_and_channels)), (1, kernel_shape),
-        (2, (batch, *output_lengths, kernel_shape[3]))))
+    data = _random_data(dtype, batch, spatial_and_channels, kernel_shape, output_lengths)
     arguments = dict(strides=strides, padding=padding, dilation_rate=dilation,
                      output_shape=tuple(output_lengths))
     steps = {}
     for implementation in candidates:
-        def forward(x, k, implementation=implementation):
-            return ops.conv3d_transpose(x, k, implementation=implementation, **arguments)
-
-        # The gradient arriving from the layers above is an argument, as in
-        # training: a constant one (ones_like) lets TensorFlow fold parts of
-        # the backward pass away, which ranked GEMM's training step up to 2x
-        # too fast.
-        def training(x, k, upstream, forward=forward):
-            with tf.GradientTape() as tape:
-                tape.watch([x, k])
-                y = forward(x, k)
-            return tape.gradient(y, [x, k], output_gradients=upstream)
-
         try:
-            calls = [functools.partial(tf.function(forward, autograph=False), x, k),
-                     functools.partial(tf.function(training, autograph=False), x, k, upstream)]
-            for call in calls:  # trace and allocate
-                _finish(call())
+            steps[implementation] = _calls(implementation, data, arguments)
         except (tf.errors.OpError, MemoryError) as error:
             _logger.info("tf_conv3dt auto: %s failed while being timed (%s); skipped",
                          implementation, str(error).splitlines()[0])
-            continue
-        steps[implementation] = tuple(lambda call=call: _finish(call()) for call in calls)
     budget = BUDGET_S - (time.perf_counter() - started)
     results = time_in_rounds(steps, budget)
     return {name: (forward * 1e3, training * 1e3) for name, (forward, training) in sorted(
         results.items(), key=lambda item: sum(item[1]))}
+
+
+def measure_split(dtype, batch, spatial_and_channels, kernel_shape, strides, padding,
+                  dilation, output_lengths, pair, batch_known):
+    """Milliseconds of the gradient of ``pair``, a (forward, gradient) pair
+    of lowerings run together (``split.with_gradient_of``), traced as the
+    call is: with its batch unknown unless ``batch_known``. There the
+    gradient lowering's forward pass is pruned only in part (the gradients
+    of its slices and pads read their inputs' shapes, which a static batch
+    makes constants), so :func:`measure`'s times alone overrate a pair.
+    None where it fails."""
+    data = _random_data(dtype, batch, spatial_and_channels, kernel_shape, output_lengths)
+    arguments = dict(strides=strides, padding=padding, dilation_rate=dilation,
+                     output_shape=tuple(output_lengths))
+    try:
+        _, gradient = _calls(tuple(pair), data, arguments, batch_known)
+    except (tf.errors.OpError, MemoryError):
+        return None
+    _warmed_up(gradient, time.perf_counter, _seconds(gradient, time.perf_counter))
+    return min(primed_seconds(gradient) for _ in range(MIN_SAMPLES)) * 1e3
+
+
+def _random_data(dtype, batch, spatial_and_channels, kernel_shape, output_lengths):
+    """A random input, kernel and gradient from above of a configuration."""
+    return tuple(tf.random.stateless_normal(shape, (0, seed), dtype=dtype) for seed, shape in (
+        (0, (batch, *spatial_and_channels)), (1, kernel_shape),
+        (2, (batch, *output_lengths, kernel_shape[3]))))
+
+
+def _calls(implementation, data, arguments, batch_known=True):
+    """Blocking ``(forward, gradient)`` calls of ``implementation`` on
+    ``data`` (:func:`_random_data`), each traced and run once, for a batch
+    known or unknown at trace time. The gradient's call is a training step
+    that returns the input and kernel gradients."""
+    from tf_conv3dt import ops
+
+    x, k, upstream = data
+
+    def forward(x, k):
+        return ops.conv3d_transpose(x, k, implementation=implementation, **arguments)
+
+    # The gradient arriving from the layers above is an argument, as in
+    # training: a constant one (ones_like) lets TensorFlow fold parts of
+    # the backward pass away, which ranked GEMM's training step up to 2x
+    # too fast.
+    def training(x, k, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = forward(x, k)
+        return tape.gradient(y, [x, k], output_gradients=upstream)
+
+    functions = [tf.function(forward, autograph=False), tf.function(training, autograph=False)]
+    if not batch_known:
+        specs = [tf.TensorSpec([None, *t.shape[1:]], t.dtype) if t is not k else
+                 tf.TensorSpec(t.shape, t.dtype) for t in data]
+        functions = [function.get_concrete_function(*specs[:arity])
+                     for function, arity in zip(functions, (2, 3))]
+    calls = [functools.partial(functions[0], x, k),
+             functools.partial(functions[1], x, k, upstream)]
+    for call in calls:  # trace and allocate
+        _finish(call())
+    return tuple(lambda call=call: _finish(call()) for call in calls)
 
 
 WARMUP_CALLS = 3
@@ -391,11 +441,11 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
     order to try them (the likeliest winner first). Each call is first
     warmed up until two successive runs agree within :data:`STEADY` (at most
     :data:`WARMUP_CALLS` runs; a cold allocator or thread pool would rank a
-    lowering by its first runs). A name whose forward plus gradient time is
-    already :data:`DROP_RATIO` times the best so far keeps that time and is
-    not run again. Those within :data:`RACE_RATIO` of the best (over both
-    calls, or in either one), where there are two or more, are timed
-    in rounds of one :func:`primed_seconds` each, so that what else a shared
+    lowering by its first runs). A name whose forward, gradient and both
+    together are already :data:`DROP_RATIO` times the best so far keeps
+    those times and is not run again. Those within :data:`RACE_RATIO` of
+    the best (over both calls, or in either one), where there are two or
+    more, are timed in rounds of one :func:`primed_seconds` each, so that what else a shared
     machine runs weighs on all of them alike:
     :data:`MIN_SAMPLES` rounds, then more up to :data:`MAX_SAMPLES` while the
     next round fits in ``budget_s``; the others keep their warm-up times.
@@ -403,15 +453,17 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
     call, the statistic a busy machine's interruptions move least.
     """
     started = clock()
-    warm, warmed, best = {}, [], float("inf")
+    warm, warmed, best = {}, [], [float("inf")] * 3  # forward, gradient, both
     for name, calls in steps.items():
         warm[name] = [_seconds(call, clock) for call in calls]
-        if sum(warm[name]) <= DROP_RATIO * best:  # else dropped already: not warmed up
+        if any(now <= DROP_RATIO * least for now, least in zip(
+                (*warm[name], sum(warm[name])), best)):  # else dropped: not warmed up
             warm[name] = [_warmed_up(call, clock, first)
                           for call, first in zip(calls, warm[name])]
             warmed.append(name)
-            best = min(best, sum(warm[name]))
-    fastest = [min((warm[name][call] for name in warmed), default=best) for call in (0, 1)]
+            best = [min(least, now) for now, least in zip((*warm[name], sum(warm[name])),
+                                                         best)]
+    best, fastest = best[2], best[:2]
     kept = [name for name in warmed if sum(warm[name]) <= RACE_RATIO * best
             or any(warm[name][call] <= RACE_RATIO * fastest[call] for call in (0, 1))]
     samples = {name: ([], []) for name in kept} if len(kept) > 1 else {}
@@ -489,14 +541,23 @@ def _finish(result):
 
 
 def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, padding,
-             dilation, output_lengths, candidates, rule):
+             dilation, output_lengths, candidates, rule, batch_known):
     order = [rule, *[c for c in candidates if c != rule]] if rule in candidates else candidates
     started = time.perf_counter()
     spatial, output_lengths = timed_shape(batch, spatial_and_channels, kernel_shape, strides,
                                           output_lengths)
-    times = _on_a_fresh_thread(measure, dtype, batch, (*spatial, spatial_and_channels[3]),
-                               kernel_shape, strides, padding, dilation, output_lengths, order)
+    configuration = (dtype, batch, (*spatial, spatial_and_channels[3]), kernel_shape, strides,
+                     padding, dilation, output_lengths)
+    times = _on_a_fresh_thread(measure, *configuration, order)
     forward, gradient = choose(times, rule)
+    if gradient != forward:  # timed together, as the call traces them
+        split = _on_a_fresh_thread(measure_split, *configuration, (forward, gradient),
+                                   batch_known)
+        if split is not None:
+            times[f"{forward}+{gradient}"] = (times[forward][0], split)
+        if split is None or sum(times[forward]) <= (1 + RULE_MARGIN) * (
+                times[forward][0] + split):
+            gradient = forward
     decision = Decision(key, forward, gradient, times, batch, spatial, "measured")
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
@@ -510,20 +571,26 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
 
 def choose(times, rule):
     """``(forward, gradient)``, the lowerings ``times`` ({name: (forward ms,
-    gradient ms)}) says to run: the fastest forward pass, unless ``rule``'s
-    choice is within :data:`RULE_MARGIN` of it; and the fastest gradient,
-    unless the forward's own gradient gives a training step (forward plus
-    gradient) within :data:`RULE_MARGIN` of it. ``(rule, rule)`` where none
-    was timed.
+    gradient ms)}) says to run, ``(rule, rule)`` where none was timed.
 
-    One lowering for both ran up to 1.2x behind the fastest forward, or the
-    fastest training step, where one lowering has the fastest forward and
-    another the fastest gradient (benchmarks/results/: on oneDNN the
-    sub-pixel forward with the native op's gradient)."""
+    The forward is, of the lowerings whose forward pass is within
+    :data:`RULE_MARGIN` of the fastest, the one whose own training step
+    (forward plus gradient) is fastest, or the rule's choice where its own
+    step is within :data:`RULE_MARGIN` of that. The gradient is the fastest
+    gradient where it makes the training step faster than the forward's own
+    gradient by more than :data:`RULE_MARGIN`, else the forward's own. A
+    pair is estimated from the times alone: :func:`_measure` times it as
+    the call runs it before it keeps it.
+
+    One lowering for both passes ran up to 1.2x behind the fastest forward
+    where another had the fastest gradient (benchmarks/results/: on oneDNN,
+    the sub-pixel forward against the native op's)."""
     if not times:
         return rule, rule
-    forward = min(times, key=lambda name: times[name][0])
-    if rule in times and times[rule][0] <= (1 + RULE_MARGIN) * times[forward][0]:
+    fastest = min(ms[0] for ms in times.values())
+    close = [name for name in times if times[name][0] <= (1 + RULE_MARGIN) * fastest]
+    forward = min(close, key=lambda name: sum(times[name]))
+    if rule in close and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(times[forward]):
         forward = rule
     gradient = min(times, key=lambda name: times[name][1])
     own, best = (times[forward][0] + times[name][1] for name in (forward, gradient))
