@@ -557,7 +557,8 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
             times[f"{forward}+{gradient}"] = (times[forward][0], split)
         if split is None or sum(times[forward]) <= (1 + RULE_MARGIN) * (
                 times[forward][0] + split):
-            gradient = forward
+            forward = gradient = one_lowering(
+                {name: ms for name, ms in times.items() if name in CANDIDATES}, rule)
     decision = Decision(key, forward, gradient, times, batch, spatial, "measured")
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
@@ -569,29 +570,36 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
     return decision
 
 
+def one_lowering(times, rule):
+    """The lowering of ``times`` fastest over forward plus gradient (a
+    training step), or ``rule``'s choice where it is within
+    :data:`RULE_MARGIN` of that."""
+    best = min(times, key=lambda name: sum(times[name]))
+    return rule if rule in times and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(
+        times[best]) else best
+
+
 def choose(times, rule):
     """``(forward, gradient)``, the lowerings ``times`` ({name: (forward ms,
     gradient ms)}) says to run, ``(rule, rule)`` where none was timed.
 
-    The forward is, of the lowerings whose forward pass is within
-    :data:`RULE_MARGIN` of the fastest, the one whose own training step
-    (forward plus gradient) is fastest, or the rule's choice where its own
-    step is within :data:`RULE_MARGIN` of that. The gradient is the fastest
-    gradient where it makes the training step faster than the forward's own
-    gradient by more than :data:`RULE_MARGIN`, else the forward's own. A
-    pair is estimated from the times alone: :func:`_measure` times it as
-    the call runs it before it keeps it.
+    The forward is :func:`one_lowering`'s where its forward pass is within
+    :data:`RULE_MARGIN` of the fastest, else the fastest. The gradient is
+    the fastest gradient where it makes the training step (forward plus
+    gradient) faster than the forward's own gradient by more than
+    :data:`RULE_MARGIN`, else the forward's own. A pair is estimated from
+    the times alone: :func:`_measure` times it as the call runs it before
+    it keeps it, and else runs :func:`one_lowering`'s.
 
     One lowering for both passes ran up to 1.2x behind the fastest forward
     where another had the fastest gradient (benchmarks/results/: on oneDNN,
     the sub-pixel forward against the native op's)."""
     if not times:
         return rule, rule
-    fastest = min(ms[0] for ms in times.values())
-    close = [name for name in times if times[name][0] <= (1 + RULE_MARGIN) * fastest]
-    forward = min(close, key=lambda name: sum(times[name]))
-    if rule in close and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(times[forward]):
-        forward = rule
+    forward = one_lowering(times, rule)
+    fastest = min(times, key=lambda name: times[name][0])
+    if times[forward][0] > (1 + RULE_MARGIN) * times[fastest][0]:
+        forward = fastest
     gradient = min(times, key=lambda name: times[name][1])
     own, best = (times[forward][0] + times[name][1] for name in (forward, gradient))
     return forward, forward if own <= (1 + RULE_MARGIN) * best else gradient
