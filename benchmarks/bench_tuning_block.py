@@ -4,8 +4,9 @@ For each benchmark case (bench_conv3d_transpose.CASES) whose forward pass
 takes more than ``tuning.MAX_TIMED_PRODUCTS`` multiply-adds, times the
 eligible lowerings with ``tuning.measure`` twice, at the case's own size
 and on the block ``tuning.timed_shape`` gives it, and records the seconds
-each took, every candidate's forward / gradient ms, and tuning's choice of
-forward and gradient lowerings (``tuning.choose``), with what the block's
+each took, every candidate's forward / gradient ms, and tuning's proposed
+forward and gradient lowerings (``tuning.choose``, from the separate times:
+tuning times a pair together before it keeps it), with what the block's
 choice costs at the whole size against the whole size's fastest: a
 training step (forward plus gradient) and the forward alone. The result goes
 to benchmarks/results/tuning/<cpu>-<isa>_<cpu configuration>_<dtype>_<date>.json

@@ -4,9 +4,10 @@ Run it on the machine that will train (or serve) the model, before a long
 run: each layer whose implementation is "auto" is timed with every exact
 lowering tuning takes on this machine (ops.tuning.eligible), forward pass
 and gradient, at --batch-size (the batch "auto"
-assumes for a Keras model's graph, whose batch is unknown), and the
-lowerings with the fastest forward and the fastest gradient (one, or two
-run together) go into the tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
+assumes for a Keras model's graph, whose batch is unknown), and what runs
+(the lowering fastest over both, or the fastest forward with the fastest
+gradient where that pair, timed together, trains faster) goes into the
+tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
 directory), which "auto" reads in a run with TF_CONV3DT_AUTOTUNE=1 (timing
 is off by default; a cached configuration is not timed again). One row per
 layer: its configuration, each candidate's forward / gradient

@@ -82,8 +82,8 @@ def conv3d_transpose(inputs, kernel, strides=1, padding="valid", output_padding=
         the rule of :func:`resolve_implementation`), "native", "gemm" or
         "subpixel"; or a pair ``(forward, gradient)`` of those three: the
         forward pass runs the first, differentiated as the second
-        (``split.with_gradient_of``; what tuned "auto" runs where the
-        fastest forward and the fastest gradient differ).
+        (``split.with_gradient_of``; what tuned "auto" runs where such a
+        pair, timed together, trains faster than any one lowering).
         ``forced_implementation`` overrides both, and a call that runs
         GEMM's int8 form or GEMM's one depthwise call runs GEMM's gradient.
       one_product_per_phase: the GEMM lowering's int8-oriented form: each

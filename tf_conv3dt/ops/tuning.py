@@ -4,9 +4,11 @@ The first time ``implementation="auto"`` meets a configuration whose dtype,
 layout, input shape, kernel, strides, padding, dilation and output size are
 all known at trace time, :func:`tuned` times every eligible lowering (the
 forward pass, and its gradient with respect to the input and the kernel)
-and keeps the one with the fastest forward pass for the forward, and the
-one with the fastest gradient for training (:func:`choose`; the rule's
-choice unless another beats it by :data:`RULE_MARGIN`). The choice is kept in memory and in a
+and keeps the one fastest over both (:func:`one_lowering`; the rule's
+choice unless another beats it by :data:`RULE_MARGIN`), or a pair: the
+fastest forward differentiated as the fastest gradient where that pair,
+timed together as the call traces it, trains faster still (:func:`choose`,
+:func:`measure_split`). The choice is kept in memory and in a
 JSON file per machine environment (:func:`cache_path`); a file written under
 another TensorFlow, tf_conv3dt, device or oneDNN setting has another name and
 an environment record that must match, so it is never reused.
@@ -87,7 +89,7 @@ times every configuration at its own size."""
 MIN_TIMED_LENGTH = 8
 """A spatial length :func:`timed_shape` does not halve below."""
 CANDIDATES = shapes.LOWERINGS
-FORMAT = 4
+FORMAT = 5
 
 _logger = logging.getLogger("tf_conv3dt")
 _lock = threading.RLock()
@@ -211,10 +213,11 @@ def eligible(candidates):
 
 class Decision(NamedTuple):
     """One configuration's choice: the key, the lowering the forward pass
-    runs and the one whose gradient training runs (:func:`choose`), each
-    candidate's (forward, gradient) ms, the batch and input spatial lengths
-    they were timed at (:func:`timed_shape`), and where the choice came from
-    ("measured", "cache" or "memory")."""
+    runs and the one whose gradient training runs, each candidate's
+    (forward, gradient) ms (and a proposed pair's, "forward+gradient",
+    where one was timed together: :func:`measure_split`), the batch and
+    input spatial lengths they were timed at (:func:`timed_shape`), and
+    where the choice came from ("measured", "cache" or "memory")."""
 
     key: str
     forward: str
@@ -228,8 +231,8 @@ class Decision(NamedTuple):
     def fastest_forward(self):
         """The lowering timed with the fastest forward pass (what a model
         that only serves runs), or the forward where none was timed."""
-        return min((name for name in self.ms if name in CANDIDATES),
-                   key=lambda name: self.ms[name][0], default=self.forward)
+        return min(lowering_times(self.ms), key=lambda name: self.ms[name][0],
+                   default=self.forward)
 
     def runs(self, serving=False):
         """What runs, in words: the forward lowering, with the gradient's
@@ -346,9 +349,8 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
     here), and a training step takes the forward's time plus this one.
     """
     started = time.perf_counter()
-    data = _random_data(dtype, batch, spatial_and_channels, kernel_shape, output_lengths)
-    arguments = dict(strides=strides, padding=padding, dilation_rate=dilation,
-                     output_shape=tuple(output_lengths))
+    data, arguments = _setup(dtype, batch, spatial_and_channels, kernel_shape, strides,
+                             padding, dilation, output_lengths)
     steps = {}
     for implementation in candidates:
         try:
@@ -362,6 +364,11 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
         results.items(), key=lambda item: sum(item[1]))}
 
 
+def lowering_times(times):
+    """The entries of ``times`` that time one lowering (not a pair's)."""
+    return {name: ms for name, ms in times.items() if name in CANDIDATES}
+
+
 def measure_split(dtype, batch, spatial_and_channels, kernel_shape, strides, padding,
                   dilation, output_lengths, pair, batch_known):
     """Milliseconds of the gradient of ``pair``, a (forward, gradient) pair
@@ -370,33 +377,40 @@ def measure_split(dtype, batch, spatial_and_channels, kernel_shape, strides, pad
     gradient lowering's forward pass is pruned only in part (the gradients
     of its slices and pads read their inputs' shapes, which a static batch
     makes constants), so :func:`measure`'s times alone overrate a pair.
-    None where it fails."""
-    data = _random_data(dtype, batch, spatial_and_channels, kernel_shape, output_lengths)
-    arguments = dict(strides=strides, padding=padding, dilation_rate=dilation,
-                     output_shape=tuple(output_lengths))
+    Called eagerly, a pair runs all of that pass: the choice assumes a
+    ``tf.function``, as Keras's training step is. None where it fails."""
+    data, arguments = _setup(dtype, batch, spatial_and_channels, kernel_shape, strides,
+                             padding, dilation, output_lengths)
     try:
-        _, gradient = _calls(tuple(pair), data, arguments, batch_known)
-    except (tf.errors.OpError, MemoryError):
+        (gradient,) = _calls(tuple(pair), data, arguments, batch_known, ("gradient",))
+        _warmed_up(gradient, time.perf_counter, _seconds(gradient, time.perf_counter))
+        return min(primed_seconds(gradient) for _ in range(MIN_SAMPLES)) * 1e3
+    except (tf.errors.OpError, MemoryError) as error:
+        _logger.info("tf_conv3dt auto: %s failed while being timed (%s); not paired",
+                     "+".join(pair), str(error).splitlines()[0])
         return None
-    _warmed_up(gradient, time.perf_counter, _seconds(gradient, time.perf_counter))
-    return min(primed_seconds(gradient) for _ in range(MIN_SAMPLES)) * 1e3
 
 
-def _random_data(dtype, batch, spatial_and_channels, kernel_shape, output_lengths):
-    """A random input, kernel and gradient from above of a configuration."""
-    return tuple(tf.random.stateless_normal(shape, (0, seed), dtype=dtype) for seed, shape in (
+def _setup(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, dilation,
+           output_lengths):
+    """A configuration's random input, kernel and gradient from above, and
+    its call's arguments."""
+    data = tuple(tf.random.stateless_normal(shape, (0, seed), dtype=dtype) for seed, shape in (
         (0, (batch, *spatial_and_channels)), (1, kernel_shape),
         (2, (batch, *output_lengths, kernel_shape[3]))))
+    return data, dict(strides=strides, padding=padding, dilation_rate=dilation,
+                      output_shape=tuple(output_lengths))
 
 
-def _calls(implementation, data, arguments, batch_known=True):
-    """Blocking ``(forward, gradient)`` calls of ``implementation`` on
-    ``data`` (:func:`_random_data`), each traced and run once, for a batch
-    known or unknown at trace time. The gradient's call is a training step
-    that returns the input and kernel gradients."""
+def _calls(implementation, data, arguments, batch_known=True, steps=("forward", "gradient")):
+    """Blocking calls of ``implementation`` on ``data`` (:func:`_setup`),
+    one per step named in ``steps`` ("forward", "gradient"), each traced
+    and run once, for a batch known or unknown at trace time. The
+    gradient's call is a training step that returns the input and kernel
+    gradients."""
     from tf_conv3dt import ops
 
-    x, k, upstream = data
+    kernel = data[1]
 
     def forward(x, k):
         return ops.conv3d_transpose(x, k, implementation=implementation, **arguments)
@@ -405,20 +419,20 @@ def _calls(implementation, data, arguments, batch_known=True):
     # training: a constant one (ones_like) lets TensorFlow fold parts of
     # the backward pass away, which ranked GEMM's training step up to 2x
     # too fast.
-    def training(x, k, upstream):
+    def gradient(x, k, upstream):
         with tf.GradientTape() as tape:
             tape.watch([x, k])
             y = forward(x, k)
         return tape.gradient(y, [x, k], output_gradients=upstream)
 
-    functions = [tf.function(forward, autograph=False), tf.function(training, autograph=False)]
-    if not batch_known:
-        specs = [tf.TensorSpec([None, *t.shape[1:]], t.dtype) if t is not k else
-                 tf.TensorSpec(t.shape, t.dtype) for t in data]
-        functions = [function.get_concrete_function(*specs[:arity])
-                     for function, arity in zip(functions, (2, 3))]
-    calls = [functools.partial(functions[0], x, k),
-             functools.partial(functions[1], x, k, upstream)]
+    specs = [tf.TensorSpec([None, *t.shape[1:]] if t is not kernel and not batch_known
+                           else t.shape, t.dtype) for t in data]
+    calls = []
+    for step in steps:
+        function, arity = {"forward": (forward, 2), "gradient": (gradient, 3)}[step]
+        concrete = tf.function(function, autograph=False).get_concrete_function(
+            *specs[:arity])
+        calls.append(functools.partial(concrete, *data[:arity]))
     for call in calls:  # trace and allocate
         _finish(call())
     return tuple(lambda call=call: _finish(call()) for call in calls)
@@ -553,12 +567,12 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
     if gradient != forward:  # timed together, as the call traces them
         split = _on_a_fresh_thread(measure_split, *configuration, (forward, gradient),
                                    batch_known)
+        alone = one_lowering(times, rule)
         if split is not None:
             times[f"{forward}+{gradient}"] = (times[forward][0], split)
-        if split is None or sum(times[forward]) <= (1 + RULE_MARGIN) * (
-                times[forward][0] + split):
-            forward = gradient = one_lowering(
-                {name: ms for name, ms in times.items() if name in CANDIDATES}, rule)
+        if split is None or not _pair_wins(times[forward][0] + split, sum(times[alone]),
+                                           serves_faster=forward != alone):
+            forward = gradient = alone
     decision = Decision(key, forward, gradient, times, batch, spatial, "measured")
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
@@ -568,6 +582,16 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
     if times:
         _store(key, decision)
     return decision
+
+
+def _pair_wins(pair_step, alone_step, serves_faster):
+    """Whether a pair whose training step (forward plus gradient, timed
+    together) takes ``pair_step`` beats the lowering fastest over both alone,
+    whose step takes ``alone_step``: by more than :data:`RULE_MARGIN`, or
+    where the pair's forward is the faster (``serves_faster``), within it."""
+    if serves_faster:
+        return pair_step <= (1 + RULE_MARGIN) * alone_step
+    return alone_step > (1 + RULE_MARGIN) * pair_step
 
 
 def one_lowering(times, rule):
