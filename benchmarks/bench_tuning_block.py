@@ -5,8 +5,9 @@ takes more than ``tuning.MAX_TIMED_PRODUCTS`` multiply-adds, times the
 eligible lowerings with ``tuning.measure`` twice, at the case's own size
 and on the block ``tuning.timed_shape`` gives it, and records the seconds
 each took, every candidate's forward / gradient ms, and tuning's proposed
-forward and gradient lowerings (``tuning.choose``, from the separate times:
-tuning times a pair together before it keeps it), with what the block's
+forward and gradient lowerings (``tuning.choose``, from the separate times,
+with the gradients ``tuning.ranked_gradients`` lets the block rank: tuning
+times a pair together before it keeps it), with what the block's
 choice costs at the whole size against the whole size's fastest: a
 training step (forward plus gradient) and the forward alone. The result goes
 to benchmarks/results/tuning/<cpu>-<isa>_<cpu configuration>_<dtype>_<date>.json
@@ -54,8 +55,9 @@ def main():
             ms = tuning.measure(dtype, shape[0], (*spatial, shape[4]), kernel_shape, strides,
                                 padding.upper(), (1, 1, 1), lengths,
                                 [rule, *[c for c in candidates if c != rule]])
+            gradients = tuning.ranked_gradients(ms, spatial != whole, kernel_shape, strides)
             timed[name] = dict(seconds=time.perf_counter() - started, spatial=list(spatial),
-                               ms=ms, choice=tuning.choose(ms, rule))
+                               ms=ms, choice=tuning.choose(ms, rule, gradients))
         whole_ms = timed["whole"]["ms"]
         forward, gradient = timed["block"]["choice"]
         fastest = [min(ms[step] for ms in whole_ms.values()) for step in (0, 1)]

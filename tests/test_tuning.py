@@ -654,6 +654,50 @@ def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurem
                                                             padding="same"))
 
 
+@pytest.mark.parametrize("times, chosen", [
+    # Native's forward the fastest: a pair, with the fastest ranked gradient.
+    ({"native": (1.0, 2.0), "gemm": (2.0, 3.0), "subpixel": (2.1, 3.5)}, ("native", "gemm")),
+    # Native's forward within the margin: the ranked lowering alone.
+    ({"native": (1.98, 1.0), "gemm": (2.0, 3.0)}, ("gemm", "gemm")),
+    # Only native was timed (the others failed): it runs.
+    ({"native": (1.0, 2.0)}, ("native", "native")),
+])
+def test_choose_takes_a_gradient_only_from_the_ranked_lowerings(times, chosen):
+    gradients = tuning.ranked_gradients(times, True, (2, 2, 2, 3, 2), (2, 2, 2))
+    assert tuning.choose(times, "subpixel", gradients) == chosen
+
+
+@op_only
+@pytest.mark.parametrize("kernel_size, on_a_block, chosen", [
+    (2, True, ("native", "gemm")),  # kernel == stride on a block: a pair's forward only
+    (2, False, ("native", "native")),  # at its own size its gradient ranks
+    (3, True, ("native", "native")),  # overlapping: the block ranks it as the whole does
+])
+def test_a_block_does_not_rank_the_native_gradient_where_kernel_equals_stride(
+        tuning_on, monkeypatch, caplog, kernel_size, on_a_block, chosen):
+    """oneDNN's gradient of the native op for kernel == stride loses rate
+    as the input grows, so a block ranks it ahead of where it runs
+    (tuning.ranked_gradients): there native's forward, the fastest, pairs
+    with GEMM's gradient, the fastest of the others."""
+    _as_on_a_cpu(monkeypatch)
+    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
+    monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", 1 if on_a_block else float("inf"))
+    monkeypatch.setattr(tuning, "measure", lambda *args: {
+        "native": (1.0, 2.0), "gemm": (2.0, 3.0), "subpixel": (2.1, 3.5)})
+    monkeypatch.setattr(tuning, "measure_split", lambda *args: 3.0)
+    x, kernel = _inputs((2, 16, 16, 16, 2), (kernel_size,) * 3 + (3, 2))
+    output = (shapes.output_length(16, kernel_size, 2, "valid"),) * 3
+    with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
+        runs = tuning.tuned(tf.constant(x), tf.constant(kernel), (2, 2, 2), "VALID",
+                            (1, 1, 1), output, "channels_last", list(tuning.CANDIDATES),
+                            "subpixel")
+    assert runs == chosen
+    (decision,) = tuning._memory.values()
+    assert (decision.spatial == (8, 8, 8)) == on_a_block
+    (line,) = [r.getMessage() for r in caplog.records if "tf_conv3dt auto:" in r.getMessage()]
+    assert ("native timed for the forward only" in line) == (chosen[1] != "native"), line
+
+
 @op_only
 @pytest.mark.parametrize("configuration, timed", [
     ("onednn", {"native", "gemm", "subpixel"}), ("eigen", {"gemm", "subpixel"})])

@@ -360,7 +360,7 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
                          implementation, str(error).splitlines()[0])
     budget = BUDGET_S - (time.perf_counter() - started)
     results = time_in_rounds(steps, budget)
-    return {name: (forward * 1e3, training * 1e3) for name, (forward, training) in sorted(
+    return {name: (forward * 1e3, gradient * 1e3) for name, (forward, gradient) in sorted(
         results.items(), key=lambda item: sum(item[1]))}
 
 
@@ -563,22 +563,27 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
     configuration = (dtype, batch, (*spatial, spatial_and_channels[3]), kernel_shape, strides,
                      padding, dilation, output_lengths)
     times = _on_a_fresh_thread(measure, *configuration, order)
-    forward, gradient = choose(times, rule)
+    gradients = ranked_gradients(times, spatial != tuple(spatial_and_channels[:3]),
+                                 kernel_shape, strides)
+    forward, gradient = choose(times, rule, gradients)
     if gradient != forward:  # timed together, as the call traces them
         split = _on_a_fresh_thread(measure_split, *configuration, (forward, gradient),
                                    batch_known)
-        alone = one_lowering(times, rule)
+        alone = one_lowering(times, rule, gradients)
         if split is not None:
             times[f"{forward}+{gradient}"] = (times[forward][0], split)
         if split is None or not _pair_wins(times[forward][0] + split, sum(times[alone]),
                                            serves_faster=forward != alone):
             forward = gradient = alone
     decision = Decision(key, forward, gradient, times, batch, spatial, "measured")
+    unranked = sorted(set(lowering_times(times)) - set(gradients))
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
-        "gradient ms: %s)", key, decision.runs(), batch, spatial,
+        "gradient ms: %s)%s", key, decision.runs(), batch, spatial,
         time.perf_counter() - started,
-        ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in times.items()) or "none ran")
+        ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in times.items()) or "none ran",
+        f"; {', '.join(unranked)} timed for the forward only: the block misranks its gradient"
+        if unranked else "")
     if times:
         _store(key, decision)
     return decision
@@ -594,24 +599,47 @@ def _pair_wins(pair_step, alone_step, serves_faster):
     return alone_step > (1 + RULE_MARGIN) * pair_step
 
 
-def one_lowering(times, rule):
+def ranked_gradients(times, on_a_block, kernel_shape, strides):
+    """The lowerings of ``times`` whose timed gradient ranks them: all,
+    but the native op where the configuration was timed on a block of its
+    input (:func:`timed_shape`) and the kernel equals the stride.
+
+    There the native op's gradient (oneDNN's) runs at a rate that drops
+    with size, and the block ranks it ahead of where it runs: in the
+    block-against-whole runs of 2026-12-03 (benchmarks/results/tuning/
+    block_*: oneDNN with AVX-512 in float32 and bfloat16, and held to AVX2),
+    on both such cases of each, its gradient was 1.09-1.63x the fastest
+    on the block and 1.53-3.45x at the whole size, while its forward, the
+    fastest at the whole size in all six, was within 9% of the fastest on
+    the block. Taken on the block's
+    ranking, it trained 1.63-1.67x behind our fastest lowering in the
+    benchmark runs of that day. It still runs as a pair's forward."""
+    if on_a_block and choice.kernel_relation(kernel_shape[:3], strides) == "kernel == stride":
+        return [name for name in times if name != "native"] or list(times)
+    return list(times)
+
+
+def one_lowering(times, rule, gradients=None):
     """The lowering of ``times`` fastest over forward plus gradient (a
     training step), or ``rule``'s choice where it is within
-    :data:`RULE_MARGIN` of that."""
-    best = min(times, key=lambda name: sum(times[name]))
-    return rule if rule in times and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(
+    :data:`RULE_MARGIN` of that; among ``gradients`` (default all), those
+    whose gradient may run (:func:`ranked_gradients`)."""
+    able = list(times) if gradients is None else gradients
+    best = min(able, key=lambda name: sum(times[name]))
+    return rule if rule in able and sum(times[rule]) <= (1 + RULE_MARGIN) * sum(
         times[best]) else best
 
 
-def choose(times, rule):
+def choose(times, rule, gradients=None):
     """``(forward, gradient)``, the lowerings ``times`` ({name: (forward ms,
     gradient ms)}) says to run, ``(rule, rule)`` where none was timed.
 
     The forward is :func:`one_lowering`'s where its forward pass is within
     :data:`RULE_MARGIN` of the fastest, else the fastest. The gradient is
-    the fastest gradient where it makes the training step (forward plus
-    gradient) faster than the forward's own gradient by more than
-    :data:`RULE_MARGIN`, else the forward's own. A pair is estimated from
+    the fastest of ``gradients`` (default all: :func:`ranked_gradients`)
+    where it makes the training step (forward plus gradient) faster than
+    the forward's own gradient by more than :data:`RULE_MARGIN`, else the
+    forward's own, where that is one of them. A pair is estimated from
     the times alone: :func:`_measure` times it as the call runs it before
     it keeps it, and else runs :func:`one_lowering`'s.
 
@@ -620,13 +648,15 @@ def choose(times, rule):
     the sub-pixel forward against the native op's)."""
     if not times:
         return rule, rule
-    forward = one_lowering(times, rule)
+    able = list(times) if gradients is None else gradients
+    forward = one_lowering(times, rule, able)
     fastest = min(times, key=lambda name: times[name][0])
     if times[forward][0] > (1 + RULE_MARGIN) * times[fastest][0]:
         forward = fastest
-    gradient = min(times, key=lambda name: times[name][1])
+    gradient = min(able, key=lambda name: times[name][1])
     own, best = (times[forward][0] + times[name][1] for name in (forward, gradient))
-    return forward, forward if own <= (1 + RULE_MARGIN) * best else gradient
+    return forward, forward if forward in able and own <= (1 + RULE_MARGIN) * best \
+        else gradient
 
 
 def _load(path):
