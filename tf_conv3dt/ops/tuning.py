@@ -605,15 +605,16 @@ def ranked_gradients(times, on_a_block, kernel_shape, strides):
     input (:func:`timed_shape`) and the kernel equals the stride.
 
     There the native op's gradient (oneDNN's) runs at a rate that drops
-    with size, and the block ranks it ahead of where it runs: in the
+    with size, and the block ranks it ahead of where it runs: in the six
     block-against-whole runs of 2026-12-03 (benchmarks/results/tuning/
-    block_*: oneDNN with AVX-512 in float32 and bfloat16, and held to AVX2),
-    on both such cases of each, its gradient was 1.09-1.63x the fastest
-    on the block and 1.53-3.45x at the whole size, while its forward, the
-    fastest at the whole size in all six, was within 9% of the fastest on
-    the block. Taken on the block's
-    ranking, it trained 1.63-1.67x behind our fastest lowering in the
-    benchmark runs of that day. It still runs as a pair's forward."""
+    block_*: oneDNN with AVX-512 in float32 and bfloat16, and held to
+    AVX2), on both such cases of each, its gradient was 1.10-1.77x the
+    fastest other lowering's on the block and 1.48-3.87x at the whole
+    size, always further behind, while its forward was within 10% of the
+    fastest on the block and 4% at the whole size. Where noise put it first
+    on the block, tuning took it and trained 1.63-1.67x behind our fastest
+    lowering (two benchmark runs of that day). It still runs as a pair's
+    forward."""
     if on_a_block and choice.kernel_relation(kernel_shape[:3], strides) == "kernel == stride":
         return [name for name in times if name != "native"] or list(times)
     return list(times)
