@@ -668,23 +668,25 @@ def test_choose_takes_a_gradient_only_from_the_ranked_lowerings(times, chosen):
 
 
 @op_only
-@pytest.mark.parametrize("kernel_size, on_a_block, chosen", [
-    (2, True, ("native", "gemm")),  # kernel == stride on a block: a pair's forward only
-    (2, False, ("native", "native")),  # at its own size its gradient ranks
-    (3, True, ("native", "native")),  # overlapping: the block ranks it as the whole does
+@pytest.mark.parametrize("kernel_size, on_a_block, split_ms, chosen", [
+    (2, True, 3.0, ("native", "gemm")),  # kernel == stride on a block: a pair's forward only
+    (2, True, None, ("gemm", "gemm")),  # the pair failed: the fastest ranked lowering
+    (2, False, 3.0, ("native", "native")),  # at its own size its gradient ranks
+    (3, True, 3.0, ("native", "native")),  # overlapping: the block ranks it as the whole does
 ])
 def test_a_block_does_not_rank_the_native_gradient_where_kernel_equals_stride(
-        tuning_on, monkeypatch, caplog, kernel_size, on_a_block, chosen):
+        tuning_on, monkeypatch, caplog, kernel_size, on_a_block, split_ms, chosen):
     """oneDNN's gradient of the native op for kernel == stride loses rate
     as the input grows, so a block ranks it ahead of where it runs
     (tuning.ranked_gradients): there native's forward, the fastest, pairs
-    with GEMM's gradient, the fastest of the others."""
+    with GEMM's gradient, the fastest of the others, or where that pair
+    fails, GEMM runs alone; the log line and the tune command's row say so."""
     _as_on_a_cpu(monkeypatch)
     monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
     monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", 1 if on_a_block else float("inf"))
     monkeypatch.setattr(tuning, "measure", lambda *args: {
         "native": (1.0, 2.0), "gemm": (2.0, 3.0), "subpixel": (2.1, 3.5)})
-    monkeypatch.setattr(tuning, "measure_split", lambda *args: 3.0)
+    monkeypatch.setattr(tuning, "measure_split", lambda *args: split_ms)
     x, kernel = _inputs((2, 16, 16, 16, 2), (kernel_size,) * 3 + (3, 2))
     output = (shapes.output_length(16, kernel_size, 2, "valid"),) * 3
     with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
@@ -695,7 +697,10 @@ def test_a_block_does_not_rank_the_native_gradient_where_kernel_equals_stride(
     (decision,) = tuning._memory.values()
     assert (decision.spatial == (8, 8, 8)) == on_a_block
     (line,) = [r.getMessage() for r in caplog.records if "tf_conv3dt auto:" in r.getMessage()]
-    assert ("native timed for the forward only" in line) == (chosen[1] != "native"), line
+    note = "; native's gradient not ranked on a block"
+    unranked = on_a_block and kernel_size == 2
+    assert line.endswith(note) == unranked, line
+    assert decision.describe().endswith(note) == unranked, decision.describe()
 
 
 @op_only

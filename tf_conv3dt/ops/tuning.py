@@ -89,7 +89,7 @@ times every configuration at its own size."""
 MIN_TIMED_LENGTH = 8
 """A spatial length :func:`timed_shape` does not halve below."""
 CANDIDATES = shapes.LOWERINGS
-FORMAT = 5
+FORMAT = 6
 
 _logger = logging.getLogger("tf_conv3dt")
 _lock = threading.RLock()
@@ -180,8 +180,10 @@ def timed_shape(batch, input_shape, kernel_shape, strides, output_lengths):
     oneDNN's kernels, and the GEMMs and forward convolutions of the other
     lowerings, run at a steady rate per product on such sizes, so the block
     ranks the lowerings as the whole does (:data:`MAX_TIMED_PRODUCTS`) in a
-    fraction of the time. Eigen's Conv3DBackprop* kernels, which the native
-    op runs without oneDNN, do not (:func:`eligible`). On a GPU (not
+    fraction of the time, but for oneDNN's gradient of the native op where
+    the kernel equals the stride (:func:`ranked_gradients`). Eigen's
+    Conv3DBackprop* kernels, which the native op runs without oneDNN, do
+    not (:func:`eligible`). On a GPU (not
     measured) every call is timed at its size."""
     spatial = list(input_shape[:3])
     if not choice.on_a_gpu():
@@ -234,6 +236,19 @@ class Decision(NamedTuple):
         return min(lowering_times(self.ms), key=lambda name: self.ms[name][0],
                    default=self.forward)
 
+    @property
+    def unranked(self):
+        """What the log line and :meth:`describe` add for each timed
+        lowering whose gradient the block it was timed on does not rank
+        (:func:`ranked_gradients`): "; native's gradient not ranked on a
+        block", or nothing."""
+        shape, kernel, strides = (json.loads(self.key)[i] for i in (2, 3, 4))
+        times = lowering_times(self.ms)
+        on_a_block = tuple(shape[1:4]) != tuple(self.spatial)
+        ranked = ranked_gradients(times, on_a_block, kernel, strides)
+        return "".join(f"; {name}'s gradient not ranked on a block" for name in sorted(times)
+                       if name not in ranked)
+
     def runs(self, serving=False):
         """What runs, in words: the forward lowering, with the gradient's
         where it differs (``serving``: the fastest forward, alone)."""
@@ -257,7 +272,7 @@ class Decision(NamedTuple):
                 f"kernel {tuple(kernel[:3])} -> {kernel[3]} filters, strides "
                 f"{tuple(strides)}, {padding}, dilation {tuple(dilation)}, output "
                 f"{tuple(out)} | ms forward/gradient: {times or 'none timed'} | "
-                f"{self.runs(serving)} ({self.source})")
+                f"{self.runs(serving)} ({self.source}){self.unranked}")
 
 
 class _Recorder(NamedTuple):
@@ -576,14 +591,12 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
                                            serves_faster=forward != alone):
             forward = gradient = alone
     decision = Decision(key, forward, gradient, times, batch, spatial, "measured")
-    unranked = sorted(set(lowering_times(times)) - set(gradients))
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
         "gradient ms: %s)%s", key, decision.runs(), batch, spatial,
         time.perf_counter() - started,
         ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in times.items()) or "none ran",
-        f"; {', '.join(unranked)} timed for the forward only: the block misranks its gradient"
-        if unranked else "")
+        decision.unranked)
     if times:
         _store(key, decision)
     return decision
@@ -611,7 +624,7 @@ def ranked_gradients(times, on_a_block, kernel_shape, strides):
     AVX2), on both such cases of each, its gradient was 1.10-1.77x the
     fastest other lowering's on the block and 1.48-3.87x at the whole
     size, always further behind, while its forward was within 10% of the
-    fastest on the block and 4% at the whole size. Where noise put it first
+    fastest on the block and 5% at the whole size. Where noise put it first
     on the block, tuning took it and trained 1.63-1.67x behind our fastest
     lowering (two benchmark runs of that day). It still runs as a pair's
     forward."""
