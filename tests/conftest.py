@@ -10,7 +10,7 @@ from lowerings import LOWERINGS, lowering
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.ops import tuning
 
-# Switched on, "auto" times every static call it meets (ops/tuning.py). The
+# By default "auto" times every static call it meets (ops/tuning.py). The
 # suite checks each lowering itself, and test_tuning.py the timing; everywhere
 # else the rule decides, whatever the caller's environment says, so that no
 # test's time or path depends on a measurement, and nothing is written to the

@@ -112,6 +112,26 @@ def test_saved_model_signature_contract(exported, rng):
     assert "Conv3DBackpropInputV2" not in report["serving"]["ops"]
 
 
+def test_with_tuning_on_the_export_times_nothing_it_does_not_save(tmp_path, monkeypatch):
+    """Timing is on by default, and building the reference model and the
+    export's checks call its "auto" layer: none of those calls is timed
+    (the files hold the lowerings they are given), and the switch is as
+    it was afterwards."""
+    from tf_conv3dt.export.cli import main
+
+    monkeypatch.setenv(tuning.ENV_AUTOTUNE, "1")
+    monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    timed = []
+    monkeypatch.setattr(tuning, "measure", lambda *args: timed.append(args[1:3]) or {})
+    tuning.forget()
+    try:
+        status = main(["--out", str(tmp_path / "out"), "--formats", "savedmodel", "--quiet"])
+        assert status == 0 and timed == [] and not tuning._memory, timed
+        assert tuning.autotune_enabled()
+    finally:
+        tuning.forget()
+
+
 def test_a_tuned_export_traces_each_auto_layers_fastest_forward(tmp_path, monkeypatch, rng):
     """implementation="tuned" times the SavedModel's layer at the export's
     batch and serves its fastest forward (native here), not the fastest

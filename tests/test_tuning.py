@@ -516,7 +516,7 @@ def test_an_unwritable_cache_keeps_the_choice_in_memory(tuning_on, measurements,
 @pytest.mark.parametrize("switch", ["env", "python"])
 def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, switch):
     if switch == "env":
-        monkeypatch.delenv(tuning.ENV_AUTOTUNE)  # off unless asked for
+        monkeypatch.setenv(tuning.ENV_AUTOTUNE, "0")
     else:
         tuning.set_autotune(False)
     assert not ops.autotune_enabled()
@@ -524,6 +524,25 @@ def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, swi
     _auto(x, kernel)
     assert not measurements and not tuning._memory
     assert not os.path.exists(tuning.cache_path())
+
+
+@pytest.mark.parametrize("value, enabled", [
+    (None, True), ("", True), (" Yes ", True), ("1", True), ("0", False), ("OFF", False),
+    ("false", False)])
+def test_tuning_is_on_unless_the_environment_switches_it_off(monkeypatch, value, enabled):
+    tuning.set_autotune(None)
+    if value is None:
+        monkeypatch.delenv(tuning.ENV_AUTOTUNE, raising=False)
+    else:
+        monkeypatch.setenv(tuning.ENV_AUTOTUNE, value)
+    assert tuning.autotune_enabled() is enabled
+
+
+def test_a_bad_environment_switch_is_named(monkeypatch):
+    tuning.set_autotune(None)
+    monkeypatch.setenv(tuning.ENV_AUTOTUNE, "sometimes")
+    with pytest.raises(ValueError, match="TF_CONV3DT_AUTOTUNE='sometimes'"):
+        tuning.autotune_enabled()
 
 
 @op_only

@@ -8,8 +8,9 @@ assumes for a Keras model's graph, whose batch is unknown), and what runs
 (the lowering fastest over both, or the fastest forward with the fastest
 gradient where that pair, timed together, trains faster) goes into the
 tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
-directory), which "auto" reads in a run with TF_CONV3DT_AUTOTUNE=1 (timing
-is off by default; a cached configuration is not timed again). One row per
+directory), which "auto" reads in every run where timing is on (the
+default; TF_CONV3DT_AUTOTUNE=0 switches it off): a cached configuration is
+not timed again. One row per
 layer: its configuration, each candidate's forward / gradient
 milliseconds, and what runs.
 
@@ -94,14 +95,11 @@ def _tune(args, say):
     from tf_conv3dt.ops import tuning
 
     say(f"loading {args.model} (safe mode)")
-    switch = tuning.autotune_switch()
-    tuning.set_autotune(False)  # tf_keras calls the layers while loading: time only below
     try:
-        model = model_file.load(args.model)
+        with tuning.switched(False):  # tf_keras calls the layers while loading: time below
+            model = model_file.load(args.model)
     except ValueError as error:
         raise TuneError(str(error)) from None
-    finally:
-        tuning.set_autotune(switch)
     layers = [layer for layer in _flattened(model) if isinstance(layer, Conv3DTranspose)]
     if not layers:
         raise TuneError("has no Conv3DTranspose layer")

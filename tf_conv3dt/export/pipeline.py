@@ -32,6 +32,7 @@ from tf_conv3dt.export import onnx, serving, staging, tflite
 from tf_conv3dt.export.errors import ExportError
 from tf_conv3dt.export.signature import lowering
 from tf_conv3dt.layer import Conv3DTranspose
+from tf_conv3dt.ops import tuning
 from tf_conv3dt._keras import keras
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
@@ -83,6 +84,9 @@ def check_formats(formats):
     return tuple(formats)
 
 
+# Its checks call the model, which need not time "auto" (its files hold the
+# lowering they are given; "tuned" times regardless).
+@tuning.switched(False)
 def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
                  calibration=None, batch_size=1, implementation=None, dynamic_batch=False,
                  tolerances=None, log=None):

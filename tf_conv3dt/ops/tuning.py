@@ -13,9 +13,11 @@ JSON file per machine environment (:func:`cache_path`); a file written under
 another TensorFlow, tf_conv3dt, device or oneDNN setting has another name and
 an environment record that must match, so it is never reused.
 
-Timing is opt-in (``TF_CONV3DT_AUTOTUNE=1``, :func:`set_autotune`, or the
-tune command): in the benchmarks of 2026-12-01 to 2026-12-03 it still chose
-worse than the rule in some cases (docs/performance.md). A batch unknown at trace time (every
+Timing is on unless ``TF_CONV3DT_AUTOTUNE=0`` or ``set_autotune(False)``
+switch it off: in the benchmarks of 2026-12-03 after
+:func:`ranked_gradients`, its choices ran as fast as the rule's or faster
+in each CPU configuration, over the cases and in the worst one
+(docs/performance.md). A batch unknown at trace time (every
 Keras model's graph) is timed at :data:`NOMINAL_BATCH`, and on a CPU a
 configuration of more than :data:`MAX_TIMED_PRODUCTS` multiply-adds on a
 smaller block of its input (:func:`timed_shape`). Without oneDNN the
@@ -105,20 +107,36 @@ def set_autotune(enabled):
     _switch[0] = enabled
 
 
-def autotune_switch():
-    """What :func:`set_autotune` last set (None: the environment variable decides)."""
-    return _switch[0]
+@contextlib.contextmanager
+def switched(enabled):
+    """:func:`set_autotune` ``(enabled)`` for the block (or the decorated
+    function), then back to what it was: for work that calls models it does
+    not train, such as an export's checks or loading a model to tune."""
+    previous = _switch[0]
+    set_autotune(enabled)
+    try:
+        yield
+    finally:
+        _switch[0] = previous
 
 
 def autotune_enabled():
     """Whether "auto" times static configurations: the Python switch, else
-    ``TF_CONV3DT_AUTOTUNE`` (on for 1, true, on or yes; off by default), and
-    never under op determinism, where a run must not depend on timing."""
+    ``TF_CONV3DT_AUTOTUNE`` (off for 0, false, off or no; on for 1, true,
+    on or yes, and where unset or empty), and never under op determinism,
+    where a run must not depend on timing."""
     if _op_determinism():
         return False
     if _switch[0] is not None:
         return _switch[0]
-    return os.environ.get(ENV_AUTOTUNE, "0").strip().lower() in ("1", "true", "on", "yes")
+    value = os.environ.get(ENV_AUTOTUNE, "")
+    setting = value.strip().lower()
+    if setting in ("", "1", "true", "on", "yes"):
+        return True
+    if setting in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(f"{ENV_AUTOTUNE} must be 1 or 0 (or true/false, on/off, yes/no). "
+                     f"Received: {ENV_AUTOTUNE}={value!r}")
 
 
 def _op_determinism():
