@@ -10,13 +10,13 @@ from lowerings import LOWERINGS, lowering
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.ops import tuning
 
-# By default "auto" times every static call it meets (ops/tuning.py). The
-# suite checks each lowering itself, and test_tuning.py the timing; everywhere
+# By default "auto" times every static call it meets on a CPU (ops/tuning.py).
+# The suite checks each lowering itself, and test_tuning.py the timing; everywhere
 # else the rule decides, whatever the caller's environment says, so that no
 # test's time or path depends on a measurement, and nothing is written to the
 # user's cache (subprocesses inherit both).
-os.environ.setdefault(tuning.ENV_AUTOTUNE, "0")
-os.environ.setdefault(tuning.ENV_CACHE_DIR, tempfile.mkdtemp(prefix="tf_conv3dt-tuning-"))
+os.environ[tuning.ENV_AUTOTUNE] = "0"
+os.environ[tuning.ENV_CACHE_DIR] = tempfile.mkdtemp(prefix="tf_conv3dt-tuning-")
 
 
 # The tests that take a minute or more: first, so that pytest-xdist (which

@@ -127,7 +127,7 @@ def test_with_tuning_on_the_export_times_nothing_it_does_not_save(tmp_path, monk
     try:
         status = main(["--out", str(tmp_path / "out"), "--formats", "savedmodel", "--quiet"])
         assert status == 0 and timed == [] and not tuning._memory, timed
-        assert tuning.autotune_enabled()
+        assert tuning._switch[0] is None and tuning.autotune_enabled()
     finally:
         tuning.forget()
 

@@ -526,16 +526,21 @@ def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, swi
     assert not os.path.exists(tuning.cache_path())
 
 
-@pytest.mark.parametrize("value, enabled", [
-    (None, True), ("", True), (" Yes ", True), ("1", True), ("0", False), ("OFF", False),
-    ("false", False)])
-def test_tuning_is_on_unless_the_environment_switches_it_off(monkeypatch, value, enabled):
+@pytest.mark.parametrize("value, on_a_cpu, on_a_gpu", [
+    (None, True, False), ("", True, False), (" Yes ", True, True), ("1", True, True),
+    ("0", False, False), ("OFF", False, False), ("false", False, False)])
+def test_tuning_is_on_on_a_cpu_unless_the_environment_switches_it_off(
+        monkeypatch, value, on_a_cpu, on_a_gpu):
+    """Unset, it times on a CPU, and not on a GPU, where no timing has been
+    measured against the rule."""
     tuning.set_autotune(None)
     if value is None:
         monkeypatch.delenv(tuning.ENV_AUTOTUNE, raising=False)
     else:
         monkeypatch.setenv(tuning.ENV_AUTOTUNE, value)
-    assert tuning.autotune_enabled() is enabled
+    for gpu, enabled in ((False, on_a_cpu), (True, on_a_gpu)):
+        monkeypatch.setattr(choice, "on_a_gpu", lambda gpu=gpu: gpu)
+        assert tuning.autotune_enabled() is enabled, (value, gpu)
 
 
 def test_a_bad_environment_switch_is_named(monkeypatch):
@@ -809,14 +814,11 @@ def _model(path, **second):
     """A saved model of two layers, built untimed (tf_keras calls them while
     building it, which would tune them)."""
     keras = tf_conv3dt.keras
-    tuning.set_autotune(False)
-    try:
+    with tuning.switched(False):
         inputs = keras.Input((4, 5, 3, 2))
         x = tf_conv3dt.Conv3DTranspose(3, 3, strides=2, padding="same", name="up")(inputs)
         x = tf_conv3dt.Conv3DTranspose(2, 2, strides=1, name="fixed", **second)(x)
         keras.Model(inputs, x).save(path)
-    finally:
-        tuning.set_autotune(None)
     return path
 
 

@@ -49,9 +49,11 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
       kernel_constraint: constraint the optimizer applies to the kernel after
         each update.
       bias_constraint: constraint applied to the bias likewise.
-      implementation: "auto" (the fastest lowering for this kernel and
-        stride on this device, ``tf_conv3dt.ops.resolve_implementation``),
-        "native" (``tf.nn.conv3d_transpose``), "gemm" or "subpixel".
+      implementation: "auto" (on a CPU, the lowering timed fastest for a
+        static call on this machine, ``tf_conv3dt.ops.set_autotune``; else
+        the fastest for this kernel and stride on this device,
+        ``tf_conv3dt.ops.resolve_implementation``), "native"
+        (``tf.nn.conv3d_transpose``), "gemm" or "subpixel".
       quantization: None, or "qat" for quantization-aware training without
         tfmot (``tf_conv3dt.quantization.quantize_model`` sets it, and puts an
         ``InputQuantizer`` before the layer where its input is not already on

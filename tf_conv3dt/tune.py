@@ -9,8 +9,8 @@ assumes for a Keras model's graph, whose batch is unknown), and what runs
 gradient where that pair, timed together, trains faster) goes into the
 tuning cache (TF_CONV3DT_CACHE_DIR, else the user's cache
 directory), which "auto" reads in every run where timing is on (the
-default; TF_CONV3DT_AUTOTUNE=0 switches it off): a cached configuration is
-not timed again. One row per
+default on a CPU; TF_CONV3DT_AUTOTUNE=0 switches it off, =1 on): a cached
+configuration is not timed again. One row per
 layer: its configuration, each candidate's forward / gradient
 milliseconds, and what runs.
 

@@ -167,7 +167,6 @@ def _export(args, say):
     import numpy as np
 
     from tf_conv3dt import export
-    from tf_conv3dt.ops import tuning
 
     calibration = None
     if args.calibration_data:
@@ -176,13 +175,12 @@ def _export(args, say):
         except (OSError, ValueError, EOFError) as error:
             raise export.ExportError(f"could not be read as a .npy array: {error}",
                                      "calibration", args.calibration_data) from None
-    with tuning.switched(False):  # building or loading calls the layers
-        if args.model:
-            say(f"loading {args.model} (safe mode)")
-            model = export.load_model(args.model)
-        else:
-            say("building the reference model")
-            model = export.reference_model()
+    if args.model:
+        say(f"loading {args.model} (safe mode)")
+        model = export.load_model(args.model)
+    else:
+        say("building the reference model")
+        model = export.reference_model()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         if args.quiet:

@@ -52,6 +52,8 @@ PUBLISHING_STEP = "publishing"
 EXACT = {"tolerance": 1e-5, "scale": "max |output|"}
 
 
+# Building (tf_keras) and loading call the layers: nothing to time there.
+@tuning.switched(False)
 def reference_model():
     """The Keras reference's example: (10, 8, 12, 128) -> Conv3DTranspose(32, 2, 2, relu)."""
     inputs = keras.Input(REFERENCE_INPUT_SHAPE, name="voxels")
@@ -59,6 +61,7 @@ def reference_model():
     return keras.Model(inputs, outputs, name="conv3dt_reference")
 
 
+@tuning.switched(False)
 def load_model(path):
     """Loads a .keras model in safe mode, with errors meant for the user."""
     try:

@@ -5,6 +5,7 @@ import inspect
 import tensorflow as tf
 
 from tf_conv3dt import ops
+from tf_conv3dt.ops import tuning
 from tf_conv3dt._keras import keras
 
 SIGNATURE = "serving_default"
@@ -51,12 +52,14 @@ def serving_function(model, implementation, one_product_per_phase=False,
                      depthwise_as_gemm=False):
     """The signature's Python function: ``x -> {output_name(model): output}``,
     traced under ``ops.forced_implementation(implementation,
-    one_product_per_phase, depthwise_as_gemm)``."""
+    one_product_per_phase, depthwise_as_gemm)``, with timing off: a file's
+    "auto" is the rule's, for the CPU it will serve on cannot be timed here
+    ("tuned", under ``tuning.recording``, times regardless)."""
     key = output_name(model)
 
     def serve(x):
-        with ops.forced_implementation(implementation, one_product_per_phase,
-                                       depthwise_as_gemm):
+        with tuning.switched(False), ops.forced_implementation(
+                implementation, one_product_per_phase, depthwise_as_gemm):
             return {key: model(x, training=False)}
 
     return serve

@@ -13,11 +13,12 @@ JSON file per machine environment (:func:`cache_path`); a file written under
 another TensorFlow, tf_conv3dt, device or oneDNN setting has another name and
 an environment record that must match, so it is never reused.
 
-Timing is on unless ``TF_CONV3DT_AUTOTUNE=0`` or ``set_autotune(False)``
-switch it off: in the benchmarks of 2026-12-03 after
-:func:`ranked_gradients`, its choices ran as fast as the rule's or faster
-in each CPU configuration, over the cases and in the worst one
-(docs/performance.md). A batch unknown at trace time (every
+On a CPU timing is on unless ``TF_CONV3DT_AUTOTUNE=0`` or
+``set_autotune(False)`` switch it off: in the benchmarks of 2026-12-03
+after :func:`ranked_gradients`, its choices ran as fast as the rule's or
+faster in each oneDNN configuration, over the cases and in the worst one
+(docs/performance.md). On a GPU, where nothing has been measured, it is
+off unless switched on. A batch unknown at trace time (every
 Keras model's graph) is timed at :data:`NOMINAL_BATCH`, and on a CPU a
 configuration of more than :data:`MAX_TIMED_PRODUCTS` multiply-adds on a
 smaller block of its input (:func:`timed_shape`). Without oneDNN the
@@ -111,7 +112,9 @@ def set_autotune(enabled):
 def switched(enabled):
     """:func:`set_autotune` ``(enabled)`` for the block (or the decorated
     function), then back to what it was: for work that calls models it does
-    not train, such as an export's checks or loading a model to tune."""
+    not train, such as an export's checks or loading a model to tune. Like
+    :func:`set_autotune` it sets the whole process's switch: a trace on
+    another thread meanwhile sees it too."""
     previous = _switch[0]
     set_autotune(enabled)
     try:
@@ -123,15 +126,18 @@ def switched(enabled):
 def autotune_enabled():
     """Whether "auto" times static configurations: the Python switch, else
     ``TF_CONV3DT_AUTOTUNE`` (off for 0, false, off or no; on for 1, true,
-    on or yes, and where unset or empty), and never under op determinism,
-    where a run must not depend on timing."""
+    on or yes; unset or empty, on a CPU and off on a GPU, where no timing
+    has been measured against the rule yet), and never under op
+    determinism, where a run must not depend on timing."""
     if _op_determinism():
         return False
     if _switch[0] is not None:
         return _switch[0]
     value = os.environ.get(ENV_AUTOTUNE, "")
     setting = value.strip().lower()
-    if setting in ("", "1", "true", "on", "yes"):
+    if setting == "":
+        return not choice.on_a_gpu()
+    if setting in ("1", "true", "on", "yes"):
         return True
     if setting in ("0", "false", "off", "no"):
         return False
