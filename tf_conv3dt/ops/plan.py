@@ -38,10 +38,17 @@ class Plan(NamedTuple):
                 zip(self.input_lengths, self.extra_blocks, self.first_block)]
 
 
+def lengths(x):
+    """``x``'s length on each axis: an int where the trace knows it, else a
+    scalar tensor. Known lengths build no shape ops, which keeps the graph,
+    and the time to trace it, small."""
+    dynamic = tf.shape(x)
+    return [n if n is not None else dynamic[i] for i, n in enumerate(x.shape)]
+
+
 def make_plan(x, kernel_size, strides, padding, output_padding, dilation, output_shape):
     static_in = tuple(x.shape[1:4])
-    dynamic = tf.shape(x)
-    sizes = [n if n is not None else dynamic[i + 1] for i, n in enumerate(static_in)]
+    sizes = lengths(x)[1:4]
     if output_shape is None:
         out = shapes.output_spatial_shape(sizes, kernel_size, strides, padding,
                                           output_padding, dilation)

@@ -5,7 +5,7 @@ import itertools
 import tensorflow as tf
 
 from tf_conv3dt.ops.native import empty_batch_safe
-from tf_conv3dt.ops.plan import interleave_and_crop
+from tf_conv3dt.ops.plan import interleave_and_crop, lengths
 
 
 def subpixel(x, kernel, plan, strides):
@@ -59,8 +59,7 @@ def _pad_or_cut(x, amounts):
         begin = [max(-before, 0) for before, _ in amounts]
         end = [-max(-after, 0) for _, after in amounts]
         x = tf.slice(x, [0, *begin, 0], tf.stack(
-            [-1, *[tf.shape(x)[i + 1] - b + e for i, (b, e) in enumerate(zip(begin, end))],
-             -1]))
+            [-1, *[n - b + e for n, b, e in zip(lengths(x)[1:4], begin, end)], -1]))
     paddings = [[max(before, 0), max(after, 0)] for before, after in amounts]
     if any(p for pair in paddings for p in pair):
         x = tf.pad(x, [[0, 0], *paddings, [0, 0]])
@@ -80,7 +79,8 @@ def _conv3d_valid(x, weights):
     :func:`~tf_conv3dt.ops.native.empty_batch_safe`."""
     taps = tuple(weights.shape[:3])
     channels, outputs = weights.shape[3], weights.shape[4]
-    out_shape = tf.concat([tf.shape(x)[:1], tf.shape(x)[1:4] - taps + 1, [outputs]], axis=0)
+    batch, *spatial, _ = lengths(x)
+    out_shape = tf.stack([batch, *[n - t + 1 for n, t in zip(spatial, taps)], outputs])
     y = empty_batch_safe(tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID"), out_shape)
 
     def gradient(dy):
@@ -89,7 +89,7 @@ def _conv3d_valid(x, weights):
         dx = empty_batch_safe(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"),
                                tf.shape(x))
         rows = tf.reshape(dy, (-1, outputs))
-        window = tf.concat([[-1], tf.shape(dy)[1:4], [-1]], axis=0)
+        window = tf.stack([-1, *lengths(dy)[1:4], -1])
         per_tap = []
         for offsets in itertools.product(*map(range, taps)):
             # One input window at a time: each waits for the previous tap's
