@@ -312,10 +312,12 @@ def _torch_version():
 
 def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
     """(what tuning chose: a lowering, or "forward+gradient" where it takes
-    one lowering's forward with another's gradient; seconds the first "auto"
-    call of this case spent timing the lowerings; seconds a new process
-    spends taking the choice from the cache): each the extra time of a call
-    over a later one, which finds it in memory."""
+    one lowering's forward with another's gradient; seconds the timing took,
+    what tuning.BUDGET_S bounds; seconds the first "auto" call of this case
+    took longer than a later one, which finds the choice in memory: the
+    timing, and what a first call costs untuned too, such as its first
+    full-size run; seconds a new process spends taking the choice from the
+    cache, over such a later call)."""
     channels = shape[4]
     if data_format == "channels_first":
         shape = (shape[0], shape[4], *shape[1:4])
@@ -333,7 +335,7 @@ def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
     chosen = "+".join(dict.fromkeys((decision.forward, decision.gradient)))
     tuning.forget()
     hit = seconds()
-    return chosen, max(first - again, 0.0), max(hit - again, 0.0)
+    return chosen, decision.seconds, max(first - again, 0.0), max(hit - again, 0.0)
 
 
 # Scaling of "auto": (1, 16^3) to (8, 16^3) and (1, 16^3) to (1, 48^3) inputs.
@@ -376,7 +378,7 @@ def compare(rows):
     print(f"\n{'case':<38} {'auto':>16} {'rule':>9} {'fwd/own':>8} {'train/own':>10} "
           f"{'rule fwd/own':>13} {'rule train/own':>15} {'fwd/torch':>10} {'train/torch':>12} "
           f"{'fwd/best':>9} {'train/best':>11} {'best %sgemm':>12} {'peak/torch':>11} "
-          f"{'tuning s':>9} {'cache hit ms':>13}")
+          f"{'timed s':>8} {'first call s':>13} {'cache hit ms':>13}")
     summary = []
     for case in dict.fromkeys(r["case"] for r in rows):
         paths = {r["path"]: r for r in rows if r["case"] == case}
@@ -408,7 +410,8 @@ def compare(rows):
             peak_over_torch=(auto["train_peak_mib"] / torch_row["train_peak_mib"]
                              if torch_row and auto["train_peak_mib"] is not None
                              and torch_row["train_peak_mib"] else None),
-            tuning_s=auto["tuning_s"], cache_hit_s=auto["cache_hit_s"])
+            timed_s=auto["timed_s"], tuning_s=auto["tuning_s"],
+            cache_hit_s=auto["cache_hit_s"])
         summary.append(entry)
 
         def ratio(value, width):
@@ -421,7 +424,8 @@ def compare(rows):
               f"{ratio(entry['forward_over_torch'], 10)} {ratio(entry['train_over_torch'], 12)} "
               f"{ratio(entry['forward_over_best'], 9)} {ratio(entry['train_over_best'], 11)} "
               f"{entry['best_percent_sgemm']:11.0f}% {ratio(entry['peak_over_torch'], 11)} "
-              f"{entry['tuning_s']:9.2f} {entry['cache_hit_s'] * 1e3:13.1f}")
+              f"{entry['timed_s']:8.2f} {entry['tuning_s']:13.2f} "
+              f"{entry['cache_hit_s'] * 1e3:13.1f}")
     return summary
 
 
@@ -496,8 +500,8 @@ def main():
         label = f"{shape}->{filters} k{kernel} s{stride} {padding}"
         compute_dtype = keras.mixed_precision.global_policy().compute_dtype
         rule = ops.resolve_implementation("auto", (kernel,) * 3, (stride,) * 3, compute_dtype)
-        auto, tuning_s, cache_hit_s = tuning_cost(*CASES[index], args.data_format,
-                                                  compute_dtype)
+        auto, timed_s, tuning_s, cache_hit_s = tuning_cost(*CASES[index], args.data_format,
+                                                           compute_dtype)
 
         def lowering(name):
             if name == "tf_conv3dt auto":
@@ -524,7 +528,8 @@ def main():
                        train_ms=train[name], train_gflops=3 * flops / train[name] / 1e6,
                        train_peak_mib=peak_mib)
             if name == "tf_conv3dt auto":
-                row.update(rule=rule, tuning_s=tuning_s, cache_hit_s=cache_hit_s)
+                row.update(rule=rule, timed_s=timed_s, tuning_s=tuning_s,
+                           cache_hit_s=cache_hit_s)
             rows.append(row)
             peak_text = "-" if peak_mib is None else f"{peak_mib:.0f}"
             print(f"{label:<34} {name:<24} {fwd:9.2f} {row['forward_gflops']:8.1f} "

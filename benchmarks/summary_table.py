@@ -6,7 +6,10 @@ or without --configurations): the worst ratio over the cases of tuned
 chose, the same graph, or its own where it chose a pair of lowerings; runs
 since 2026-12-03) and of the static rule's
 choice to our fastest lowering, of ``auto``
-to PyTorch (forward and training step), and the most a case's tuning took.
+to PyTorch (forward and training step), and the most a case's tuning took:
+its timing (``timed_s``, in runs that record it) and the
+extra time of its first call, which holds the timing and what a first call
+costs untuned too.
 
 Usage: python benchmarks/summary_table.py FILE.json [FILE.json ...]
 """
@@ -31,6 +34,8 @@ def row(name, run):
         values = [entry[field] for entry in summary if entry.get(field) is not None]
         return f"{max(values):.2f}x" if values else "n/a"
 
+    timed = (f"{max(entry['timed_s'] for entry in summary):.1f}"
+             if "timed_s" in summary[0] else "n/a")
     onednn = "on" if run["cpu_configuration"] == "onednn" else "off"
     isa = f", {run['isa']}" if "isa" in run else ""  # recorded since 2026-12-02
     return (f"| {run['machine']}, {run['cores']} cores | {name} (oneDNN {onednn}{isa}) | "
@@ -38,12 +43,12 @@ def row(name, run):
             f"{worst('choice_forward_over_own')} / {worst('choice_train_over_own')} | "
             f"{worst('rule_forward_over_own')} / {worst('rule_train_over_own')} | "
             f"{worst('forward_over_torch')} / {worst('train_over_torch')} | "
-            f"{max(entry['tuning_s'] for entry in summary):.1f} s |")
+            f"{timed} / {max(entry['tuning_s'] for entry in summary):.1f} s |")
 
 
 HEADER = ("| machine | configuration | policy | tuned auto / our fastest (fwd / train) "
           "| tuned choice's row / our fastest | rule / our fastest | tuned auto / PyTorch "
-          "| tuning, slowest case |")
+          "| tuning, slowest case: timing / first call |")
 RULE = "|---|---|---|---|---|---|---|---|"
 
 

@@ -113,10 +113,10 @@ class _Clock:
         return run
 
 
-def _timings(clock, times, budget_s=2.0):
+def _timings(clock, times, budget_s=2.0, held_back=None):
     steps = {name: (clock.call(f"{name}.f", f), clock.call(f"{name}.t", t))
              for name, (f, t) in times.items()}
-    return tuning.time_in_rounds(steps, budget_s, clock)
+    return tuning.time_in_rounds(steps, budget_s, clock, held_back)
 
 
 @op_only
@@ -142,6 +142,38 @@ def test_timing_interleaves_rounds_and_takes_three_to_seven_samples():
         # Each timed run right after an untimed one of the same call.
         assert timed == ["a.f", "a.f", "a.t", "a.t", "b.f", "b.f", "b.t", "b.t"] * rounds, (
             budget_s, timed)
+
+
+@op_only
+def test_rounds_leave_the_budget_a_later_step_is_held_back_for():
+    """Two candidates' warm-up takes 1.2 s and each round 1.2 s: a 7.2 s
+    budget fits five rounds, and with 2.4 s of it held back for a pair's
+    timing, three."""
+    seen = []
+
+    def held_back(seconds):
+        seen.append(seconds)
+        return 2.4
+
+    for held, rounds in ((None, 5), (held_back, 3)):
+        clock = _Clock()
+        result = _timings(clock, {"a": ([0.1], [0.2]), "b": ([0.1], [0.2])}, 7.2 + 1e-9, held)
+        assert len(clock.log[8:]) == 8 * rounds, (held, clock.log[8:])
+    # Asked after each round from the third, with every candidate's times so far.
+    assert len(seen) == 1 and seen[0] == result
+
+
+@op_only
+def test_a_pair_is_expected_to_take_the_slower_trace_and_its_runs():
+    traced = {"native": 0.05, "gemm": 0.4, "subpixel": 0.3}
+    seconds = {"native": (0.002, 0.006), "gemm": (0.004, 0.003), "subpixel": (0.005, 0.004)}
+    assert tuning.pair_seconds(seconds, traced, lambda ms: ("native", "gemm")) == (
+        pytest.approx(0.4 + tuning.PAIR_RUNS * 0.005))
+    assert tuning.pair_seconds(seconds, traced, lambda ms: ("gemm", "gemm")) == 0.0
+    # The proposal sees milliseconds, as measure returns them.
+    asked = []
+    tuning.pair_seconds(seconds, traced, lambda ms: asked.append(ms) or ("gemm", "gemm"))
+    assert asked == [{name: (f * 1e3, t * 1e3) for name, (f, t) in seconds.items()}]
 
 
 @op_only
@@ -196,7 +228,7 @@ def test_the_timed_training_step_takes_its_upstream_gradient_as_an_argument(monk
     gradient of the output's shape as its arguments, as training runs it."""
     steps = {}
 
-    def spy(timed, budget_s):
+    def spy(timed, budget_s, held_back):
         steps.update(timed)
         return {name: (1.0, 1.0) for name in timed}
 
@@ -379,12 +411,14 @@ def test_the_cache_file_serves_a_new_process_and_keeps_every_entry(tuning_on, me
     content = json.loads(open(tuning.cache_path()).read())
     assert content["environment"] == tuning.environment()
     assert len(content["choices"]) == 2
-    winners = {key: (d.forward, d.gradient) for key, d in tuning._memory.items()}
+    winners = {key: (d.forward, d.gradient, d.seconds) for key, d in tuning._memory.items()}
+    assert all(0 < seconds < 60 for *_, seconds in winners.values()), winners
     tuning.forget()  # as a new process starts
     _auto(x, kernel)
     _auto(x[:, :3], kernel)
     assert len(measurements) == 2, "a cached configuration was timed again"
-    assert {key: (d.forward, d.gradient) for key, d in tuning._memory.items()} == winners
+    assert {key: (d.forward, d.gradient, d.seconds)
+            for key, d in tuning._memory.items()} == winners
     assert {d.source for d in tuning._memory.values()} == {"cache"}
 
 
@@ -471,7 +505,7 @@ WRITER = textwrap.dedent("""
     for i in range(int(sys.argv[2])):
         key = f"{sys.argv[1]}-{i}"
         tuning._store(key, tuning.Decision(key, "gemm", "gemm", {"gemm": (1.0, 2.0)}, 2,
-                                           (4, 4, 4), "measured"))
+                                           (4, 4, 4), 1.5, "measured"))
 """)
 
 
@@ -740,7 +774,7 @@ def test_without_onednn_the_native_op_is_not_timed(tuning_on, measurements, monk
     x, kernel = _inputs()
     y = _auto(x, kernel)
     (args,) = measurements
-    assert set(args[-1]) == timed
+    assert set(args[-2]) == timed  # the candidates, before the proposal
     (decision,) = tuning._memory.values()
     assert set(tuning.lowering_times(decision.ms)) == timed
     reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
@@ -767,9 +801,9 @@ MIRRORED = textwrap.dedent("""
     # Each timing ranks the lowerings at random: only a single timing shared
     # by every replica gives them one lowering.
     timings = []
-    def measure(*args):
+    def measure(*args):  # the configuration, the candidates, the proposal
         timings.append(args)
-        forward, gradient = list(args[-1]), list(args[-1])
+        forward, gradient = list(args[-2]), list(args[-2])
         random.shuffle(forward); random.shuffle(gradient)
         return {name: (1.0 + forward.index(name), 1.0 + gradient.index(name))
                 for name in forward}

@@ -63,7 +63,8 @@ ENV_CACHE_DIR = "TF_CONV3DT_CACHE_DIR"
 NOMINAL_BATCH = 2
 
 BUDGET_S = 2.0
-"""Time one configuration's timing runs may take, tracing included."""
+"""Time one configuration's timing runs may take, tracing included, and
+the timing of a proposed pair (:func:`pair_seconds`) with them."""
 DROP_RATIO = 3.0
 """A candidate this many times slower than the best so far, in its forward
 pass, in its gradient and over both, is not timed again."""
@@ -92,7 +93,7 @@ times every configuration at its own size."""
 MIN_TIMED_LENGTH = 8
 """A spatial length :func:`timed_shape` does not halve below."""
 CANDIDATES = shapes.LOWERINGS
-FORMAT = 6
+FORMAT = 7
 
 _logger = logging.getLogger("tf_conv3dt")
 _lock = threading.RLock()
@@ -242,8 +243,10 @@ class Decision(NamedTuple):
     runs and the one whose gradient training runs, each candidate's
     (forward, gradient) ms (and a proposed pair's, "forward+gradient",
     where one was timed together: :func:`measure_split`), the batch and
-    input spatial lengths they were timed at (:func:`timed_shape`), and
-    where the choice came from ("measured", "cache" or "memory")."""
+    input spatial lengths they were timed at (:func:`timed_shape`), the
+    seconds the timing took (tracing included; what :data:`BUDGET_S`
+    bounds), and where the choice came from ("measured", "cache" or
+    "memory")."""
 
     key: str
     forward: str
@@ -251,6 +254,7 @@ class Decision(NamedTuple):
     ms: dict
     batch: int
     spatial: tuple
+    seconds: float
     source: str
 
     @property
@@ -376,12 +380,15 @@ def _multi_worker():
 
 
 def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, dilation,
-            output_lengths, candidates):
+            output_lengths, candidates, proposal=None):
     """Times each of ``candidates`` on random data, fastest first.
 
     Returns ``{implementation: (forward_ms, gradient_ms)}`` as
     :func:`time_in_rounds` measures them; one that fails is left out. Runs
-    eagerly, within about :data:`BUDGET_S` where the calls allow. The
+    eagerly, within about :data:`BUDGET_S` where the calls allow, less the
+    time a pair would take to time (:func:`pair_seconds`) where
+    ``proposal``, a function of such times to the (forward, gradient)
+    lowerings to run (:func:`choose`), proposes one. The
     gradient is timed as a training step that returns the input and kernel
     gradients: no lowering's gradient reads its forward's output, so
     TensorFlow prunes the forward pass from that step (the batch is known
@@ -390,17 +397,27 @@ def measure(dtype, batch, spatial_and_channels, kernel_shape, strides, padding, 
     started = time.perf_counter()
     data, arguments = _setup(dtype, batch, spatial_and_channels, kernel_shape, strides,
                              padding, dilation, output_lengths)
-    steps = {}
+    steps, traced = {}, {}
     for implementation in candidates:
+        began = time.perf_counter()
         try:
             steps[implementation] = _calls(implementation, data, arguments)
         except (tf.errors.OpError, MemoryError) as error:
             _logger.info("tf_conv3dt auto: %s failed while being timed (%s); skipped",
                          implementation, str(error).splitlines()[0])
+            continue
+        traced[implementation] = time.perf_counter() - began
     budget = BUDGET_S - (time.perf_counter() - started)
-    results = time_in_rounds(steps, budget)
-    return {name: (forward * 1e3, gradient * 1e3) for name, (forward, gradient) in sorted(
-        results.items(), key=lambda item: sum(item[1]))}
+    results = time_in_rounds(steps, budget, held_back=None if proposal is None else (
+        lambda seconds: pair_seconds(seconds, traced, proposal)))
+    return fastest_first({name: (forward * 1e3, gradient * 1e3)
+                          for name, (forward, gradient) in results.items()})
+
+
+def fastest_first(times):
+    """``times`` ({name: (forward, gradient)}) ordered by forward plus
+    gradient, as a decision lists them, whether measured or read back."""
+    return dict(sorted(times.items(), key=lambda item: sum(item[1])))
 
 
 def lowering_times(times):
@@ -486,8 +503,26 @@ MIN_SAMPLES = 3
 MAX_SAMPLES = 7
 """Timed calls of each step where the budget allows."""
 
+PAIR_RUNS = 1 + WARMUP_CALLS + 2 * MIN_SAMPLES
+"""Runs of a pair's gradient :func:`measure_split` makes at most: its
+trace's, the warm-up's and the primed samples'."""
 
-def time_in_rounds(steps, budget_s, clock=time.perf_counter):
+
+def pair_seconds(seconds, traced, proposal):
+    """Seconds :func:`measure_split` is expected to take on the pair that
+    ``proposal`` (as :func:`measure` takes it) makes of ``seconds``
+    (``{name: (forward_s, gradient_s)}``), 0 where it proposes one lowering:
+    the slower of the two lowerings' traces (``traced``: seconds each took
+    to trace and run once), as the pair's gradient traces one's forward and
+    the other's gradient, and :data:`PAIR_RUNS` of a training step."""
+    forward, gradient = proposal({name: (f * 1e3, g * 1e3) for name, (f, g) in seconds.items()})
+    if forward == gradient:
+        return 0.0
+    step = seconds[forward][0] + seconds[gradient][1]
+    return max(traced[forward], traced[gradient]) + PAIR_RUNS * step
+
+
+def time_in_rounds(steps, budget_s, clock=time.perf_counter, held_back=None):
     """Seconds of each ``steps`` entry's ``(forward, gradient)`` calls.
 
     ``steps`` maps a name to two blocking calls without arguments, in the
@@ -501,7 +536,9 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
     more, are timed in rounds of one :func:`primed_seconds` each, so that what else a shared
     machine runs weighs on all of them alike:
     :data:`MIN_SAMPLES` rounds, then more up to :data:`MAX_SAMPLES` while the
-    next round fits in ``budget_s``; the others keep their warm-up times.
+    next round fits in ``budget_s``, less what ``held_back`` (a function of
+    the times so far, as returned) says a later step needs; the others keep
+    their warm-up times.
     Returns ``{name: (forward_s, gradient_s)}``, the lowest time of each
     call, the statistic a busy machine's interruptions move least.
     """
@@ -520,16 +557,21 @@ def time_in_rounds(steps, budget_s, clock=time.perf_counter):
     kept = [name for name in warmed if sum(warm[name]) <= RACE_RATIO * best
             or any(warm[name][call] <= RACE_RATIO * fastest[call] for call in (0, 1))]
     samples = {name: ([], []) for name in kept} if len(kept) > 1 else {}
+
+    def lowest():
+        return {name: tuple(min(times) for times in samples[name]) if name in samples
+                else tuple(warm[name]) for name in steps}
+
     for round_ in range(MAX_SAMPLES if samples else 0):
         round_started = clock()
         for name in samples:
             for call, times in zip(steps[name], samples[name]):
                 times.append(primed_seconds(call, clock))
         now = clock()
-        if round_ + 1 >= MIN_SAMPLES and now + (now - round_started) - started > budget_s:
+        if round_ + 1 >= MIN_SAMPLES and now + (now - round_started) - started > budget_s - (
+                held_back(lowest()) if held_back else 0.0):
             break
-    return {name: tuple(min(times) for times in samples[name]) if name in samples
-            else tuple(warm[name]) for name in steps}
+    return lowest()
 
 
 def _warmed_up(call, clock, last):
@@ -601,10 +643,14 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
                                           output_lengths)
     configuration = (dtype, batch, (*spatial, spatial_and_channels[3]), kernel_shape, strides,
                      padding, dilation, output_lengths)
-    times = _on_a_fresh_thread(measure, *configuration, order)
-    gradients = ranked_gradients(times, spatial != tuple(spatial_and_channels[:3]),
-                                 kernel_shape, strides)
-    forward, gradient = choose(times, rule, gradients)
+    on_a_block = spatial != tuple(spatial_and_channels[:3])
+
+    def proposal(times):
+        return choose(times, rule, ranked_gradients(times, on_a_block, kernel_shape, strides))
+
+    times = _on_a_fresh_thread(measure, *configuration, order, proposal)
+    gradients = ranked_gradients(times, on_a_block, kernel_shape, strides)
+    forward, gradient = proposal(times)
     if gradient != forward:  # timed together, as the call traces them
         split = _on_a_fresh_thread(measure_split, *configuration, (forward, gradient),
                                    batch_known)
@@ -614,11 +660,11 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
         if split is None or not _pair_wins(times[forward][0] + split, sum(times[alone]),
                                            serves_faster=forward != alone):
             forward = gradient = alone
-    decision = Decision(key, forward, gradient, times, batch, spatial, "measured")
+    decision = Decision(key, forward, gradient, fastest_first(times), batch, spatial,
+                        time.perf_counter() - started, "measured")
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
-        "gradient ms: %s)%s", key, decision.runs(), batch, spatial,
-        time.perf_counter() - started,
+        "gradient ms: %s)%s", key, decision.runs(), batch, spatial, decision.seconds,
         ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in times.items()) or "none ran",
         decision.unranked)
     if times:
@@ -716,9 +762,9 @@ def _load(path):
                 if entry[role] not in CANDIDATES:
                     raise ValueError(f"a choice names no lowering: {entry[role]!r}")
             times = {name: tuple(map(float, ms)) for name, ms in entry["ms"].items()}
-            decisions[key] = Decision(key, entry["forward"], entry["gradient"], dict(sorted(
-                times.items(), key=lambda item: sum(item[1]))), int(entry["batch"]),
-                tuple(map(int, entry["spatial"])), "cache")
+            decisions[key] = Decision(key, entry["forward"], entry["gradient"],
+                fastest_first(times), int(entry["batch"]),
+                tuple(map(int, entry["spatial"])), float(entry["seconds"]), "cache")
         return decisions
     except FileNotFoundError:
         return {}
