@@ -4,7 +4,8 @@ For each benchmark case (bench_conv3d_transpose.CASES) whose forward pass
 takes more than ``tuning.MAX_TIMED_PRODUCTS`` multiply-adds, times the
 eligible lowerings with ``tuning.measure`` twice, at the case's own size
 and on the block ``tuning.timed_shape`` gives it, and records the seconds
-each took, every candidate's forward / gradient ms, and tuning's proposed
+each took (the rounds' budget whole: no time held back for a pair, which
+is not timed here), every candidate's forward / gradient ms, and tuning's proposed
 forward and gradient lowerings (``tuning.choose``, from the separate times,
 with the gradients ``tuning.ranked_gradients`` lets the block rank: tuning
 times a pair together before it keeps it), with what the block's

@@ -146,29 +146,35 @@ def test_timing_interleaves_rounds_and_takes_three_to_seven_samples():
 
 @op_only
 def test_rounds_leave_the_budget_a_later_step_is_held_back_for():
-    """Two candidates' warm-up takes 1.2 s and each round 1.2 s: a 7.2 s
-    budget fits five rounds, and with 2.4 s of it held back for a pair's
-    timing, three."""
+    """Two candidates' warm-up takes 1.2 s, and each round 1.2 s until a's
+    forward speeds up to 0.05 s in the fourth: a 7.2 s budget fits five
+    rounds, and with 1 s of it held back for a pair's timing, four."""
     seen = []
 
     def held_back(seconds):
         seen.append(seconds)
-        return 2.4
+        return 1.0
 
-    for held, rounds in ((None, 5), (held_back, 3)):
+    times = {"a": ([0.1] * 8 + [0.05], [0.2]), "b": ([0.1], [0.2])}
+    for held, rounds in ((None, 5), (held_back, 4)):
         clock = _Clock()
-        result = _timings(clock, {"a": ([0.1], [0.2]), "b": ([0.1], [0.2])}, 7.2 + 1e-9, held)
+        result = _timings(clock, times, 7.2, held)
         assert len(clock.log[8:]) == 8 * rounds, (held, clock.log[8:])
-    # Asked after each round from the third, with every candidate's times so far.
-    assert len(seen) == 1 and seen[0] == result
+    # Asked after each round from the third, with each candidate's lowest so far.
+    assert seen == [{"a": pytest.approx((0.1, 0.2)), "b": pytest.approx((0.1, 0.2))},
+                    {"a": pytest.approx((0.05, 0.2)), "b": pytest.approx((0.1, 0.2))}]
+    assert seen[-1] == result
 
 
 @op_only
 def test_a_pair_is_expected_to_take_the_slower_trace_and_its_runs():
     traced = {"native": 0.05, "gemm": 0.4, "subpixel": 0.3}
     seconds = {"native": (0.002, 0.006), "gemm": (0.004, 0.003), "subpixel": (0.005, 0.004)}
+    # The slower trace, and runs of the gradient lowering's forward plus gradient.
     assert tuning.pair_seconds(seconds, traced, lambda ms: ("native", "gemm")) == (
-        pytest.approx(0.4 + tuning.PAIR_RUNS * 0.005))
+        pytest.approx(0.4 + tuning.PAIR_RUNS * 0.007))
+    assert tuning.pair_seconds(seconds, traced, lambda ms: ("gemm", "native")) == (
+        pytest.approx(0.4 + tuning.PAIR_RUNS * 0.008))
     assert tuning.pair_seconds(seconds, traced, lambda ms: ("gemm", "gemm")) == 0.0
     # The proposal sees milliseconds, as measure returns them.
     asked = []
@@ -230,6 +236,7 @@ def test_the_timed_training_step_takes_its_upstream_gradient_as_an_argument(monk
 
     def spy(timed, budget_s, held_back):
         steps.update(timed)
+        assert held_back is None  # no proposal: nothing to hold back for
         return {name: (1.0, 1.0) for name in timed}
 
     monkeypatch.setattr(tuning, "time_in_rounds", spy)

@@ -42,6 +42,8 @@ def lengths(x):
     """``x``'s length on each axis: an int where the trace knows it, else a
     scalar tensor. Known lengths build no shape ops, which keeps the graph,
     and the time to trace it, small."""
+    if x.shape.is_fully_defined():
+        return list(x.shape)
     dynamic = tf.shape(x)
     return [n if n is not None else dynamic[i] for i, n in enumerate(x.shape)]
 

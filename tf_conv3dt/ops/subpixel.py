@@ -24,6 +24,7 @@ def subpixel(x, kernel, plan, strides):
     one GEMM per tap: training never reaches the Conv3DBackprop* kernels.
     """
     kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
+    batch = lengths(x)[0]
     longest = [-(-k // s) for k, s in zip(kernel_size, strides)]
     # Block b of the window [first, n + extra) reads inputs b - T + 1 .. b.
     window = _pad_or_cut(x, [(t - 1 - f, e) for t, f, e in
@@ -40,7 +41,7 @@ def subpixel(x, kernel, plan, strides):
         for phase in itertools.product(*map(range, strides)):
             taps = [-(-(k - r) // s) for k, r, s in zip(kernel_size, phase, strides)]
             if 0 in taps:  # a kernel shorter than its stride: no tap lands here
-                phases.append(tf.zeros(tf.stack([tf.shape(x)[0], *plan.blocks(), filters]),
+                phases.append(tf.zeros(tf.stack([batch, *plan.blocks(), filters]),
                                        x.dtype))
                 continue
             weights = kernel[phase[0]::strides[0], phase[1]::strides[1], phase[2]::strides[2]]
@@ -50,7 +51,7 @@ def subpixel(x, kernel, plan, strides):
                 _pad_or_cut(window, [(t - longest_t, 0) for t, longest_t in
                                      zip(taps, longest)]), weights))
         phases = tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
-    return interleave_and_crop(phases, tf.shape(x)[0], plan, strides, filters)
+    return interleave_and_crop(phases, batch, plan, strides, filters)
 
 
 def _pad_or_cut(x, amounts):
@@ -80,16 +81,17 @@ def _conv3d_valid(x, weights):
     taps = tuple(weights.shape[:3])
     channels, outputs = weights.shape[3], weights.shape[4]
     batch, *spatial, _ = lengths(x)
-    out_shape = tf.stack([batch, *[n - t + 1 for n, t in zip(spatial, taps)], outputs])
-    y = empty_batch_safe(tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID"), out_shape)
+    out_spatial = [n - t + 1 for n, t in zip(spatial, taps)]
+    y = empty_batch_safe(tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID"),
+                         tf.stack([batch, *out_spatial, outputs]))
 
     def gradient(dy):
         padded = tf.pad(dy, [[0, 0], *[[t - 1, t - 1] for t in taps], [0, 0]])
         flipped = tf.transpose(tf.reverse(weights, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
         dx = empty_batch_safe(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"),
-                               tf.shape(x))
+                               tf.stack(lengths(x)))
         rows = tf.reshape(dy, (-1, outputs))
-        window = tf.stack([-1, *lengths(dy)[1:4], -1])
+        window = tf.stack([-1, *out_spatial, -1])  # dy's lengths
         per_tap = []
         for offsets in itertools.product(*map(range, taps)):
             # One input window at a time: each waits for the previous tap's

@@ -513,13 +513,15 @@ def pair_seconds(seconds, traced, proposal):
     ``proposal`` (as :func:`measure` takes it) makes of ``seconds``
     (``{name: (forward_s, gradient_s)}``), 0 where it proposes one lowering:
     the slower of the two lowerings' traces (``traced``: seconds each took
-    to trace and run once), as the pair's gradient traces one's forward and
-    the other's gradient, and :data:`PAIR_RUNS` of a training step."""
+    to trace, batch known, and run once), as the pair's gradient traces
+    one's forward and the other's gradient, and :data:`PAIR_RUNS` of the
+    gradient lowering's forward plus gradient, what the pair's gradient
+    runs at most (that lowering's gradient, and where the batch is unknown
+    part of its forward)."""
     forward, gradient = proposal({name: (f * 1e3, g * 1e3) for name, (f, g) in seconds.items()})
     if forward == gradient:
         return 0.0
-    step = seconds[forward][0] + seconds[gradient][1]
-    return max(traced[forward], traced[gradient]) + PAIR_RUNS * step
+    return max(traced[forward], traced[gradient]) + PAIR_RUNS * sum(seconds[gradient])
 
 
 def time_in_rounds(steps, budget_s, clock=time.perf_counter, held_back=None):
@@ -650,7 +652,7 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
 
     times = _on_a_fresh_thread(measure, *configuration, order, proposal)
     gradients = ranked_gradients(times, on_a_block, kernel_shape, strides)
-    forward, gradient = proposal(times)
+    forward, gradient = choose(times, rule, gradients)
     if gradient != forward:  # timed together, as the call traces them
         split = _on_a_fresh_thread(measure_split, *configuration, (forward, gradient),
                                    batch_known)
@@ -665,7 +667,8 @@ def _measure(key, dtype, batch, spatial_and_channels, kernel_shape, strides, pad
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
         "gradient ms: %s)%s", key, decision.runs(), batch, spatial, decision.seconds,
-        ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in times.items()) or "none ran",
+        ", ".join(f"{name} {f:.2f} + {t:.2f}" for name, (f, t) in decision.ms.items())
+        or "none ran",
         decision.unranked)
     if times:
         _store(key, decision)
