@@ -5,7 +5,8 @@ Reads the JSON files that ``bench_conv3d_transpose.py --configurations ...
 benchmarks/results/). Each configuration in them records whether TensorFlow
 ran its oneDNN kernels, the ISA class oneDNN ran and the policy; together
 they give the run's rule key (``ops.rule_key``): "eigen", "onednn avx2",
-"onednn avx512", and "onednn avx512 bfloat16" for a mixed_bfloat16 run. For
+"onednn avx512", "onednn amx", and the last two with " bfloat16" after them
+for a mixed_bfloat16 run. For
 each key and each kernel/stride relation (``ops.kernel_relation``), every
 lowering gets a score: the geometric mean, over that relation's cases and
 runs, of ``sqrt(forward / fastest lowering's forward * training step /

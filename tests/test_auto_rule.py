@@ -23,8 +23,9 @@ def test_rule_table_is_derived_from_the_kept_benchmark_runs():
     runs = derive.load_runs(sorted(glob.glob(os.path.join(BENCHMARKS, "results", "*.json"))))
     assert {derive.rule_key(run) for run in runs} == set(ops.AUTO_RULE)
     assert derive.derive(runs) == ops.AUTO_RULE
-    # Runs of CPUs of two ISA classes: an AVX2-only EPYC and an AVX-512 one.
-    assert {run.get("isa", "avx2") for run in runs} >= {"avx2", "avx512"}
+    # Runs of CPUs of three ISA classes: an AVX2-only EPYC, AVX-512 EPYCs and
+    # an Intel Xeon with AMX.
+    assert {run.get("isa", "avx2") for run in runs} >= {"avx2", "avx512", "amx"}
 
 
 def test_depthwise_layers_take_gemm_in_one_call_on_a_cpu():

@@ -398,14 +398,27 @@ def test_auto_follows_the_rule_table(monkeypatch, kernel_size, strides, relation
     (True, "other", "float32", "onednn avx2"),
     (True, "avx512", "float16", "onednn avx512"),
     (True, "avx512", "bfloat16", "onednn avx512 bfloat16"),
-    (True, "amx", "float32", "onednn avx512"),  # AMX CPUs run the AVX-512 kernels too
-    (True, "amx", "bfloat16", "onednn avx512 bfloat16"),
+    (True, "amx", "float32", "onednn amx"),
+    (True, "amx", "bfloat16", "onednn amx bfloat16"),
+    (True, "amx", "float16", "onednn amx"),
 ])
 def test_rule_key_falls_back_to_the_widest_measured_class(monkeypatch, onednn, isa, dtype,
                                                           key):
     ops = tf_conv3dt.ops
     monkeypatch.setattr(ops.choice, "onednn_enabled", lambda: onednn)
     monkeypatch.setattr(ops.choice, "cpu_isa", lambda: isa)
+    assert ops.rule_key(tf.as_dtype(dtype)) == key
+
+
+@pytest.mark.parametrize("dtype, key", [("float32", "onednn avx512"),
+                                        ("bfloat16", "onednn avx512 bfloat16")])
+def test_a_class_without_a_rule_takes_the_next_narrower_ones(monkeypatch, dtype, key):
+    """An AMX CPU, were its class not measured, runs oneDNN's AVX-512 kernels too."""
+    ops = tf_conv3dt.ops
+    measured = {name: rule for name, rule in ops.AUTO_RULE.items() if "amx" not in name}
+    monkeypatch.setattr(ops.choice, "AUTO_RULE", measured)
+    monkeypatch.setattr(ops.choice, "onednn_enabled", lambda: True)
+    monkeypatch.setattr(ops.choice, "cpu_isa", lambda: "amx")
     assert ops.rule_key(tf.as_dtype(dtype)) == key
 
 

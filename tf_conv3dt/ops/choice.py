@@ -74,6 +74,10 @@ AUTO_RULE = {
                       "stride 1": "native", "overlapping": "native"},
     "onednn avx512 bfloat16": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
                                "stride 1": "native", "overlapping": "native"},
+    "onednn amx": {"kernel < stride": "gemm", "kernel == stride": "gemm",
+                   "stride 1": "native", "overlapping": "native"},
+    "onednn amx bfloat16": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
+                            "stride 1": "native", "overlapping": "native"},
 }
 
 # The ISA classes oneDNN's kernels are written for, widest first: a class with
