@@ -241,7 +241,8 @@ TORCH_DTYPES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat1
 
 def torch_paths(shape, filters, kernel, stride, padding, policy="float32", groups=1):
     """PyTorch's forward and training step (loss ``sum(y * y)``), on tensors
-    of the policy's compute dtype, with Keras's padding."""
+    of the policy's compute dtype, with Keras's padding and a bias, as our
+    layer and Keras's add one (runs before 2026-12-04 had none)."""
     torch = _torch()
     if torch is None:
         return {}
@@ -251,6 +252,7 @@ def torch_paths(shape, filters, kernel, stride, padding, policy="float32", group
     x = torch.randn(batch, channels, d, h, w, dtype=dtype)
     weight = torch.randn(channels, filters // groups, kernel, kernel, kernel,
                          dtype=dtype) * 0.05
+    bias = torch.randn(filters, dtype=dtype) * 0.05
     # PyTorch's padding p crops p from both sides; Keras "same" with this
     # case's odd or even kernel matches p = (k - s + 1) // 2 and output_padding.
     if padding == "same":
@@ -262,13 +264,14 @@ def torch_paths(shape, filters, kernel, stride, padding, policy="float32", group
     def forward():
         with torch.no_grad():
             return torch.nn.functional.conv_transpose3d(
-                x, weight, stride=stride, padding=pad, output_padding=out_pad, groups=groups)
+                x, weight, bias, stride=stride, padding=pad, output_padding=out_pad,
+                groups=groups)
 
     xg = x.clone().requires_grad_(True)
     wg = weight.clone().requires_grad_(True)
 
     def train_step():
-        y = torch.nn.functional.conv_transpose3d(xg, wg, stride=stride, padding=pad,
+        y = torch.nn.functional.conv_transpose3d(xg, wg, bias, stride=stride, padding=pad,
                                                  output_padding=out_pad, groups=groups)
         (y * y).sum().backward()
         xg.grad = None
