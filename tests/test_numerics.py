@@ -360,6 +360,49 @@ def test_gemm_lowering_graph_uses_matmul_and_small_ranks():
             assert output.shape.rank is None or output.shape.rank <= 6, (op.type, output.shape)
 
 
+# Traces the sub-pixel lowering's forward and training graphs (one convolution,
+# k4 s2; phases of their own, k3 s2 and (3, 2, 2) s2) and runs each once.
+_SUBPIXEL_GRAPHS = """
+import tensorflow as tf
+from tf_conv3dt import ops
+x = tf.random.normal((1, 6, 6, 6, 4))
+for kernel_size in ((4, 4, 4), (3, 3, 3), (3, 2, 2)):
+    kernel = tf.random.normal((*kernel_size, 5, 4))
+    call = lambda x: ops.conv3d_transpose(x, kernel, 2, "same", implementation="subpixel")
+
+    @tf.function
+    def train(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = call(x)
+        return tape.gradient(tf.reduce_sum(y * y), x)
+
+    tf.function(call)(x), train(x)
+print("traced")
+"""
+
+
+@op_only
+def test_subpixel_graphs_leave_tensorflows_remapper_working():
+    """oneDNN's remapper folds a Pad into the Conv3D reading it without
+    looking at the Pad's other readers. Where the phases of a sub-pixel
+    forward read one padded window, it failed ("remapper failed ...
+    Mutation::Apply error") and dropped every fusion of the graph, the
+    user's other layers' too. Run with oneDNN switched on, which any x86 CPU
+    can run, so that the remapper's fusion is tried here whatever the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _SUBPIXEL_GRAPHS], capture_output=True,
+                            text=True, timeout=300,
+                            env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1",
+                                     TF_CPP_MIN_LOG_LEVEL="0"))
+    assert result.returncode == 0 and result.stdout.strip() == "traced", result.stderr[-2000:]
+    assert "oneDNN custom operations are on" in result.stderr
+    assert "remapper failed" not in result.stderr, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("kernel_size, strides, relation", [
     ((2, 2, 2), (2, 2, 2), "kernel == stride"),
     ((1, 3, 3), (2, 1, 1), "kernel < stride"),

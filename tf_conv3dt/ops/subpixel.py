@@ -27,16 +27,19 @@ def subpixel(x, kernel, plan, strides):
     batch = lengths(x)[0]
     longest = [-(-k // s) for k, s in zip(kernel_size, strides)]
     # Block b of the window [first, n + extra) reads inputs b - T + 1 .. b.
-    window = _pad_or_cut(x, [(t - 1 - f, e) for t, f, e in
-                             zip(longest, plan.first_block, plan.extra_blocks)])
+    amounts = [(t - 1 - f, e) for t, f, e in zip(longest, plan.first_block, plan.extra_blocks)]
+    x = _cut(x, amounts)
+    paddings = [[max(before, 0), max(after, 0)] for before, after in amounts]
     if all(k % s == 0 for k, s in zip(kernel_size, strides)):
         # (kd, kh, kw, F, C) -> (T1, s1, T2, s2, T3, s3, F, C) -> (T1, T2, T3, C, s1*s2*s3*F).
         weights = tf.reshape(kernel, [longest[0], strides[0], longest[1], strides[1],
                                       longest[2], strides[2], filters, channels])
         weights = tf.transpose(weights, (0, 2, 4, 7, 1, 3, 5, 6))
         weights = tf.reverse(tf.reshape(weights, [*longest, channels, -1]), axis=[0, 1, 2])
-        phases = _conv3d_valid(window, weights)
+        phases = _conv3d_valid(x, weights, paddings)
     else:
+        # Every phase reads this window, so it must not be a Pad (_conv3d_valid).
+        window = _pad(x, paddings, fusable=False)
         phases = []
         for phase in itertools.product(*map(range, strides)):
             taps = [-(-(k - r) // s) for k, r, s in zip(kernel_size, phase, strides)]
@@ -48,57 +51,87 @@ def subpixel(x, kernel, plan, strides):
             weights = tf.reverse(tf.transpose(weights, (0, 1, 2, 4, 3)), axis=[0, 1, 2])
             # A phase with fewer taps starts reading T - T_r positions later.
             phases.append(_conv3d_valid(
-                _pad_or_cut(window, [(t - longest_t, 0) for t, longest_t in
-                                     zip(taps, longest)]), weights))
+                _cut(window, [(t - longest_t, 0) for t, longest_t in zip(taps, longest)]),
+                weights))
         phases = tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
     return interleave_and_crop(phases, batch, plan, strides, filters)
 
 
-def _pad_or_cut(x, amounts):
-    """Pads (positive) or cuts (negative) ``(before, after)`` positions per spatial axis."""
-    if any(a < 0 for pair in amounts for a in pair):
-        begin = [max(-before, 0) for before, _ in amounts]
-        end = [-max(-after, 0) for _, after in amounts]
-        x = tf.slice(x, [0, *begin, 0], tf.stack(
-            [-1, *[n - b + e for n, b, e in zip(lengths(x)[1:4], begin, end)], -1]))
-    paddings = [[max(before, 0), max(after, 0)] for before, after in amounts]
-    if any(p for pair in paddings for p in pair):
-        x = tf.pad(x, [[0, 0], *paddings, [0, 0]])
-    return x
+def _cut(x, amounts):
+    """``x`` less the positions a negative ``(before, after)`` amount cuts per spatial axis."""
+    if all(a >= 0 for pair in amounts for a in pair):
+        return x
+    begin = [max(-before, 0) for before, _ in amounts]
+    end = [-max(-after, 0) for _, after in amounts]
+    return tf.slice(x, [0, *begin, 0], tf.stack(
+        [-1, *[n - b + e for n, b, e in zip(lengths(x)[1:4], begin, end)], -1]))
 
 
-@tf.custom_gradient
-def _conv3d_valid(x, weights):
-    """``tf.nn.conv3d(x, weights)``, stride 1, "VALID", with gradients that
-    never call Conv3DBackprop* (slow on Eigen; docs/correctness.md): the input
-    gradient is the forward convolution of the padded output gradient with
-    the kernel reversed and transposed, the kernel gradient one
-    ``(C, voxels) x (voxels, O)`` GEMM per tap.
+def _pad(x, paddings, fusable):
+    """``x`` zero-padded by ``(before, after)`` positions per spatial axis.
+
+    A ``fusable`` pad is a Pad op, which TensorFlow's oneDNN remapper folds
+    into the Conv3D reading it, saving a pass (up to a fifth of a forward
+    here). The remapper does so without looking at the Pad's other readers:
+    where there is one, it fails and then drops every fusion of the graph,
+    the user's other layers' too, logging "remapper failed: ...
+    Mutation::Apply error: fanout ... exist for missing node ...Pad" (TF
+    2.21). A pad that more than its convolution reads is a PadV2 of zero,
+    which the remapper leaves alone."""
+    if not any(p for pair in paddings for p in pair):
+        return x
+    paddings = [[0, 0], *paddings, [0, 0]]
+    if fusable:
+        return tf.pad(x, paddings)
+    return tf.raw_ops.PadV2(input=x, paddings=paddings, constant_values=tf.zeros((), x.dtype))
+
+
+def _conv3d_valid(x, weights, paddings=((0, 0),) * 3):
+    """``tf.nn.conv3d(x zero-padded by paddings, weights)``, stride 1,
+    "VALID", with gradients that never call Conv3DBackprop* (slow on Eigen;
+    docs/correctness.md): the input gradient is the forward convolution of
+    the padded output gradient with the kernel reversed and transposed, the
+    kernel gradient one ``(C, voxels) x (voxels, O)`` GEMM per tap.
+
+    The forward's pad is made here, where the convolution is its one reader
+    (:func:`_pad`): a custom gradient's arguments are read by the IdentityN
+    that records them too. The kernel gradient reads a pad of its own.
 
     With an empty batch, oneDNN's conv3d may return a wrong spatial shape
     (docs/correctness.md): both convolutions' results go through
     :func:`~tf_conv3dt.ops.native.empty_batch_safe`."""
     taps = tuple(weights.shape[:3])
     channels, outputs = weights.shape[3], weights.shape[4]
-    batch, *spatial, _ = lengths(x)
-    out_spatial = [n - t + 1 for n, t in zip(spatial, taps)]
-    y = empty_batch_safe(tf.nn.conv3d(x, weights, (1, 1, 1, 1, 1), "VALID"),
-                         tf.stack([batch, *out_spatial, outputs]))
 
-    def gradient(dy):
-        padded = tf.pad(dy, [[0, 0], *[[t - 1, t - 1] for t in taps], [0, 0]])
-        flipped = tf.transpose(tf.reverse(weights, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
-        dx = empty_batch_safe(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"),
-                               tf.stack(lengths(x)))
-        rows = tf.reshape(dy, (-1, outputs))
-        window = tf.stack([-1, *out_spatial, -1])  # dy's lengths
-        per_tap = []
-        for offsets in itertools.product(*map(range, taps)):
-            # One input window at a time: each waits for the previous tap's
-            # product, so the peak holds one window, not taps of them.
-            with tf.control_dependencies(per_tap[-1:]):
-                columns = tf.reshape(tf.slice(x, [0, *offsets, 0], window), (-1, channels))
-            per_tap.append(tf.matmul(columns, rows, transpose_a=True))
-        return dx, tf.reshape(tf.stack(per_tap), weights.shape)
+    @tf.custom_gradient
+    def convolve(x, weights):
+        window = _pad(x, paddings, fusable=True)
+        batch, *spatial, _ = lengths(window)
+        out_spatial = [n - t + 1 for n, t in zip(spatial, taps)]
+        y = empty_batch_safe(tf.nn.conv3d(window, weights, (1, 1, 1, 1, 1), "VALID"),
+                             tf.stack([batch, *out_spatial, outputs]))
 
-    return y, gradient
+        def gradient(dy):
+            padded = tf.pad(dy, [[0, 0], *[[t - 1, t - 1] for t in taps], [0, 0]])
+            flipped = tf.transpose(tf.reverse(weights, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
+            dx = empty_batch_safe(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"),
+                                  tf.stack(lengths(window)))
+            if any(p for pair in paddings for p in pair):
+                dx = tf.slice(dx, [0, *[before for before, _ in paddings], 0],
+                              tf.stack(lengths(x)))
+            source = _pad(x, paddings, fusable=False)
+            rows = tf.reshape(dy, (-1, outputs))
+            size = tf.stack([-1, *out_spatial, -1])  # dy's lengths
+            per_tap = []
+            for offsets in itertools.product(*map(range, taps)):
+                # One input window at a time: each waits for the previous tap's
+                # product, so the peak holds one window, not taps of them.
+                with tf.control_dependencies(per_tap[-1:]):
+                    columns = tf.reshape(tf.slice(source, [0, *offsets, 0], size),
+                                         (-1, channels))
+                per_tap.append(tf.matmul(columns, rows, transpose_a=True))
+            return dx, tf.reshape(tf.stack(per_tap), weights.shape)
+
+        return y, gradient
+
+    return convolve(x, weights)
