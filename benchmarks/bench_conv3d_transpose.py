@@ -320,7 +320,9 @@ def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
     took longer than a later one, which finds the choice in memory: the
     timing, and what a first call costs untuned too, such as its first
     full-size run; seconds a new process spends taking the choice from the
-    cache, over such a later call)."""
+    cache, over such a later call). Later calls and cache hits are each the
+    least of three: one call's noise is as large as a cache hit's cost on
+    the slowest cases (runs before 2026-12-04 took one of each)."""
     channels = shape[4]
     if data_format == "channels_first":
         shape = (shape[0], shape[4], *shape[1:4])
@@ -333,12 +335,16 @@ def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
         return time.perf_counter() - start
 
     tuning.forget()
-    first, again = seconds(), seconds()
+    first = seconds()
+    again = min(seconds() for _ in range(3))
     decision = next(iter(tuning._memory.values()))
     chosen = "+".join(dict.fromkeys((decision.forward, decision.gradient)))
-    tuning.forget()
-    hit = seconds()
-    return chosen, decision.seconds, max(first - again, 0.0), max(hit - again, 0.0)
+    hits = []
+    for _ in range(3):
+        tuning.forget()
+        hits.append(seconds())
+    return (chosen, decision.seconds, max(first - again, 0.0),
+            max(min(hits) - again, 0.0))
 
 
 # Scaling of "auto": (1, 16^3) to (8, 16^3) and (1, 16^3) to (1, 48^3) inputs.
