@@ -1,5 +1,8 @@
 """Values against the NumPy reference, Keras's own layer, and by hand."""
 
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -390,10 +393,6 @@ def test_subpixel_graphs_leave_tensorflows_remapper_working():
     Mutation::Apply error") and dropped every fusion of the graph, the
     user's other layers' too. Run with oneDNN switched on, which any x86 CPU
     can run, so that the remapper's fusion is tried here whatever the CPU."""
-    import os
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-c", _SUBPIXEL_GRAPHS], capture_output=True,
                             text=True, timeout=300,
                             env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1",
