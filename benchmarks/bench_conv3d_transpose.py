@@ -202,10 +202,15 @@ def _measure_peak_memory(index, name, data_format, policy):
 def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last", groups=1):
     """Forward and training step (loss ``sum(y * y)``) of our layer with
     "auto" and each lowering, and of Keras's own layer where it has the
-    configuration (it has no ``groups``), under the global Keras policy."""
+    configuration (it has no ``groups``), under the global Keras policy.
+
+    The input is in the policy's compute dtype, as the layer before hands
+    it on in a mixed-precision model and as PyTorch's paths get theirs. Runs
+    before 2026-12-04's last ones fed float32, so their bfloat16 rows hold
+    each layer's cast of its input too."""
     if data_format == "channels_first":
         shape = (shape[0], shape[4], *shape[1:4])
-    x = tf.random.normal(shape)
+    x = tf.cast(tf.random.normal(shape), keras.mixed_precision.global_policy().compute_dtype)
     paths = {}
     for implementation in ("auto", *LOWERINGS):
         name = f"tf_conv3dt {implementation}"
@@ -302,7 +307,7 @@ def time_torch(case, repeats, policy, groups=1):
         return print(json.dumps(None))
     (forward, train), = paths.values()
     times = (interleaved_ms({"f": forward}, repeats).get("f"),
-             interleaved_ms({"t": train}, max(repeats // 2, 3)).get("t"))
+             interleaved_ms({"t": train}, repeats).get("t"))
     print(json.dumps(None if None in times else times))
 
 
@@ -520,8 +525,10 @@ def main():
         flops = forward_flops(shape, filters, kernel)
         library = tf_paths(*CASES[index], data_format=args.data_format)
         forward = interleaved_ms({name: f for name, (f, _) in library.items()}, args.repeats)
-        train = interleaved_ms({name: t for name, (_, t) in library.items()},
-                               max(args.repeats // 2, 3))
+        # As many training steps as forward passes: with 3 of each, two
+        # timings of one graph (auto's row and its lowering's) differed by
+        # up to 1.26x on 2026-12-04, with 15 by at most 1.07x.
+        train = interleaved_ms({name: t for name, (_, t) in library.items()}, args.repeats)
         torch_times = torch_ms(index, args)
         if torch_times is not None:
             forward["torch conv_transpose3d"], train["torch conv_transpose3d"] = torch_times
