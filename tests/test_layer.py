@@ -163,6 +163,35 @@ def test_compute_output_shape():
     assert tuple(layer.compute_output_shape((None, 3, 5, None, 7))) == (None, 4, 11, None, 7)
 
 
+# The flavour's own contract for shapes: tf_keras's layers answer a
+# tf.TensorShape (its layer_test calls .as_list() on it), Keras 3's a tuple.
+@pytest.mark.parametrize("given", [(None, 5, 7, 6, 3), tf.TensorShape((None, 5, 7, 6, 3)),
+                                   [None, 5, 7, 6, 3]], ids=["tuple", "TensorShape", "list"])
+def test_compute_output_shape_answers_in_the_flavours_type(given):
+    layer = tf_conv3dt.Conv3DTranspose(2, 3, 2)
+    shape = layer.compute_output_shape(given)
+    if LEGACY_KERAS:
+        assert isinstance(shape, tf.TensorShape)
+        assert shape.as_list() == [None, 11, 15, 13, 2]
+    else:
+        assert type(shape) is tuple and shape == (None, 11, 15, 13, 2)
+
+
+@pytest.mark.parametrize("dtype_policy", [None, "mixed_bfloat16"])
+def test_the_output_signature_is_one_spec_of_the_output(dtype_policy):
+    """tf_keras's compute_output_signature, Keras 3's compute_output_spec:
+    one tensor of the output's shape in the compute dtype."""
+    layer = tf_conv3dt.Conv3DTranspose(2, 3, 2, dtype=dtype_policy)
+    if LEGACY_KERAS:
+        spec = layer.compute_output_signature(tf.TensorSpec((None, 5, 7, 6, 3)))
+        assert isinstance(spec, tf.TensorSpec), spec
+    else:
+        spec = layer.compute_output_spec(keras.KerasTensor((None, 5, 7, 6, 3)))
+        assert isinstance(spec, keras.KerasTensor), spec
+    assert tuple(spec.shape) == (None, 11, 15, 13, 2)
+    assert tf.as_dtype(spec.dtype) == (tf.bfloat16 if dtype_policy else tf.float32)
+
+
 def test_data_format_defaults_to_keras_config():
     assert tf_conv3dt.Conv3DTranspose(1, 1).data_format == keras.backend.image_data_format()
 

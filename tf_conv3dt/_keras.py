@@ -21,4 +21,20 @@ else:
             f"found keras=={keras.__version__}."
         )
 
-__all__ = ["keras", "LEGACY_KERAS"]
+
+
+def layer_output_shape(dims):
+    """What a layer's ``compute_output_shape`` returns in this flavour, for
+    the output dimensions ``dims`` (ints or None): a tuple in Keras 3, a
+    ``tf.TensorShape`` in tf_keras, whose layers return one, whose
+    ``compute_output_signature`` maps the result as a nested structure (a
+    tuple would make one TensorSpec per dimension), and whose users call
+    ``.as_list()`` on it."""
+    if LEGACY_KERAS:
+        import tensorflow as tf
+
+        return tf.TensorShape(dims)
+    return tuple(dims)
+
+
+__all__ = ["keras", "layer_output_shape", "LEGACY_KERAS"]

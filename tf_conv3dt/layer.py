@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_conv3dt import initializers, ops, shapes
-from tf_conv3dt._keras import LEGACY_KERAS, keras
+from tf_conv3dt._keras import LEGACY_KERAS, keras, layer_output_shape
 from tf_conv3dt.quantization import tfmot
 from tf_conv3dt.quantization.keras3_int8 import Int8Protocol
 from tf_conv3dt.quantization.qat import QATRanges
@@ -295,8 +295,8 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
                 self.dilation_rate,
             )
         if self.data_format == "channels_last":
-            return (input_shape[0], *spatial, self.filters)
-        return (input_shape[0], self.filters, *spatial)
+            return layer_output_shape((input_shape[0], *spatial, self.filters))
+        return layer_output_shape((input_shape[0], self.filters, *spatial))
 
     def compute_output_spec(self, inputs, output_shape=None):
         # Keras 3 asks this (not call) for symbolic inputs; forwarding the
