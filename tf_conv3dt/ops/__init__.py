@@ -39,7 +39,7 @@ import tensorflow as tf
 from tf_conv3dt import shapes
 from tf_conv3dt.ops.choice import (AUTO_RULE, cpu_configuration, depthwise_forced_to_gemm,
                                    forced, forced_implementation, forced_or, kernel_relation,
-                                   on_a_gpu, resolve,
+                                   resolve,
                                    resolve_implementation, rule_key)
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 from tf_conv3dt.ops.gemm import gemm
@@ -47,7 +47,7 @@ from tf_conv3dt.ops.native import input_gradient_at_risk, native
 from tf_conv3dt.ops.plan import Plan, make_plan
 from tf_conv3dt.ops.split import with_gradient_of
 from tf_conv3dt.ops.subpixel import subpixel
-from tf_conv3dt.ops import tuning
+from tf_conv3dt.ops import choice, tuning
 from tf_conv3dt.ops.tuning import autotune_enabled, set_autotune
 
 __all__ = ["AUTO_RULE", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_configuration",
@@ -264,7 +264,7 @@ def _depthwise_in_one_gemm(implementation, one_product_per_phase, kernel, groups
     if shapes.unrolled_excess(tuple(kernel.shape[:3]), strides):
         return implementation == "gemm"  # which refuses it, naming the limit
     return implementation == "gemm" or depthwise_forced_to_gemm() or (
-        implementation == "auto" and not on_a_gpu())
+        implementation == "auto" and not choice.on_a_gpu())
 
 
 def _grouped(inputs, kernel, groups, bias, arguments):

@@ -187,18 +187,31 @@ def cpu_model():
 _ONEDNN_CAPS = (("AVX512_CORE_AMX", "amx"), ("AVX512", "avx512"), ("AVX2", "avx2"))
 
 
+# Names the ISA class the rule and tuning assume, instead of the one the CPU's
+# flags give: to trace a graph here for CPUs of another class, and for tests.
+ENV_CPU_ISA = "TF_CONV3DT_CPU_ISA"
+
+
 def cpu_isa():
     """The widest vector class oneDNN's kernels use here: "amx", "avx512",
     "avx2" or "other", from /proc/cpuinfo's flags ("other" where it is
-    absent), capped by ``ONEDNN_MAX_CPU_ISA`` where that is set."""
-    flags = set(_cpuinfo().get("flags", "").split())
-    isa = next((isa for isa, needed in (("amx", "amx_tile"), ("avx512", "avx512f"),
-                                        ("avx2", "avx2")) if needed in flags), "other")
+    absent) unless ``TF_CONV3DT_CPU_ISA`` names one, capped by
+    ``ONEDNN_MAX_CPU_ISA`` where that is set."""
+    classes = (*ISA_LADDER, "other")
+    named = os.environ.get(ENV_CPU_ISA, "")
+    if named.strip():
+        isa = named.strip().lower()
+        if isa not in classes:
+            raise ValueError(f"{ENV_CPU_ISA} must be one of {', '.join(classes)}. "
+                             f"Received: {ENV_CPU_ISA}={named!r}")
+    else:
+        flags = set(_cpuinfo().get("flags", "").split())
+        isa = next((isa for isa, needed in (("amx", "amx_tile"), ("avx512", "avx512f"),
+                                            ("avx2", "avx2")) if needed in flags), "other")
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").strip().upper()
     if cap in ("", "ALL", "DEFAULT"):
         return isa
     capped = next((name for prefix, name in _ONEDNN_CAPS if cap.startswith(prefix)), "other")
-    classes = (*ISA_LADDER, "other")
     return max(isa, capped, key=classes.index)
 
 

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from tf_conv3dt import shapes
-from tf_conv3dt.ops.choice import cpu_configuration
+from tf_conv3dt.ops import choice
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 
 # The name of the op this lowering traces, which tells the TFLite hook that a
@@ -22,7 +22,7 @@ def input_gradient_at_risk(input_spatial_shape, strides, filters):
     is unknown until run time, take the GEMM lowering, whose gradient is
     matmuls: exact, at a cost only to one-filter layers with a stride.
     """
-    if filters != 1 or cpu_configuration() != "onednn":
+    if filters != 1 or choice.cpu_configuration() != "onednn":
         return False
     return any(s > 1 and n in (None, 1) for n, s in zip(input_spatial_shape, strides))
 
