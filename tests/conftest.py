@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cpu_pin
 import markers
 from lowerings import LOWERINGS, lowering
 from tf_conv3dt._keras import LEGACY_KERAS, keras
@@ -24,6 +25,7 @@ os.environ[tuning.ENV_CACHE_DIR] = tempfile.mkdtemp(prefix="tf_conv3dt-tuning-")
 # when the others are about to finish.
 LONGEST_FIRST = ("tests/test_notebooks.py::test_notebook_runs",
                  "tests/test_differential.py::test_under_the_other_onednn_setting",
+                 "tests/test_cpu_pinning.py::",
                  "tests/test_distribute.py::")
 
 
@@ -37,7 +39,10 @@ def pytest_collection_modifyitems(items):
 
 def pytest_report_header(config):
     flavour = "tf_keras (TF_USE_LEGACY_KERAS=1)" if LEGACY_KERAS else "Keras 3"
-    return f"tf_conv3dt: {flavour} {keras.__version__}, TensorFlow {tf.__version__}"
+    pinned = "pinned" if os.environ.get(tuning.choice.ENV_CPU_ISA) else "this machine's"
+    return (f"tf_conv3dt: {flavour} {keras.__version__}, TensorFlow {tf.__version__}, "
+            f"{tuning.choice.cpu_configuration()} kernels, CPU probe {cpu_pin.run_probe()} "
+            f"({pinned})")
 
 
 @pytest.fixture(params=LOWERINGS)

@@ -6,6 +6,10 @@ from tf_conv3dt._keras import LEGACY_KERAS
 
 SMOKE = "smoke: the subset the oldest-TensorFlow job runs (the layer, the lowerings, one export)"
 smoke = pytest.mark.smoke
+CPU_SENSITIVE = ("cpu_sensitive: a test whose expected answer depends on the CPU configuration, "
+                 "which it pins (cpu_pin.py); rerun under the other oneDNN setting and the "
+                 "other CPU probe by test_cpu_pinning.py")
+cpu_sensitive = pytest.mark.cpu_sensitive
 
 
 def once_per_ci_run(why):
@@ -27,3 +31,4 @@ cli_only = once_per_ci_run("no Keras-dependent step that other exports here lack
 
 def register(config):
     config.addinivalue_line("markers", SMOKE)
+    config.addinivalue_line("markers", CPU_SENSITIVE)

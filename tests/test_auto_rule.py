@@ -4,6 +4,10 @@ import glob
 import importlib.util
 import os
 
+import pytest
+
+import cpu_pin
+from markers import cpu_sensitive
 from tf_conv3dt import ops
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -28,12 +32,15 @@ def test_rule_table_is_derived_from_the_kept_benchmark_runs():
     assert {run.get("isa", "avx2") for run in runs} >= {"avx2", "avx512", "amx"}
 
 
-def test_depthwise_layers_take_gemm_in_one_call_on_a_cpu():
+@cpu_sensitive
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+def test_depthwise_layers_take_gemm_in_one_call_on_a_cpu(monkeypatch, gpu):
     """The depthwise rule, from the kept groups runs: where every kept result
     file has GEMM ahead of every other lowering over forward and training
     step together for each depthwise case, a depthwise call on a CPU traces
     GEMM's one call (its broadcast products, no split by channel) and no
-    convolution, tuned or not."""
+    convolution, tuned or not. On a GPU, not measured, "auto" takes the
+    native op per channel."""
     import json
 
     import tensorflow as tf
@@ -51,11 +58,12 @@ def test_depthwise_layers_take_gemm_in_one_call_on_a_cpu():
         assert rows and all(both(row, "gemm") < both(row, other) for row in rows
                             for other in ("native", "subpixel")), path
 
+    cpu_pin.pin(monkeypatch, gpu=gpu)
     kernel = tf.zeros((3, 3, 3, 2, 4))
     traced = tf.function(lambda x: ops.conv3d_transpose(x, kernel, 2, "same", 1, groups=4))
     graph = traced.get_concrete_function(tf.TensorSpec((1, 3, 3, 3, 4))).graph
     types = {op.type for op in graph.get_operations()}
-    if tf.config.list_logical_devices("GPU"):  # unmeasured there: the native op per channel
+    if gpu:
         assert "Conv3DBackpropInputV2" in types, types
         return
     assert not any(t.startswith("Conv3D") for t in types), types

@@ -25,9 +25,10 @@ import tf_conv3dt
 from tf_conv3dt import export
 from tf_conv3dt.export import pipeline, serving, staging, tflite
 from tf_conv3dt.export.signature import DEFAULT_LOWERINGS, lowering
-from tf_conv3dt.ops import choice, tuning
+from tf_conv3dt.ops import tuning
 from tf_conv3dt._keras import keras
-from markers import cli_only, smoke
+import cpu_pin
+from markers import cli_only, cpu_sensitive, smoke
 from reference import assert_close, np_conv3d_transpose
 from tflite_checks import assert_integer_tflite
 
@@ -132,12 +133,13 @@ def test_with_tuning_on_the_export_times_nothing_it_does_not_save(tmp_path, monk
         tuning.forget()
 
 
+@cpu_sensitive
 def test_a_tuned_export_traces_each_auto_layers_fastest_forward(tmp_path, monkeypatch, rng):
     """implementation="tuned" times the SavedModel's layer at the export's
     batch and serves its fastest forward (native here), not the fastest
     training step (gemm); TFLite and ONNX keep their defaults. As under
-    oneDNN, where tuning times the native op too (tuning.eligible)."""
-    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
+    oneDNN, where tuning times the native op too (tuning.eligible), pinned."""
+    cpu_pin.pin(monkeypatch, "onednn", "avx512")
     monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
     timed = []
 

@@ -9,10 +9,11 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
+import cpu_pin
 import tf_conv3dt
 from tf_conv3dt._keras import keras
 from lowerings import LOWERINGS, lowering
-from markers import op_only
+from markers import cpu_sensitive, op_only
 from reference import assert_close, np_conv3d_transpose
 
 
@@ -409,20 +410,19 @@ def test_subpixel_graphs_leave_tensorflows_remapper_working():
     ((4, 2, 4), (2, 2, 2), "overlapping"),
     ((3, 2, 2), (2, 2, 2), "overlapping"),
 ], ids=lambda v: str(v))
-def test_auto_follows_the_rule_table(monkeypatch, kernel_size, strides, relation):
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+@cpu_sensitive
+def test_auto_follows_the_rule_table(monkeypatch, kernel_size, strides, relation, gpu):
     """auto = native on a GPU; on a CPU, AUTO_RULE's entry for the rule key
     (oneDNN setting, ISA class, dtype) and the kernel/stride relation; forced
     and explicit choices win."""
     ops = tf_conv3dt.ops
     assert ops.kernel_relation(kernel_size, strides) == relation
-    gpu = bool(tf.config.list_logical_devices("GPU"))
     for key in ops.AUTO_RULE:
         parts = key.split()
         configuration, isa = parts[0], parts[1] if len(parts) > 1 else "avx2"
         dtype = parts[2] if len(parts) > 2 else "float32"
-        monkeypatch.setattr(ops.choice, "onednn_enabled",
-                            lambda onednn=configuration == "onednn": onednn)
-        monkeypatch.setattr(ops.choice, "cpu_isa", lambda isa=isa: isa)
+        cpu_pin.pin(monkeypatch, configuration, isa, gpu)
         dtype = tf.as_dtype(dtype)
         assert ops.rule_key(dtype) == key
         expected = "native" if gpu else ops.AUTO_RULE[key][relation]
@@ -444,41 +444,53 @@ def test_auto_follows_the_rule_table(monkeypatch, kernel_size, strides, relation
     (True, "amx", "bfloat16", "onednn amx bfloat16"),
     (True, "amx", "float16", "onednn amx"),
 ])
+@cpu_sensitive
 def test_rule_key_falls_back_to_the_widest_measured_class(monkeypatch, onednn, isa, dtype,
                                                           key):
-    ops = tf_conv3dt.ops
-    monkeypatch.setattr(ops.choice, "onednn_enabled", lambda: onednn)
-    monkeypatch.setattr(ops.choice, "cpu_isa", lambda: isa)
-    assert ops.rule_key(tf.as_dtype(dtype)) == key
+    cpu_pin.pin(monkeypatch, "onednn" if onednn else "eigen", isa)
+    assert tf_conv3dt.ops.rule_key(tf.as_dtype(dtype)) == key
 
 
 @pytest.mark.parametrize("dtype, key", [("float32", "onednn avx512"),
                                         ("bfloat16", "onednn avx512 bfloat16")])
+@cpu_sensitive
 def test_a_class_without_a_rule_takes_the_next_narrower_ones(monkeypatch, dtype, key):
     """An AMX CPU, were its class not measured, runs oneDNN's AVX-512 kernels too."""
     ops = tf_conv3dt.ops
     measured = {name: rule for name, rule in ops.AUTO_RULE.items() if "amx" not in name}
     monkeypatch.setattr(ops.choice, "AUTO_RULE", measured)
-    monkeypatch.setattr(ops.choice, "onednn_enabled", lambda: True)
-    monkeypatch.setattr(ops.choice, "cpu_isa", lambda: "amx")
+    cpu_pin.pin(monkeypatch, "onednn", "amx")
     assert ops.rule_key(tf.as_dtype(dtype)) == key
 
 
-@pytest.mark.parametrize("flags, cap, isa", [
-    ("fpu avx2 avx512f amx_tile", None, "amx"),
-    ("fpu avx2 avx512f amx_tile", "AVX512_CORE_BF16", "avx512"),
-    ("fpu avx2 avx512f", "avx2", "avx2"),
-    ("fpu avx2 avx512f", "AVX2_VNNI", "avx2"),
-    ("fpu avx2 avx512f", "SSE41", "other"),
-    ("fpu avx2", "AVX512_CORE_AMX", "avx2"),  # a cap never widens the CPU
-    ("fpu avx2 avx512f", "ALL", "avx512"),
-    ("fpu sse4_2", None, "other"),
+@pytest.mark.parametrize("flags, named, cap, isa", [
+    ("fpu avx2 avx512f amx_tile", None, None, "amx"),
+    ("fpu avx2 avx512f amx_tile", None, "AVX512_CORE_BF16", "avx512"),
+    ("fpu avx2 avx512f", None, "avx2", "avx2"),
+    ("fpu avx2 avx512f", None, "AVX2_VNNI", "avx2"),
+    ("fpu avx2 avx512f", None, "SSE41", "other"),
+    ("fpu avx2", None, "AVX512_CORE_AMX", "avx2"),  # a cap never widens the CPU
+    ("fpu avx2 avx512f", None, "ALL", "avx512"),
+    ("fpu sse4_2", None, None, "other"),
+    # TF_CONV3DT_CPU_ISA names the class instead of the flags, and a cap still holds.
+    ("fpu avx2", " AMX", None, "amx"),
+    ("fpu avx2 avx512f amx_tile", "avx2", None, "avx2"),
+    ("fpu avx2", "avx512", "AVX2", "avx2"),
+    ("fpu avx2", "", None, "avx2"),
 ])
-def test_cpu_isa_reads_the_flags_and_onednns_cap(monkeypatch, flags, cap, isa):
+@cpu_sensitive
+def test_cpu_isa_reads_the_flags_and_onednns_cap(monkeypatch, flags, named, cap, isa):
     choice = tf_conv3dt.ops.choice
     monkeypatch.setattr(choice, "_cpuinfo", lambda: {"flags": flags})
-    if cap is None:
-        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    else:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    for variable, value in ((choice.ENV_CPU_ISA, named), ("ONEDNN_MAX_CPU_ISA", cap)):
+        if value is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, value)
     assert choice.cpu_isa() == isa
+
+
+def test_a_bad_cpu_isa_name_is_named(monkeypatch):
+    monkeypatch.setenv(tf_conv3dt.ops.choice.ENV_CPU_ISA, "sse4")
+    with pytest.raises(ValueError, match="TF_CONV3DT_CPU_ISA='sse4'"):
+        tf_conv3dt.ops.choice.cpu_isa()

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cpu_pin
 import reference
 import tf_conv3dt
-from markers import op_only
+from markers import cpu_sensitive, op_only
 from tf_conv3dt import ops, shapes, tune
 from tf_conv3dt.ops import choice, tuning
 
@@ -61,7 +62,11 @@ def _auto(x, kernel, **extra):
 
 
 @op_only
-def test_times_every_lowering_logs_once_and_runs_the_winner(tuning_on, measurements, caplog):
+@cpu_sensitive
+def test_times_every_lowering_logs_once_and_runs_the_winner(tuning_on, measurements, caplog,
+                                                           monkeypatch):
+    """Under oneDNN on AMX, pinned: every lowering is a candidate there."""
+    cpu_pin.pin(monkeypatch, "onednn", "amx")
     x, kernel = _inputs()
     with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
         y = _auto(x, kernel)
@@ -355,6 +360,7 @@ def test_a_pair_is_timed_as_the_call_traces_it(monkeypatch):
 
 
 @op_only
+@cpu_sensitive
 @pytest.mark.parametrize("split_ms, chosen", [(4.0, ("native", "gemm")),
                                               (4.3, ("gemm", "gemm"))])
 def test_a_pair_is_kept_against_the_lowering_fastest_over_both(tuning_on, monkeypatch,
@@ -364,7 +370,7 @@ def test_a_pair_is_kept_against_the_lowering_fastest_over_both(tuning_on, monkey
     within 5% of it, else GEMM runs alone, though the pair beats native's
     own 10.0 ms either way. Under oneDNN, pinned: without it the native op
     is not a candidate (:func:`tuning.eligible`)."""
-    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
+    cpu_pin.pin(monkeypatch, "onednn", "avx512")
     monkeypatch.setattr(tuning, "measure", lambda *args: {
         "gemm": (2.0, 3.0), "native": (1.0, 9.0)})
     monkeypatch.setattr(tuning, "measure_split", lambda *args: split_ms)
@@ -392,10 +398,13 @@ def _op_types(graph):
 
 
 @op_only
+@cpu_sensitive
 def test_a_served_call_takes_the_fastest_forward(tuning_on, monkeypatch):
     """Training takes the rule's subpixel forward, within 5% of native's and
     with the faster training step, and GEMM's gradient; serving, native's
-    forward, the fastest, alone."""
+    forward, the fastest, alone. Under oneDNN, pinned, where native is a
+    candidate."""
+    cpu_pin.pin(monkeypatch, "onednn", "avx512")
     monkeypatch.setattr(tuning, "measure", lambda *args: {
         "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (1.04, 3.5)})
     monkeypatch.setattr(tuning, "measure_split", lambda *args: 3.1)
@@ -569,6 +578,7 @@ def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, swi
     assert not os.path.exists(tuning.cache_path())
 
 
+@cpu_sensitive
 @pytest.mark.parametrize("value, on_a_cpu, on_a_gpu", [
     (None, True, False), ("", True, False), (" Yes ", True, True), ("1", True, True),
     ("0", False, False), ("OFF", False, False), ("false", False, False)])
@@ -638,11 +648,10 @@ def test_unknown_spatial_sizes_take_the_rule_and_an_unknown_batch_the_nominal_on
                                atol=1e-6)
 
 
-def _as_on_a_cpu(monkeypatch):
-    """Tuning as on a CPU, where blocks are timed, on a machine with a GPU too."""
-    devices = tf.config.list_logical_devices
-    monkeypatch.setattr(tf.config, "list_logical_devices",
-                        lambda kind=None: [] if kind == "GPU" else devices(kind))
+def _as_on_a_cpu(monkeypatch, configuration="onednn"):
+    """Tuning as on a CPU of ``configuration`` (oneDNN's with AVX-512, or
+    Eigen's), where blocks are timed, whatever this machine is."""
+    cpu_pin.pin(monkeypatch, configuration, "avx512")
 
 
 @op_only
@@ -664,6 +673,7 @@ def test_an_untuned_depthwise_auto_layer_says_it_runs_gemms_one_call():
     assert tune._row(layer, None) == "dw: not tuned, runs gemm's one call (depthwise)"
 
 
+@cpu_sensitive
 @op_only
 @pytest.mark.parametrize("padding, kernel_size, strides, dilation, output_padding", [
     ("same", 3, 2, 1, None), ("valid", 3, 2, 1, None), ("valid", 1, 2, 1, None),
@@ -689,17 +699,17 @@ def test_a_large_configuration_is_timed_on_a_block_of_its_input(
             for n, k, s in zip(spatial, kernel_size, strides))
 
 
+@cpu_sensitive
 def test_on_a_gpu_every_call_is_timed_at_its_size_with_every_lowering(monkeypatch):
     """Neither the block nor leaving out the native op was measured on a GPU."""
-    monkeypatch.setattr(tf.config, "list_logical_devices",
-                        lambda kind=None: ["a GPU"] if kind == "GPU" else [])
-    monkeypatch.setattr(choice, "cpu_configuration", lambda: "eigen")
+    cpu_pin.pin(monkeypatch, "eigen", "avx2", gpu=True)
     output = (128, 128, 128)
     assert tuning.timed_shape(1, (64, 64, 64, 32), (3, 3, 3, 16, 32), (2, 2, 2),
                               output) == ((64, 64, 64), output)
     assert tuning.eligible(tuning.CANDIDATES) == list(tuning.CANDIDATES)
 
 
+@cpu_sensitive
 @op_only
 def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurements,
                                                               monkeypatch, caplog):
@@ -734,6 +744,7 @@ def test_choose_takes_a_gradient_only_from_the_ranked_lowerings(times, chosen):
     assert tuning.choose(times, "subpixel", gradients) == chosen
 
 
+@cpu_sensitive
 @op_only
 @pytest.mark.parametrize("kernel_size, on_a_block, split_ms, chosen", [
     (2, True, 3.0, ("native", "gemm")),  # kernel == stride on a block: a pair's forward only
@@ -749,7 +760,6 @@ def test_a_block_does_not_rank_the_native_gradient_where_kernel_equals_stride(
     with GEMM's gradient, the fastest of the others, or where that pair
     fails, GEMM runs alone; the log line and the tune command's row say so."""
     _as_on_a_cpu(monkeypatch)
-    monkeypatch.setattr(choice, "cpu_configuration", lambda: "onednn")
     monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", 1 if on_a_block else float("inf"))
     monkeypatch.setattr(tuning, "measure", lambda *args: {
         "native": (1.0, 2.0), "gemm": (2.0, 3.0), "subpixel": (2.1, 3.5)})
@@ -770,6 +780,7 @@ def test_a_block_does_not_rank_the_native_gradient_where_kernel_equals_stride(
     assert decision.describe().endswith(note) == unranked, decision.describe()
 
 
+@cpu_sensitive
 @op_only
 @pytest.mark.parametrize("configuration, timed", [
     ("onednn", {"native", "gemm", "subpixel"}), ("eigen", {"gemm", "subpixel"})])
@@ -778,8 +789,7 @@ def test_without_onednn_the_native_op_is_not_timed(tuning_on, measurements, monk
     """Eigen's Conv3DBackprop* kernels, which the native op runs without
     oneDNN, collapse at batch > 1 and keep no steady rate at batch 1: the
     rule never takes them there, and tuning does not time them."""
-    _as_on_a_cpu(monkeypatch)
-    monkeypatch.setattr(choice, "cpu_configuration", lambda: configuration)
+    _as_on_a_cpu(monkeypatch, configuration)
     x, kernel = _inputs()
     y = _auto(x, kernel)
     (args,) = measurements
@@ -873,7 +883,11 @@ def _tune(capsys, *args):
     return status, out, err
 
 
-def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_path, capsys):
+@cpu_sensitive
+def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Under oneDNN on AMX, pinned: every lowering is a candidate there."""
+    cpu_pin.pin(monkeypatch, "onednn", "amx")
     path = _model(str(tmp_path / "model.keras"), implementation="native")
     status, out, err = _tune(capsys, path, "--batch-size", 3, "--policy", "mixed_bfloat16")
     assert status == 0, err[-3000:]
