@@ -39,7 +39,7 @@ import tensorflow as tf
 
 import tf_conv3dt
 from tf_conv3dt import ops
-from tf_conv3dt.ops import choice
+from tf_conv3dt.ops import cpu, lowerings
 from tf_conv3dt._keras import keras
 from tf_conv3dt.ops import tuning
 
@@ -78,7 +78,8 @@ CONFIGURATIONS = {
     "onednn": {"TF_ENABLE_ONEDNN_OPTS": "1"},
     "onednn-avx2": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
-LOWERINGS = ("native", "gemm", "subpixel")
+# The lowerings "auto" chooses among.
+LOWERINGS = lowerings.names(auto=True)
 
 
 def forward_flops(shape, filters, kernel):
@@ -143,7 +144,7 @@ def median_ms(fn, repeats, warmup=5):
 def interleaved_ms(fns, repeats, warmup=3, slow_s=2.0):
     """Median milliseconds of each of ``fns`` ({name: fn}), timed in rounds of
     one call each (right after an untimed one, as tuning times them:
-    ``tuning.primed_seconds``), so that what else a shared machine runs weighs
+    ``tuning.Timer.primed``), so that what else a shared machine runs weighs
     on all of them alike. Only paths of one library belong together: the worker threads
     of PyTorch's OpenMP pool spin on after its call, slowing whatever runs
     next, and a pause between calls would wake every path up cold (+4 ms a
@@ -164,11 +165,12 @@ def interleaved_ms(fns, repeats, warmup=3, slow_s=2.0):
             print(f"  {name} failed: {type(error).__name__}", flush=True)
             failed.add(name)
     times = {name: [] for name in fns if name not in failed}
+    timer = tuning.Timer()
     for round_ in range(repeats):
         for name in times:
             if name in slow and round_ >= 2:
                 continue
-            times[name].append(tuning.primed_seconds(fns[name]))
+            times[name].append(timer.primed(fns[name]))
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
@@ -321,7 +323,7 @@ def _torch_version():
 def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
     """(what tuning chose: a lowering, or "forward+gradient" where it takes
     one lowering's forward with another's gradient; seconds the timing took,
-    what tuning.BUDGET_S bounds; seconds the first "auto" call of this case
+    what tuning's Knobs.budget_s bounds; seconds the first "auto" call of this case
     took longer than a later one, which finds the choice in memory: the
     timing, and what a first call costs untuned too, such as its first
     full-size run; seconds a new process spends taking the choice from the
@@ -342,7 +344,7 @@ def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
     tuning.forget()
     first = seconds()
     again = min(seconds() for _ in range(3))
-    decision = next(iter(tuning._memory.values()))
+    decision = next(iter(tuning.current_cache().memory.values()))
     chosen = "+".join(dict.fromkeys((decision.forward, decision.gradient)))
     hits = []
     for _ in range(3):
@@ -497,7 +499,7 @@ def main():
     os.environ.setdefault(tuning.ENV_CACHE_DIR, tempfile.mkdtemp(prefix="bench-tuning-"))
     tuning.set_autotune(True)
     peak = sgemm_gflops()
-    print(f"{choice.cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
+    print(f"{cpu.cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
           f"(oneDNN {'on' if tf_conv3dt.ops.cpu_configuration() == 'onednn' else 'off'}, "
           f"rule {ops.rule_key(keras.mixed_precision.global_policy().compute_dtype)}), "
           f"Keras {keras.__version__}, {args.policy}, {args.data_format}, "
@@ -555,10 +557,10 @@ def main():
     scaling_rows = [] if args.skip_scaling else scaling(args.repeats)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=choice.cpu_model(), cores=os.cpu_count(),
+            json.dump(dict(machine=cpu.cpu_model(), cores=os.cpu_count(),
                            tensorflow=tf.__version__, torch=_torch_version(),
                            cpu_configuration=tf_conv3dt.ops.cpu_configuration(),
-                           isa=choice.cpu_isa(),
+                           isa=cpu.cpu_isa(),
                            policy=args.policy, data_format=args.data_format,
                            sgemm_gflops=peak, rows=rows, summary=summary,
                            scaling=scaling_rows), f, indent=1)

@@ -20,7 +20,7 @@ import os
 import tensorflow as tf
 
 from tf_conv3dt._keras import keras
-from tf_conv3dt.ops import choice
+from tf_conv3dt.ops import cpu, lowerings
 from bench_conv3d_transpose import interleaved_ms, tf_paths, time_torch, torch_ms
 from bench_onnx import cpu_model, write_result
 
@@ -31,7 +31,7 @@ CONFIGS = [
     ("groups 4 k4 s2 same", (1, 16, 16, 16, 64), 32, 4, 2, "same", 4),
     ("groups 2 k3 s1 same", (2, 12, 12, 12, 32), 32, 3, 1, "same", 2),
 ]
-LOWERINGS = ("auto", "native", "gemm", "subpixel")
+LOWERINGS = ("auto", *lowerings.names(auto=True))
 
 
 def main():
@@ -69,7 +69,7 @@ def main():
             print(f"{name:<24} {path:<10} {f or float('nan'):8.2f} {t or float('nan'):9.2f}",
                   flush=True)
     result = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(),
-              "isa": choice.cpu_isa(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+              "isa": cpu.cpu_isa(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
               "policy": args.policy, "repeats": args.repeats, "train_repeats": train_repeats,
               "environment": {k: v for k, v in os.environ.items()
                               if k.startswith(("TF_ENABLE_ONEDNN", "ONEDNN", "OPENBLAS"))},

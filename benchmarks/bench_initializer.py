@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tf_conv3dt import examples
 from tf_conv3dt._keras import keras
-from tf_conv3dt.ops import choice
+from tf_conv3dt.ops import cpu
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_onnx import write_result  # noqa: E402
@@ -66,7 +66,7 @@ def main():
         table = np.array(list(by_seed.values()))
         print(f"{initializer:<18} " + " ".join(
             f"{mean:.3f} +- {std:.3f}" for mean, std in zip(table.mean(0), table.std(0))))
-    result = {"cpu": choice.cpu_model(), "isa": choice.cpu_isa(), "cores": os.cpu_count(),
+    result = {"cpu": cpu.cpu_model(), "isa": cpu.cpu_isa(), "cores": os.cpu_count(),
               "tensorflow": tf.__version__, "date": datetime.date.today().isoformat(),
               "arguments": {k: v for k, v in vars(args).items() if k != "out"},
               "held_out_dice_by_epoch": runs}

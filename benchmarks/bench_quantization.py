@@ -36,7 +36,7 @@ import tf_conv3dt  # noqa: E402
 from tf_conv3dt import examples, quantization  # noqa: E402
 from tf_conv3dt._keras import LEGACY_KERAS, keras  # noqa: E402
 from tf_conv3dt.export import tflite  # noqa: E402
-from tf_conv3dt.ops import choice  # noqa: E402
+from tf_conv3dt.ops import cpu  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_onnx import write_result  # noqa: E402
@@ -147,7 +147,7 @@ def main():
         print(f"{name:<24} {row['dice']:7.4f} {row['gzip_kib']:9.1f} {row['litert_ms']:10.3f}  "
               f"{' '.join(row['float_compute_ops']) or '-'}", flush=True)
 
-    result = {"cpu": choice.cpu_model(), "isa": choice.cpu_isa(), "cores": os.cpu_count(),
+    result = {"cpu": cpu.cpu_model(), "isa": cpu.cpu_isa(), "cores": os.cpu_count(),
               "tensorflow": tf.__version__, "tfmot": tfmot.__version__,
               "date": datetime.date.today().isoformat(),
               "arguments": {k: v for k, v in vars(args).items() if k != "out"},

@@ -101,7 +101,7 @@ def main():
     if args.child:
         print(json.dumps(run_one(args.repeats)))
         return
-    from tf_conv3dt.ops import choice
+    from tf_conv3dt.ops import cpu
 
     results = {}
     for configuration in args.configurations:
@@ -121,7 +121,7 @@ def main():
         print(f"  {lowering:<9} {ratio:5.2f}x  ({where})")
     import tensorflow as tf
 
-    result = {"cpu": choice.cpu_model(), "isa": choice.cpu_isa(), "cores": os.cpu_count(),
+    result = {"cpu": cpu.cpu_model(), "isa": cpu.cpu_isa(), "cores": os.cpu_count(),
               "tensorflow": tf.__version__, "date": datetime.date.today().isoformat(),
               "repeats": args.repeats, "configurations": results,
               "worst": {lowering: ratio for lowering, (ratio, _) in worst.items()}}

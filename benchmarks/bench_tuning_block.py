@@ -1,13 +1,13 @@
 """Tuning on a block of the input against tuning at the whole size: cost and choice.
 
 For each benchmark case (bench_conv3d_transpose.CASES) whose forward pass
-takes more than ``tuning.MAX_TIMED_PRODUCTS`` multiply-adds, times the
-eligible lowerings with ``tuning.measure`` twice, at the case's own size
-and on the block ``tuning.timed_shape`` gives it, and records the seconds
+takes more than tuning's ``Knobs.max_timed_products`` multiply-adds, times the
+eligible lowerings with ``tuning.measure.lowerings`` twice, at the case's own size
+and on the block ``tuning.measure.timed_shape`` gives it, and records the seconds
 each took (the rounds' budget whole: no time held back for a pair, which
 is not timed here), every candidate's forward / gradient ms, and tuning's proposed
-forward and gradient lowerings (``tuning.choose``, from the separate times,
-with the gradients ``tuning.ranked_gradients`` lets the block rank: tuning
+forward and gradient lowerings (``tuning.policy.choose``, from the separate times,
+with the gradients ``tuning.policy.ranked_gradients`` lets the block rank: tuning
 times a pair together before it keeps it), with what the block's
 choice costs at the whole size against the whole size's fastest: a
 training step (forward plus gradient) and the forward alone. The result goes
@@ -19,6 +19,7 @@ model name and ISA class share the name otherwise):
 """
 
 import argparse
+import dataclasses
 import datetime
 import os
 import time
@@ -26,7 +27,9 @@ import time
 import tensorflow as tf
 
 from tf_conv3dt import ops, shapes
-from tf_conv3dt.ops import choice, tuning
+from tf_conv3dt.ops import cpu, lowerings
+from tf_conv3dt.ops.call import Call
+from tf_conv3dt.ops.tuning import measure, policy
 from bench_conv3d_transpose import CASES
 from bench_onnx import cpu_model, write_result
 
@@ -43,22 +46,25 @@ def main():
         kernel_shape, strides = (kernel,) * 3 + (filters, shape[4]), (stride,) * 3
         whole = tuple(shape[1:4])
         output = [shapes.output_length(n, kernel, stride, padding) for n in whole]
-        block, block_output = tuning.timed_shape(shape[0], shape[1:], kernel_shape, strides,
-                                                 output)
+        block, block_output = measure.timed_shape(shape[0], shape[1:], kernel_shape, strides,
+                                                  output)
         if block == whole:
             continue
         rule = ops.resolve_implementation("auto", kernel_shape[:3], strides, dtype)
-        candidates = tuning.eligible(tuning.CANDIDATES)
+        call = Call(dtype.name, "channels_last", shape, kernel_shape, strides, padding,
+                    (1, 1, 1), tuple(output))
+        candidates = [name for name in lowerings.names(auto=True)
+                      if not lowerings.get(name).untimed(call)]
         timed = {}
         for name, (spatial, lengths) in (("whole", (whole, output)),
                                          ("block", (block, block_output))):
             started = time.perf_counter()
-            ms = tuning.measure(dtype, shape[0], (*spatial, shape[4]), kernel_shape, strides,
-                                padding.upper(), (1, 1, 1), lengths,
-                                [rule, *[c for c in candidates if c != rule]])
-            gradients = tuning.ranked_gradients(ms, spatial != whole, kernel_shape, strides)
+            timed_call = dataclasses.replace(call, input_shape=(shape[0], *spatial, shape[4]),
+                                             output_lengths=tuple(lengths))
+            ms = measure.lowerings(timed_call, [rule, *[c for c in candidates if c != rule]])
+            gradients = policy.ranked_gradients(ms, call, spatial != whole)
             timed[name] = dict(seconds=time.perf_counter() - started, spatial=list(spatial),
-                               ms=ms, choice=tuning.choose(ms, rule, gradients))
+                               ms=ms, choice=policy.choose(ms, rule, gradients))
         whole_ms = timed["whole"]["ms"]
         forward, gradient = timed["block"]["choice"]
         fastest = [min(ms[step] for ms in whole_ms.values()) for step in (0, 1)]
@@ -74,16 +80,16 @@ def main():
               f"block's choices at the whole size {row['block_choice_over_fastest']:.3f}x "
               f"/ {row['block_forward_choice_over_fastest']:.3f}x", flush=True)
     result = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(),
-              "isa": choice.cpu_isa(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
-              "cpu_configuration": choice.cpu_configuration(), "dtype": args.dtype,
-              "max_timed_products": tuning.MAX_TIMED_PRODUCTS,
+              "isa": cpu.cpu_isa(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+              "cpu_configuration": cpu.cpu_configuration(), "dtype": args.dtype,
+              "max_timed_products": policy.KNOBS.max_timed_products,
               "environment": {k: v for k, v in os.environ.items()
                               if k.startswith(("TF_ENABLE_ONEDNN", "ONEDNN", "OPENBLAS"))},
               "rows": rows}
     if rows:
         result["worst"] = {key: max(row[key] for row in rows) for key in (
             "block_choice_over_fastest", "block_forward_choice_over_fastest")}
-    write_result(result, args.out, f"{choice.cpu_configuration()}_{args.dtype}")
+    write_result(result, args.out, f"{cpu.cpu_configuration()}_{args.dtype}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from bench_onnx import write_result  # noqa: E402
 
 import tf_conv3dt  # noqa: E402
 from tf_conv3dt._keras import keras  # noqa: E402
-from tf_conv3dt.ops import choice  # noqa: E402
+from tf_conv3dt.ops import cpu  # noqa: E402
 
 
 def forward_paths(shape, filters, kernel, stride, padding):
@@ -53,8 +53,8 @@ def main():
         os.path.dirname(os.path.abspath(__file__)), "results", "xla"))
     args = parser.parse_args()
     keras.mixed_precision.set_global_policy(args.policy)
-    print(f"{choice.cpu_model()} ({choice.cpu_isa()}), {os.cpu_count()} cores, TensorFlow "
-          f"{tf.__version__}, oneDNN {'on' if choice.cpu_configuration() == 'onednn' else 'off'}"
+    print(f"{cpu.cpu_model()} ({cpu.cpu_isa()}), {os.cpu_count()} cores, TensorFlow "
+          f"{tf.__version__}, oneDNN {'on' if cpu.cpu_configuration() == 'onednn' else 'off'}"
           f", {args.policy}")
     rows = []
     for index in args.cases:
@@ -68,11 +68,11 @@ def main():
         for path, value in ms.items():
             print(f"  {path:<14} {value:9.2f} ms" if value is not None else f"  {path}: failed")
         rows.append({"case": name, "forward_ms": ms})
-    write_result({"date": datetime.date.today().isoformat(), "cpu": choice.cpu_model(),
-                  "isa": choice.cpu_isa(), "cores": os.cpu_count(),
+    write_result({"date": datetime.date.today().isoformat(), "cpu": cpu.cpu_model(),
+                  "isa": cpu.cpu_isa(), "cores": os.cpu_count(),
                   "tensorflow": tf.__version__, "torch": bench._torch_version(),
                   "policy": args.policy,
-                  "cpu_configuration": choice.cpu_configuration(),
+                  "cpu_configuration": cpu.cpu_configuration(),
                   "repeats": args.repeats, "rows": rows}, args.out_dir)
 
 

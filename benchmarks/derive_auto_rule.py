@@ -31,9 +31,10 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tf_conv3dt.ops import AUTO_RULE, kernel_relation  # noqa: E402
-from tf_conv3dt.ops.choice import measured_key  # noqa: E402
+from tf_conv3dt.ops import lowerings  # noqa: E402
+from tf_conv3dt.ops.rule import measured_key  # noqa: E402
 
-LOWERINGS = ("native", "gemm", "subpixel")
+LOWERINGS = lowerings.names(auto=True)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -85,7 +85,7 @@ def main():
         return child(int(args.child[0]), args.child[1], args.policy, args.repeats)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_conv3d_transpose import CASES
-    from tf_conv3dt.ops.choice import cpu_isa, cpu_model
+    from tf_conv3dt.ops.cpu import cpu_isa, cpu_model
 
     print(f"{cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores, {args.policy}, "
           f"forward pass, ms per call")

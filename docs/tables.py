@@ -6,7 +6,7 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 - ``benchmark FILE CONFIGURATION``: one configuration of a
   bench_conv3d_transpose.py run, every case and path, then the per-case summary;
 - ``summary FILE``: benchmarks/summary_table.py's rows for a run;
-- ``rule FILE``: the ``AUTO_RULE`` table that FILE (tf_conv3dt/ops/choice.py)
+- ``rule FILE``: the ``AUTO_RULE`` table that FILE (tf_conv3dt/ops/rule.py)
   assigns, one row per kernel/stride relation and a column per rule key;
 - ``onnx FILE``: a bench_onnx.py run;
 - ``groups FILE``: a bench_groups.py run;
@@ -177,7 +177,7 @@ def _tuning_block(content, source):
                    ("winner", "winners over forward plus training step / forward alone"))
     head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
             f"{content['cores']} cores, TensorFlow {content['tensorflow']} "
-            f"({content['cpu_configuration']}), {content['dtype']}; tuning.measure at each "
+            f"({content['cpu_configuration']}), {content['dtype']}; tuning.measure.lowerings at each "
             f"size, {chosen}, and the block's timed at the whole size against its "
             f"fastest {source}")
     rows = [(r["case"], f"{r['whole']['seconds']:.2f}", "/".join(r["whole"][key]),

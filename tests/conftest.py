@@ -7,7 +7,8 @@ import tensorflow as tf
 
 import cpu_pin
 import markers
-from lowerings import LOWERINGS, lowering
+import lowerings
+from lowerings import LOWERINGS
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.ops import tuning
 
@@ -49,10 +50,8 @@ def pytest_report_header(config):
 def implementation(request):
     """Every numerical test runs once for each lowering: the native op, the
     GEMM lowering in both its forms (one product per tap; one per stride
-    phase, as int8 TFLite uses) and the sub-pixel lowering."""
-    scope, implementation = lowering(request.param)
-    with scope:
-        yield implementation
+    phase, as int8 TFLite uses: "gemm_int8") and the sub-pixel lowering."""
+    return lowerings.implementation(request.param)
 
 
 @pytest.fixture

@@ -1,22 +1,22 @@
-"""The lowerings the numerical tests run, by name, each as a scope and an implementation."""
+"""The lowerings the numerical tests run: every registered one, and pairs of them."""
 
-import contextlib
+from tf_conv3dt.ops import lowerings
 
-from tf_conv3dt import ops
 
-# "gemm-phase-products" is the GEMM lowering with one product per stride
-# phase, the form int8 TFLite uses; the other names are implementations.
-LOWERINGS = ("native", "gemm", "gemm-phase-products", "subpixel")
+def names():
+    """Every registered lowering, read now: one a test registers (a fixture
+    of its own) joins every list made while it is registered."""
+    return lowerings.names()
+
+
+# The built-in lowerings, as the tests are collected (parametrized by name).
+LOWERINGS = names()
 # One lowering's forward pass with another's gradient, named "forward+gradient"
-# (what tuned "auto" runs where they differ): each lowering once in each role.
+# (what tuned "auto" runs where they differ): each lowering "auto" may pick
+# once in each role.
 SPLITS = ("subpixel+native", "native+gemm", "gemm+subpixel")
 
 
-def lowering(name):
-    """``(scope, implementation)``: trace inside ``scope`` with ``implementation``
-    to run the lowering ``name``."""
-    if name == "gemm-phase-products":
-        return ops.forced_implementation("gemm", one_product_per_phase=True), "gemm"
-    if "+" in name:
-        return contextlib.nullcontext(), tuple(name.split("+"))
-    return contextlib.nullcontext(), name
+def implementation(name):
+    """What ``implementation=`` takes to run the lowering or pair ``name``."""
+    return tuple(name.split("+")) if "+" in name else name

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tf_conv3dt
-from tf_conv3dt import shapes
+from tf_conv3dt.ops import lowerings
 from tf_conv3dt._keras import keras
 
 Layer = tf_conv3dt.Conv3DTranspose
@@ -250,7 +250,7 @@ def test_every_constructor_argument_has_a_row():
 def test_integer_inputs_are_cast_like_floats_on_every_implementation(rng):
     """uint8 / int16 voxels give the float32 result of the same values."""
     values = rng.integers(0, 255, size=(2, 3, 4, 3, 3))
-    for implementation in shapes.IMPLEMENTATIONS:
+    for implementation in lowerings.implementations():
         layer = Layer(2, 3, 2, implementation=implementation)
         expected = layer(values.astype("float32"))
         for dtype in ("uint8", "int16", "int32"):

@@ -38,7 +38,8 @@ from hypothesis import assume, given, settings, strategies as st
 import tf_conv3dt
 from tf_conv3dt import ops, shapes
 import reference
-from lowerings import LOWERINGS, SPLITS, lowering
+import lowerings
+from lowerings import LOWERINGS, SPLITS
 from markers import op_only, smoke
 
 CONFIGS = int(os.environ.get("TF_CONV3DT_DIFFERENTIAL_CONFIGS", 64))
@@ -123,7 +124,7 @@ def _inputs(config, seed):
 def _ours(x, kernel, bias, cotangent, config, implementation, mode):
     """Output and gradients (input, kernel, and bias where there is one) from
     tf_conv3dt, called as ``mode`` (:func:`modes`)."""
-    scope, implementation = lowering(implementation)
+    implementation = lowerings.implementation(implementation)
     arguments = _arguments(config)
 
     def run(x, kernel, bias, cotangent):
@@ -137,21 +138,20 @@ def _ours(x, kernel, bias, cotangent, config, implementation, mode):
         return (y, *gradients[:2], gradients[2] if arguments["bias"] is not None else bias)
 
     bias = np.zeros(0, np.float32) if bias is None else bias
-    with scope:
-        if mode == "eager":
-            return [t.numpy() for t in run(tf.constant(x), tf.constant(kernel),
-                                           tf.constant(bias), tf.constant(cotangent))]
-        if mode == "batch-traced":
-            spec, cotangent_spec = [None, *x.shape[1:]], [None, *cotangent.shape[1:]]
-        else:
-            channel_axis = 1 if config["data_format"] == "channels_first" else 4
-            spec, cotangent_spec = [None] * 5, [None] * 5
-            spec[channel_axis] = config["channels"]
-        function = tf.function(run).get_concrete_function(
-            tf.TensorSpec(spec), tf.TensorSpec(kernel.shape), tf.TensorSpec(bias.shape),
-            tf.TensorSpec(cotangent_spec))
-        return [t.numpy() for t in function(tf.constant(x), tf.constant(kernel),
-                                            tf.constant(bias), tf.constant(cotangent))]
+    if mode == "eager":
+        return [t.numpy() for t in run(tf.constant(x), tf.constant(kernel),
+                                       tf.constant(bias), tf.constant(cotangent))]
+    if mode == "batch-traced":
+        spec, cotangent_spec = [None, *x.shape[1:]], [None, *cotangent.shape[1:]]
+    else:
+        channel_axis = 1 if config["data_format"] == "channels_first" else 4
+        spec, cotangent_spec = [None] * 5, [None] * 5
+        spec[channel_axis] = config["channels"]
+    function = tf.function(run).get_concrete_function(
+        tf.TensorSpec(spec), tf.TensorSpec(kernel.shape), tf.TensorSpec(bias.shape),
+        tf.TensorSpec(cotangent_spec))
+    return [t.numpy() for t in function(tf.constant(x), tf.constant(kernel),
+                                        tf.constant(bias), tf.constant(cotangent))]
 
 
 def _assert_matches(actual, expected, what):
@@ -232,7 +232,13 @@ def check_config(config, seed, implementations=IMPLEMENTATIONS):
 @pytest.mark.parametrize("seed", [SEED + i for i in range(CONFIGS)],
                          ids=lambda seed: f"seed={seed}")
 def test_random_configuration_matches_reference(seed):
-    check_config(draw_config(seed), seed, [*LOWERINGS, SPLITS[seed % len(SPLITS)]])
+    check_config(draw_config(seed), seed, implementations(seed))
+
+
+def implementations(seed):
+    """What a random configuration is checked with: every lowering registered
+    now (one a test registers too), and one of the ``SPLITS`` in turn."""
+    return [*lowerings.names(), SPLITS[seed % len(SPLITS)]]
 
 
 def test_references_agree_with_each_other():
@@ -354,6 +360,36 @@ def test_output_that_no_tap_reaches_has_zero_gradients(config, seed):
     """Every lowering's output there is zeros (an Inf input included), and both
     gradients are zeros, never None."""
     check_config(config, seed, LOWERINGS)
+
+
+@op_only
+def test_the_deprecated_int8_flags_warn_and_run_gemm_int8():
+    """one_product_per_phase (and fake_quantize_kernel with it) still run
+    GEMM's int8 form, with a DeprecationWarning that names its replacement:
+    the same graph, so the same numbers, as implementation="gemm_int8" (and
+    its products' weights on the int8 grid)."""
+    from tf_conv3dt.ops.lowerings import gemm_int8
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 4, 3, 2)).astype("float32")
+    kernel = rng.standard_normal((3, 3, 2, 4, 2)).astype("float32")
+    arguments = dict(strides=(2, 2, 1), padding="same", bias=np.ones(4, "float32"),
+                     activation="relu")
+    for flags, replacement in (({}, "gemm_int8"),
+                               ({"fake_quantize_kernel": True}, gemm_int8.ON_THE_INT8_GRID)):
+        with pytest.warns(DeprecationWarning, match="implementation='gemm_int8'") as caught:
+            y = ops.conv3d_transpose(x, kernel, one_product_per_phase=True, **flags,
+                                     **arguments)
+        assert caught[0].filename == __file__  # the caller's line, not the library's
+        np.testing.assert_array_equal(
+            y, ops.conv3d_transpose(x, kernel, implementation=replacement, **arguments))
+    with pytest.warns(DeprecationWarning, match="force 'gemm_int8'"):
+        with ops.forced_implementation("gemm", one_product_per_phase=True):
+            forced = ops.conv3d_transpose(x, kernel, **arguments)
+    np.testing.assert_array_equal(
+        forced, ops.conv3d_transpose(x, kernel, implementation="gemm_int8", **arguments))
+    expected = reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 1), padding="same")
+    reference.assert_close(forced, np.maximum(expected + 1, 0))
 
 
 def test_one_nan_voxel_reaches_only_its_footprint():

@@ -26,6 +26,7 @@ from tf_conv3dt import export
 from tf_conv3dt.export import pipeline, serving, staging, tflite
 from tf_conv3dt.export.signature import DEFAULT_LOWERINGS, lowering
 from tf_conv3dt.ops import tuning
+from tf_conv3dt.ops.tuning import measure, switch
 from tf_conv3dt._keras import keras
 import cpu_pin
 from markers import cli_only, cpu_sensitive, smoke
@@ -123,12 +124,12 @@ def test_with_tuning_on_the_export_times_nothing_it_does_not_save(tmp_path, monk
     monkeypatch.setenv(tuning.ENV_AUTOTUNE, "1")
     monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
     timed = []
-    monkeypatch.setattr(tuning, "measure", lambda *args: timed.append(args[1:3]) or {})
+    monkeypatch.setattr(measure, "lowerings", lambda *args: timed.append(args[0]) or {})
     tuning.forget()
     try:
         status = main(["--out", str(tmp_path / "out"), "--formats", "savedmodel", "--quiet"])
-        assert status == 0 and timed == [] and not tuning._memory, timed
-        assert tuning._switch[0] is None and tuning.autotune_enabled()
+        assert status == 0 and timed == [] and not tuning.current_cache().memory, timed
+        assert switch._switch[0] is None and tuning.autotune_enabled()
     finally:
         tuning.forget()
 
@@ -138,19 +139,19 @@ def test_a_tuned_export_traces_each_auto_layers_fastest_forward(tmp_path, monkey
     """implementation="tuned" times the SavedModel's layer at the export's
     batch and serves its fastest forward (native here), not the fastest
     training step (gemm); TFLite and ONNX keep their defaults. As under
-    oneDNN, where tuning times the native op too (tuning.eligible), pinned."""
+    oneDNN, where tuning times the native op too (``Lowering.untimed``), pinned."""
     cpu_pin.pin(monkeypatch, "onednn", "avx512")
     monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
     timed = []
 
-    def measure(dtype, batch, spatial_and_channels, *rest):
-        timed.append((batch, tuple(spatial_and_channels)))
+    def lowerings(call, candidates, proposal=None):
+        timed.append((call.input_shape[0], call.input_shape[1:]))
         return {name: ms for name, ms in {"native": (1.0, 9.0), "gemm": (2.0, 3.0),
                                           "subpixel": (3.0, 4.0)}.items()
-                if name in rest[-2]}  # the candidates, before the proposal
+                if name in candidates}
 
-    monkeypatch.setattr(tuning, "measure", measure)
-    monkeypatch.setattr(tuning, "measure_split", lambda *args: None)  # no pair
+    monkeypatch.setattr(measure, "lowerings", lowerings)
+    monkeypatch.setattr(measure, "pair", lambda *args: None)  # no pair
     tuning.forget()
     model, lines = export.reference_model(), []
     try:

@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 import cpu_pin
 import tf_conv3dt
 from tf_conv3dt._keras import keras
-from lowerings import LOWERINGS, lowering
+import lowerings
+from lowerings import LOWERINGS
 from markers import cpu_sensitive, op_only
 from reference import assert_close, np_conv3d_transpose
 
@@ -117,10 +118,9 @@ def test_property_matches_reference_at_every_legal_output_size(
         kernel, strides, dilation, spatial, padding, channels_first, implementation, data):
     """Any legal output_shape, chosen at call time, matches the reference, in
     eager mode and through a trace whose spatial sizes are unknown."""
-    scope, implementation = lowering(implementation)
-    with scope:
-        _check_every_legal_output_size(kernel, strides, dilation, spatial, padding,
-                                       channels_first, implementation, data)
+    _check_every_legal_output_size(kernel, strides, dilation, spatial, padding,
+                                   channels_first, lowerings.implementation(implementation),
+                                   data)
 
 
 def _check_every_legal_output_size(kernel, strides, dilation, spatial, padding,
@@ -458,7 +458,7 @@ def test_a_class_without_a_rule_takes_the_next_narrower_ones(monkeypatch, dtype,
     """An AMX CPU, were its class not measured, runs oneDNN's AVX-512 kernels too."""
     ops = tf_conv3dt.ops
     measured = {name: rule for name, rule in ops.AUTO_RULE.items() if "amx" not in name}
-    monkeypatch.setattr(ops.choice, "AUTO_RULE", measured)
+    monkeypatch.setattr(ops.rule, "AUTO_RULE", measured)
     cpu_pin.pin(monkeypatch, "onednn", "amx")
     assert ops.rule_key(tf.as_dtype(dtype)) == key
 
@@ -480,17 +480,17 @@ def test_a_class_without_a_rule_takes_the_next_narrower_ones(monkeypatch, dtype,
 ])
 @cpu_sensitive
 def test_cpu_isa_reads_the_flags_and_onednns_cap(monkeypatch, flags, named, cap, isa):
-    choice = tf_conv3dt.ops.choice
-    monkeypatch.setattr(choice, "_cpuinfo", lambda: {"flags": flags})
-    for variable, value in ((choice.ENV_CPU_ISA, named), ("ONEDNN_MAX_CPU_ISA", cap)):
+    cpu = tf_conv3dt.ops.cpu
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": flags})
+    for variable, value in ((cpu.ENV_CPU_ISA, named), ("ONEDNN_MAX_CPU_ISA", cap)):
         if value is None:
             monkeypatch.delenv(variable, raising=False)
         else:
             monkeypatch.setenv(variable, value)
-    assert choice.cpu_isa() == isa
+    assert cpu.cpu_isa() == isa
 
 
 def test_a_bad_cpu_isa_name_is_named(monkeypatch):
-    monkeypatch.setenv(tf_conv3dt.ops.choice.ENV_CPU_ISA, "sse4")
+    monkeypatch.setenv(tf_conv3dt.ops.cpu.ENV_CPU_ISA, "sse4")
     with pytest.raises(ValueError, match="TF_CONV3DT_CPU_ISA='sse4'"):
-        tf_conv3dt.ops.choice.cpu_isa()
+        tf_conv3dt.ops.cpu.cpu_isa()

@@ -7,7 +7,7 @@ import tensorflow as tf
 import tf_conv3dt
 from tf_conv3dt import tflite_hook
 from tf_conv3dt._keras import LEGACY_KERAS, keras
-from tf_conv3dt.ops import choice
+from tf_conv3dt.ops import select
 from markers import smoke
 from tflite_checks import assert_integer_tflite, compute_ops
 
@@ -83,7 +83,7 @@ def test_users_converter_gives_gemm_files(mode):
     to end."""
     model, x = _model(), _samples()
     _check(_users_converter(model, mode, x), mode, model, x)
-    assert choice.forced() is None  # nothing stays forced after the conversion
+    assert select.forced() is None  # nothing stays forced after the conversion
 
 
 def _concrete_function_converter(model, mode, x, trackable):
@@ -134,24 +134,23 @@ def test_keras3_litert_export_gives_gemm_files(mode, tmp_path):
 
 
 def test_only_a_model_holding_the_layer_is_converted_under_the_hook(monkeypatch):
-    """The hook forces the GEMM lowering (per phase only for a full-integer
+    """The hook forces the GEMM lowering (its int8 form for a full-integer
     file) while our model converts, and never for another model."""
     forced = []
-    original = choice.forced_implementation
+    original = select.forced_implementation
 
     def spy(*args, **kwargs):
         forced.append((args, kwargs))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(choice, "forced_implementation", spy)
+    monkeypatch.setattr(select, "forced_implementation", spy)
     inputs = keras.Input((3,))
     _users_converter(keras.Model(inputs, keras.layers.Dense(2)(inputs)), "float32", None)
     assert forced == []
     x = _samples(2)
     _users_converter(_model(), "float32", x)
     _users_converter(_model(), "int8", x)
-    assert forced == [(("gemm",), {"one_product_per_phase": False}),
-                      (("gemm",), {"one_product_per_phase": True})]
+    assert forced == [(("gemm",), {}), (("gemm_int8",), {})]
 
 
 @smoke

@@ -1,6 +1,7 @@
 """Measured "auto" (tf_conv3dt/ops/tuning.py): what it times, what it
 remembers and where, when it must not measure, and the tune command."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,9 @@ import reference
 import tf_conv3dt
 from markers import cpu_sensitive, op_only
 from tf_conv3dt import ops, shapes, tune
-from tf_conv3dt.ops import choice, tuning
+from tf_conv3dt.ops import cpu, lowerings, tuning
+from tf_conv3dt.ops.call import Call
+from tf_conv3dt.ops.tuning import measure, policy
 
 # A static call every lowering can run: k3 s2 "same", 2 -> 3 channels.
 CALL = dict(strides=2, padding="same")
@@ -38,16 +41,38 @@ def tuning_on(monkeypatch, tmp_path):
 
 @pytest.fixture
 def measurements(monkeypatch):
-    """Counts :func:`tuning.measure` calls (each one a timing of a configuration)."""
+    """Counts :func:`measure.lowerings` calls (each one a timing of a configuration)."""
     calls = []
-    measure = tuning.measure
+    timed = measure.lowerings
 
     def counted(*args):
         calls.append(args)
-        return measure(*args)
+        return timed(*args)
 
-    monkeypatch.setattr(tuning, "measure", counted)
+    monkeypatch.setattr(measure, "lowerings", counted)
     return calls
+
+
+def _call(shape=SHAPE, kernel=KERNEL, strides=(2, 2, 2), padding="same", output=None,
+          data_format="channels_last"):
+    """The record of a static call of the op (``ops.call.Call``)."""
+    return Call.of(shape, kernel, "float32", strides, padding, None, (1, 1, 1), data_format,
+                   output, 1)
+
+
+def _timed_here():
+    """The lowerings tuning times on this machine: those "auto" may pick, less
+    those untimed here (the native op without oneDNN)."""
+    return [name for name in lowerings.names(auto=True)
+            if not lowerings.get(name).untimed(_call())]
+
+
+def _tuned(candidates, rule, **call):
+    """The (forward, gradient) lowerings tuning runs for a static call, or
+    ``(rule, rule)`` where it does not time it."""
+    timed = tuning.tuned(_call(**call), [lowerings.get(name) for name in candidates],
+                         lowerings.get(rule))
+    return (rule, rule) if timed is None else (timed[0].name, timed[1].name)
 
 
 def _inputs(shape=SHAPE, kernel=KERNEL, seed=0):
@@ -74,16 +99,16 @@ def test_times_every_lowering_logs_once_and_runs_the_winner(tuning_on, measureme
     assert len(measurements) == 1
     lines = [r.getMessage() for r in caplog.records if "tf_conv3dt auto:" in r.getMessage()]
     assert len(lines) == 1, lines
-    (decision,) = tuning._memory.values()
+    (decision,) = tuning.current_cache().memory.values()
     # Each lowering, and a pair where one was proposed ("forward+gradient").
-    lowerings = tuning.lowering_times(decision.ms)
-    assert set(lowerings) == set(tuning.eligible(tuning.CANDIDATES))
+    timed = tuning.lowering_times(decision.ms)
+    assert set(timed) == set(_timed_here())
     rule = ops.resolve_implementation("auto", (3, 3, 3), (2, 2, 2), "float32")
-    forward, gradient = tuning.choose(lowerings, rule)
-    assert set(decision.ms) - set(lowerings) <= {f"{forward}+{gradient}"}, decision.ms
+    forward, gradient = policy.choose(timed, rule)
+    assert set(decision.ms) - set(timed) <= {f"{forward}+{gradient}"}, decision.ms
     # The pair, or where it was timed together and lost, the one lowering.
     assert (decision.forward, decision.gradient) in (
-        (forward, gradient), (tuning.one_lowering(lowerings, rule),) * 2), decision
+        (forward, gradient), (policy.one_lowering(timed, rule),) * 2), decision
     assert decision.batch == SHAPE[0]
     for name in decision.ms:
         assert name in lines[0]
@@ -121,7 +146,7 @@ class _Clock:
 def _timings(clock, times, budget_s=2.0, held_back=None):
     steps = {name: (clock.call(f"{name}.f", f), clock.call(f"{name}.t", t))
              for name, (f, t) in times.items()}
-    return tuning.time_in_rounds(steps, budget_s, clock, held_back)
+    return tuning.Timer(clock).rounds(steps, budget_s, held_back)
 
 
 @op_only
@@ -140,7 +165,7 @@ def test_timing_warms_up_until_steady_and_ranks_by_the_lowest_warm_time():
 
 @op_only
 def test_timing_interleaves_rounds_and_takes_three_to_seven_samples():
-    for budget_s, rounds in ((0.0, tuning.MIN_SAMPLES), (1e9, tuning.MAX_SAMPLES)):
+    for budget_s, rounds in ((0.0, policy.KNOBS.min_samples), (1e9, policy.KNOBS.max_samples)):
         clock = _Clock()
         _timings(clock, {"a": ([0.1], [0.2]), "b": ([0.11], [0.2])}, budget_s)
         timed = clock.log[8:]  # after each call's two warm-up runs
@@ -176,14 +201,14 @@ def test_a_pair_is_expected_to_take_the_slower_trace_and_its_runs():
     traced = {"native": 0.05, "gemm": 0.4, "subpixel": 0.3}
     seconds = {"native": (0.002, 0.006), "gemm": (0.004, 0.003), "subpixel": (0.005, 0.004)}
     # The slower trace, and runs of the gradient lowering's forward plus gradient.
-    assert tuning.pair_seconds(seconds, traced, lambda ms: ("native", "gemm")) == (
-        pytest.approx(0.4 + tuning.PAIR_RUNS * 0.007))
-    assert tuning.pair_seconds(seconds, traced, lambda ms: ("gemm", "native")) == (
-        pytest.approx(0.4 + tuning.PAIR_RUNS * 0.008))
-    assert tuning.pair_seconds(seconds, traced, lambda ms: ("gemm", "gemm")) == 0.0
+    assert measure.pair_seconds(seconds, traced, lambda ms: ("native", "gemm")) == (
+        pytest.approx(0.4 + policy.KNOBS.pair_runs * 0.007))
+    assert measure.pair_seconds(seconds, traced, lambda ms: ("gemm", "native")) == (
+        pytest.approx(0.4 + policy.KNOBS.pair_runs * 0.008))
+    assert measure.pair_seconds(seconds, traced, lambda ms: ("gemm", "gemm")) == 0.0
     # The proposal sees milliseconds, as measure returns them.
     asked = []
-    tuning.pair_seconds(seconds, traced, lambda ms: asked.append(ms) or ("gemm", "gemm"))
+    measure.pair_seconds(seconds, traced, lambda ms: asked.append(ms) or ("gemm", "gemm"))
     assert asked == [{name: (f * 1e3, t * 1e3) for name, (f, t) in seconds.items()}]
 
 
@@ -195,7 +220,7 @@ def test_timing_drops_a_candidate_three_times_slower_than_the_best_so_far():
     assert clock.log.count("slow.f") == clock.log.count("slow.t") == 1
     assert result["slow"] == pytest.approx((0.31, 0.31))
     # Within RACE_RATIO of the best: timed in rounds.
-    assert clock.log.count("close.f") == 2 + 2 * tuning.MIN_SAMPLES
+    assert clock.log.count("close.f") == 2 + 2 * policy.KNOBS.min_samples
     # Twice the best once warm: its warm-up times stand, without rounds.
     assert clock.log.count("behind.f") == 2
     assert result["behind"] == pytest.approx((0.2, 0.2))
@@ -207,7 +232,7 @@ def test_timing_keeps_a_candidate_far_behind_over_both_with_the_fastest_gradient
     :func:`tuning.choose` may pair with another's forward."""
     clock = _Clock()
     result = _timings(clock, {"fast": ([0.1], [0.1]), "gradient": ([0.65], [0.05])})
-    assert clock.log.count("gradient.t") == 2 + 2 * tuning.MIN_SAMPLES
+    assert clock.log.count("gradient.t") == 2 + 2 * policy.KNOBS.min_samples
     assert result["gradient"] == pytest.approx((0.65, 0.05))
 
 
@@ -228,7 +253,7 @@ def test_timing_times_the_fastest_forward_and_gradient_in_rounds(times):
     gradient (:func:`tuning.choose` takes each): timed in rounds with the best."""
     clock = _Clock()
     _timings(clock, times)
-    assert clock.log.count("behind.f") == 2 + 2 * tuning.MIN_SAMPLES
+    assert clock.log.count("behind.f") == 2 + 2 * policy.KNOBS.min_samples
 
 
 @op_only
@@ -239,14 +264,13 @@ def test_the_timed_training_step_takes_its_upstream_gradient_as_an_argument(monk
     gradient of the output's shape as its arguments, as training runs it."""
     steps = {}
 
-    def spy(timed, budget_s, held_back):
+    def spy(timer, timed, budget_s, held_back):
         steps.update(timed)
         assert held_back is None  # no proposal: nothing to hold back for
         return {name: (1.0, 1.0) for name in timed}
 
-    monkeypatch.setattr(tuning, "time_in_rounds", spy)
-    tuning.measure(tf.float32, 2, SHAPE[1:], KERNEL, (2, 1, 1), "SAME", (1, 1, 1), (8, 5, 3),
-                   ("gemm",))
+    monkeypatch.setattr(tuning.Timer, "rounds", spy)
+    measure.lowerings(_call(strides=(2, 1, 1), output=(8, 5, 3)), ("gemm",))
     gradient = steps["gemm"][1].__defaults__[0]  # the step's functools.partial
     x, kernel, upstream = gradient.args
     assert upstream.shape == (2, 8, 5, 3, KERNEL[3])
@@ -274,7 +298,7 @@ def test_the_timed_training_step_takes_its_upstream_gradient_as_an_argument(monk
     ({}, ("subpixel", "subpixel")),
 ])
 def test_choose_takes_the_fastest_forward_and_gradient_beyond_the_margin(times, chosen):
-    assert tuning.choose(times, "subpixel") == chosen
+    assert policy.choose(times, "subpixel") == chosen
 
 
 @op_only
@@ -283,9 +307,9 @@ def test_a_split_choice_runs_one_lowerings_forward_with_anothers_gradient(tuning
     """Measured with native's forward and GEMM's gradient fastest: the
     forward pass is native's graph, the gradients GEMM's (no Conv3DBackprop*
     op in the traced step), and both are exact."""
-    monkeypatch.setattr(tuning, "measure", lambda *args: {
+    monkeypatch.setattr(measure, "lowerings", lambda *args: {
         "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (3.0, 3.5)})
-    monkeypatch.setattr(tuning, "measure_split", lambda *args: 3.1)
+    monkeypatch.setattr(measure, "pair", lambda *args: 3.1)
     x, kernel = _inputs()
     cotangent = np.random.default_rng(1).standard_normal(
         (SHAPE[0], 8, 10, 6, KERNEL[3])).astype("float32")
@@ -298,7 +322,7 @@ def test_a_split_choice_runs_one_lowerings_forward_with_anothers_gradient(tuning
         return [y, *tape.gradient(y, [x, kernel], output_gradients=cotangent)]
 
     static = step.get_concrete_function(tf.constant(x), tf.constant(kernel))
-    (decision,) = tuning._memory.values()
+    (decision,) = tuning.current_cache().memory.values()
     assert (decision.forward, decision.gradient) == ("native", "gemm")
     assert decision.ms["native+gemm"] == (1.0, 3.1)
     assert decision.runs() == "native with gemm's gradient"
@@ -323,14 +347,14 @@ def test_a_pair_slower_as_the_call_traces_it_gives_way_to_one_lowering(
     together with the batch unknown, as a Keras model's graph traces them,
     they take 1.0 + 5.0 ms (or fail) against native's own 1.0 + 5.0: GEMM
     runs alone, the fastest over forward plus gradient (2.0 + 3.0)."""
-    monkeypatch.setattr(tuning, "measure", lambda *args: {
+    monkeypatch.setattr(measure, "lowerings", lambda *args: {
         "gemm": (2.0, 3.0), "native": (1.0, 5.0), "subpixel": (3.0, 3.5)})
     timed = []
-    monkeypatch.setattr(tuning, "measure_split", lambda *args: timed.append(args) or split_ms)
+    monkeypatch.setattr(measure, "pair", lambda *args: timed.append(args) or split_ms)
     x, kernel = _inputs()
     function = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL))
     function.get_concrete_function(tf.TensorSpec([None, *SHAPE[1:]]))
-    (decision,) = tuning._memory.values()
+    (decision,) = tuning.current_cache().memory.values()
     assert (decision.forward, decision.gradient) == ("gemm", "gemm")
     ((*_, pair, batch_known),) = timed
     assert pair == ("native", "gemm") and batch_known is False
@@ -342,7 +366,7 @@ def test_a_pair_is_timed_as_the_call_traces_it(monkeypatch):
     """measure_split runs the pair's gradient alone, traced with the batch
     unknown where the call's is, and times it in milliseconds."""
     traced = []
-    calls = tuning._calls
+    calls = measure._calls
 
     def spy(implementation, data, arguments, batch_known, steps):
         made = calls(implementation, data, arguments, batch_known, steps)
@@ -350,10 +374,9 @@ def test_a_pair_is_timed_as_the_call_traces_it(monkeypatch):
                        made[0].__defaults__[0].func.inputs[0].shape[0]))
         return made
 
-    monkeypatch.setattr(tuning, "_calls", spy)
+    monkeypatch.setattr(measure, "_calls", spy)
     for batch_known in (True, False):
-        ms = tuning.measure_split(tf.float32, 2, SHAPE[1:], KERNEL, (2, 2, 2), "same",
-                                  (1, 1, 1), (8, 10, 6), ("subpixel", "native"), batch_known)
+        ms = measure.pair(_call(), ("subpixel", "native"), batch_known)
         assert 0 < ms < 1e4, ms
     assert traced == [(("subpixel", "native"), ("gradient",), 2),
                       (("subpixel", "native"), ("gradient",), None)]
@@ -369,14 +392,12 @@ def test_a_pair_is_kept_against_the_lowering_fastest_over_both(tuning_on, monkey
     4.0 (a 5.0 ms step) or 4.3 (5.3 ms), against GEMM alone (5.0 ms): kept
     within 5% of it, else GEMM runs alone, though the pair beats native's
     own 10.0 ms either way. Under oneDNN, pinned: without it the native op
-    is not a candidate (:func:`tuning.eligible`)."""
+    is not a candidate (``Lowering.untimed``)."""
     cpu_pin.pin(monkeypatch, "onednn", "avx512")
-    monkeypatch.setattr(tuning, "measure", lambda *args: {
+    monkeypatch.setattr(measure, "lowerings", lambda *args: {
         "gemm": (2.0, 3.0), "native": (1.0, 9.0)})
-    monkeypatch.setattr(tuning, "measure_split", lambda *args: split_ms)
-    x, kernel = _inputs()
-    assert tuning.tuned(tf.constant(x), tf.constant(kernel), (2, 2, 2), "same", (1, 1, 1),
-                        (8, 10, 6), "channels_last", ["gemm", "native"], "gemm") == chosen
+    monkeypatch.setattr(measure, "pair", lambda *args: split_ms)
+    assert _tuned(["gemm", "native"], "gemm") == chosen
 
 
 @pytest.mark.parametrize("times, rule, chosen", [
@@ -386,7 +407,7 @@ def test_a_pair_is_kept_against_the_lowering_fastest_over_both(tuning_on, monkey
 ])
 def test_one_lowering_is_the_fastest_over_both_or_the_rule_within_the_margin(times, rule,
                                                                             chosen):
-    assert tuning.one_lowering(times, rule) == chosen
+    assert policy.one_lowering(times, rule) == chosen
 
 
 def _op_types(graph):
@@ -405,18 +426,16 @@ def test_a_served_call_takes_the_fastest_forward(tuning_on, monkeypatch):
     forward, the fastest, alone. Under oneDNN, pinned, where native is a
     candidate."""
     cpu_pin.pin(monkeypatch, "onednn", "avx512")
-    monkeypatch.setattr(tuning, "measure", lambda *args: {
+    monkeypatch.setattr(measure, "lowerings", lambda *args: {
         "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (1.04, 3.5)})
-    monkeypatch.setattr(tuning, "measure_split", lambda *args: 3.1)
-    x, kernel = _inputs()
+    monkeypatch.setattr(measure, "pair", lambda *args: 3.1)
     for serving, expected in ((False, ("subpixel", "gemm")), (True, ("native", "native"))):
         tuning.forget()
-        with tuning.recording(serving=serving) as decisions:
-            chosen = tuning.tuned(tf.constant(x), tf.constant(kernel), (2, 2, 2), "same",
-                                  (1, 1, 1), (8, 10, 6), "channels_last",
-                                  list(tuning.CANDIDATES), "subpixel")
+        with tuning.recording(serving=serving):
+            chosen = _tuned(lowerings.names(auto=True), "subpixel")
         assert chosen == expected
-        assert decisions[0][1].runs(serving) == (
+        (decision,) = tuning.current_cache().memory.values()
+        assert decision.runs(serving) == (
             "native (fastest forward)" if serving else "subpixel with gemm's gradient")
 
 
@@ -426,18 +445,18 @@ def test_the_cache_file_serves_a_new_process_and_keeps_every_entry(tuning_on, me
     _auto(x, kernel)
     _auto(x[:, :3], kernel)
     assert len(measurements) == 2
-    content = json.loads(open(tuning.cache_path()).read())
+    content = json.loads(open(tuning.current_cache().path).read())
     assert content["environment"] == tuning.environment()
     assert len(content["choices"]) == 2
-    winners = {key: (d.forward, d.gradient, d.seconds) for key, d in tuning._memory.items()}
+    winners = {key: (d.forward, d.gradient, d.seconds) for key, d in tuning.current_cache().memory.items()}
     assert all(0 < seconds < 60 for *_, seconds in winners.values()), winners
     tuning.forget()  # as a new process starts
     _auto(x, kernel)
     _auto(x[:, :3], kernel)
     assert len(measurements) == 2, "a cached configuration was timed again"
     assert {key: (d.forward, d.gradient, d.seconds)
-            for key, d in tuning._memory.items()} == winners
-    assert {d.source for d in tuning._memory.values()} == {"cache"}
+            for key, d in tuning.current_cache().memory.items()} == winners
+    assert {d.source for d in tuning.current_cache().memory.values()} == {"cache"}
 
 
 @op_only
@@ -446,7 +465,7 @@ def test_a_cache_from_another_environment_is_never_used(tuning_on, measurements,
                                                         monkeypatch, field):
     x, kernel = _inputs()
     _auto(x, kernel)
-    path = tuning.cache_path()
+    path = tuning.current_cache().path
     content = json.loads(open(path).read())
     for decision in content["choices"].values():
         decision["forward"] = "native" if decision["forward"] != "native" else "gemm"
@@ -458,8 +477,8 @@ def test_a_cache_from_another_environment_is_never_used(tuning_on, measurements,
     assert len(measurements) == 2
     # And another environment's file has another name.
     real = tuning.environment()
-    monkeypatch.setattr(tuning, "environment", lambda: {**real, field: "another"})
-    assert tuning.cache_path() != path
+    monkeypatch.setattr(tuning.cache, "environment", lambda: {**real, field: "another"})
+    assert tuning.current_cache().path != path
 
 
 @op_only
@@ -467,14 +486,14 @@ def test_a_cache_from_another_environment_is_never_used(tuning_on, measurements,
                                      '{"format": 1, "environment": null, "choices": {}}'])
 def test_a_corrupt_cache_is_ignored_and_replaced(tuning_on, measurements, caplog, content):
     os.makedirs(tuning_on, exist_ok=True)
-    with open(tuning.cache_path(), "w", errors="surrogateescape") as f:
+    with open(tuning.current_cache().path, "w", errors="surrogateescape") as f:
         f.write(content)
     x, kernel = _inputs()
     with caplog.at_level(logging.WARNING, logger="tf_conv3dt"):
         y = _auto(x, kernel)
     assert len(measurements) == 1
-    assert any(tuning.cache_path() in r.getMessage() for r in caplog.records)
-    assert len(json.loads(open(tuning.cache_path()).read())["choices"]) == 1
+    assert any(tuning.current_cache().path in r.getMessage() for r in caplog.records)
+    assert len(json.loads(open(tuning.current_cache().path).read())["choices"]) == 1
     reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
                                                             padding="same"))
 
@@ -485,7 +504,7 @@ def test_a_cache_of_an_older_format_is_not_used(tuning_on, measurements, caplog)
     this environment, and the warning names the format."""
     x, kernel = _inputs()
     _auto(x, kernel)
-    path = tuning.cache_path()
+    path = tuning.current_cache().path
     content = json.loads(open(path).read())
     content["format"] = 1
     for decision in content["choices"].values():
@@ -505,7 +524,7 @@ def test_a_cache_of_an_older_format_is_not_used(tuning_on, measurements, caplog)
 def test_a_choice_that_names_no_lowering_is_not_run(tuning_on, measurements, role):
     x, kernel = _inputs()
     _auto(x, kernel)
-    path = tuning.cache_path()
+    path = tuning.current_cache().path
     content = json.loads(open(path).read())
     for decision in content["choices"].values():
         decision[role] = "os.system"
@@ -514,16 +533,16 @@ def test_a_choice_that_names_no_lowering_is_not_run(tuning_on, measurements, rol
     tuning.forget()
     _auto(x, kernel)
     assert len(measurements) == 2
-    assert getattr(next(iter(tuning._memory.values())), role) in tuning.CANDIDATES
+    assert getattr(next(iter(tuning.current_cache().memory.values())), role) in lowerings.names(auto=True)
 
 
 WRITER = textwrap.dedent("""
     import sys
     from tf_conv3dt.ops import tuning
     for i in range(int(sys.argv[2])):
-        key = f"{sys.argv[1]}-{i}"
-        tuning._store(key, tuning.Decision(key, "gemm", "gemm", {"gemm": (1.0, 2.0)}, 2,
-                                           (4, 4, 4), 1.5, "measured"))
+        key = (sys.argv[1], i)
+        tuning.current_cache().store(tuning.Decision(key, "gemm", "gemm", {"gemm": (1.0, 2.0)},
+                                                     2, (4, 4, 4), 1.5, "measured"))
 """)
 
 
@@ -536,18 +555,19 @@ def test_concurrent_writers_never_corrupt_the_file_or_lose_an_entry(tuning_on):
     seen = 0
     try:
         while any(w.poll() is None for w in writers):
-            if not os.path.exists(tuning.cache_path()):
+            if not os.path.exists(tuning.current_cache().path):
                 time.sleep(0.05)  # the writers still import TensorFlow: leave them the CPU
                 continue
-            with open(tuning.cache_path()) as f:  # as often as it can: a reader never sees a part
+            with open(tuning.current_cache().path) as f:  # as often as it can: a reader never sees a part
                 json.load(f)
             seen += 1
     finally:
         for w in writers:
             w.wait(timeout=120)
     assert [w.returncode for w in writers] == [0, 0, 0]
-    choices = json.loads(open(tuning.cache_path()).read())["choices"]
-    assert sorted(choices) == sorted(f"writer{w}-{i}" for w in range(3) for i in range(15))
+    choices = json.loads(open(tuning.current_cache().path).read())["choices"]
+    assert sorted(choices) == sorted(json.dumps([f"writer{w}", i])
+                                     for w in range(3) for i in range(15))
     assert not [name for name in os.listdir(tuning_on) if name.endswith(".tmp")]
     assert seen
 
@@ -574,8 +594,8 @@ def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, swi
     assert not ops.autotune_enabled()
     x, kernel = _inputs()
     _auto(x, kernel)
-    assert not measurements and not tuning._memory
-    assert not os.path.exists(tuning.cache_path())
+    assert not measurements and not tuning.current_cache().memory
+    assert not os.path.exists(tuning.current_cache().path)
 
 
 @cpu_sensitive
@@ -592,7 +612,7 @@ def test_tuning_is_on_on_a_cpu_unless_the_environment_switches_it_off(
     else:
         monkeypatch.setenv(tuning.ENV_AUTOTUNE, value)
     for gpu, enabled in ((False, on_a_cpu), (True, on_a_gpu)):
-        monkeypatch.setattr(choice, "on_a_gpu", lambda gpu=gpu: gpu)
+        monkeypatch.setattr(cpu, "on_a_gpu", lambda gpu=gpu: gpu)
         assert tuning.autotune_enabled() is enabled, (value, gpu)
 
 
@@ -623,7 +643,7 @@ def test_op_determinism_turns_tuning_off(tuning_on):
         tf.config.experimental.enable_op_determinism()
         x = np.ones((2, 4, 4, 4, 2), "float32"); k = np.ones((3, 3, 3, 3, 2), "float32")
         ops.conv3d_transpose(x, k, strides=2, padding="same")
-        assert not ops.autotune_enabled() and not tuning._memory, tuning._memory
+        assert not ops.autotune_enabled() and not tuning.current_cache().memory
         print("rule")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -637,15 +657,20 @@ def test_unknown_spatial_sizes_take_the_rule_and_an_unknown_batch_the_nominal_on
     x, kernel = _inputs()
     spatial_unknown = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL))
     spatial_unknown.get_concrete_function(tf.TensorSpec([None, None, None, None, 2]))
-    assert not measurements and not tuning._memory
+    assert not measurements and not tuning.current_cache().memory
     batch_unknown = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL))
     concrete = batch_unknown.get_concrete_function(tf.TensorSpec([None, *SHAPE[1:]]))
-    (decision,) = tuning._memory.values()
-    assert decision.batch == tuning.NOMINAL_BATCH
-    assert json.loads(decision.key)[2][0] is None
+    (decision,) = tuning.current_cache().memory.values()
+    assert decision.batch == policy.KNOBS.nominal_batch
+    assert decision.key[2][0] is None
     forced = ops.conv3d_transpose(x, kernel, implementation=decision.forward, **CALL)
     np.testing.assert_allclose(concrete(tf.constant(x)).numpy(), forced.numpy(), rtol=0,
                                atol=1e-6)
+
+
+def _knobs(monkeypatch, **changes):
+    """Tuning's knobs, ``changes`` made, for the test."""
+    monkeypatch.setattr(policy, "KNOBS", dataclasses.replace(policy.KNOBS, **changes))
 
 
 def _as_on_a_cpu(monkeypatch, configuration="onednn"):
@@ -660,17 +685,20 @@ def test_a_channels_first_call_describes_its_own_input(tuning_on, measurements):
     timed at its own size names no block, and its input as the caller has it."""
     x, kernel = _inputs()
     _auto(np.transpose(x, (0, 4, 1, 2, 3)), kernel, data_format="channels_first")
-    (decision,) = tuning._memory.values()
+    (decision,) = tuning.current_cache().memory.values()
     line = decision.describe()
     assert decision.spatial == SHAPE[1:4] and " on (" not in line, line
     given = (SHAPE[4], *SHAPE[1:4])  # as the caller lays it out
     assert f"channels_first input {given} at batch {SHAPE[0]}," in line, line
 
 
-def test_an_untuned_depthwise_auto_layer_says_it_runs_gemms_one_call():
+def test_an_untuned_depthwise_auto_layer_says_it_runs_gemms_one_call(monkeypatch):
+    monkeypatch.setattr(cpu, "on_a_gpu", lambda: False)
     layer = tf_conv3dt.Conv3DTranspose(4, 3, 2, groups=4, name="dw")
-    layer.build((None, 3, 3, 3, 4))
-    assert tune._row(layer, None) == "dw: not tuned, runs gemm's one call (depthwise)"
+    with tuning.recording() as selections:
+        layer(np.zeros((1, 3, 3, 3, 4), "float32"))
+    ((_, selection),) = selections
+    assert tune._row(layer, selection) == "dw: not tuned, runs gemm's one call (depthwise)"
 
 
 @cpu_sensitive
@@ -691,8 +719,8 @@ def test_a_large_configuration_is_timed_on_a_block_of_its_input(
     products = 2 * 32 * 16 * np.prod(kernel_size)  # per input voxel, at batch 2
     for limit, block in ((products * 16 * 20 * 9, (16, 20, 9)),  # longest axis first
                          (products * 64 * 40 * 9, whole), (1, (8, 8, 8))):  # none below 8
-        monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", limit)
-        spatial, timed_output = tuning.timed_shape(2, (*whole, 32), kernel, strides, output)
+        _knobs(monkeypatch, max_timed_products=limit)
+        spatial, timed_output = measure.timed_shape(2, (*whole, 32), kernel, strides, output)
         assert spatial == block
         assert timed_output == tuple(
             shapes.output_length(n, k, s, padding, output_padding, dilation)
@@ -704,9 +732,9 @@ def test_on_a_gpu_every_call_is_timed_at_its_size_with_every_lowering(monkeypatc
     """Neither the block nor leaving out the native op was measured on a GPU."""
     cpu_pin.pin(monkeypatch, "eigen", "avx2", gpu=True)
     output = (128, 128, 128)
-    assert tuning.timed_shape(1, (64, 64, 64, 32), (3, 3, 3, 16, 32), (2, 2, 2),
+    assert measure.timed_shape(1, (64, 64, 64, 32), (3, 3, 3, 16, 32), (2, 2, 2),
                               output) == ((64, 64, 64), output)
-    assert tuning.eligible(tuning.CANDIDATES) == list(tuning.CANDIDATES)
+    assert _timed_here() == list(lowerings.names(auto=True))
 
 
 @cpu_sensitive
@@ -714,19 +742,19 @@ def test_on_a_gpu_every_call_is_timed_at_its_size_with_every_lowering(monkeypatc
 def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurements,
                                                               monkeypatch, caplog):
     _as_on_a_cpu(monkeypatch)
-    monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", 2 * 8 * 9 * 5 * 2 * 3 * 27)
+    _knobs(monkeypatch, max_timed_products=2 * 8 * 9 * 5 * 2 * 3 * 27)
     x, kernel = _inputs((2, 16, 9, 5, 2))
     with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
         y = _auto(x, kernel)
-    (args,) = measurements
-    assert args[2] == (8, 9, 5, 2) and tuple(args[7]) == (16, 18, 10)
-    (decision,) = tuning._memory.values()
+    ((timed, *_),) = measurements
+    assert timed.input_shape[1:] == (8, 9, 5, 2) and timed.output_lengths == (16, 18, 10)
+    (decision,) = tuning.current_cache().memory.values()
     assert decision.spatial == (8, 9, 5)
     assert "on (8, 9, 5)," in decision.describe()
     assert any("on input (8, 9, 5)" in r.getMessage() for r in caplog.records)
     tuning.forget()  # the cache keeps the block
     _auto(x, kernel)
-    assert next(iter(tuning._memory.values())).spatial == (8, 9, 5)
+    assert next(iter(tuning.current_cache().memory.values())).spatial == (8, 9, 5)
     reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
                                                             padding="same"))
 
@@ -740,8 +768,9 @@ def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurem
     ({"native": (1.0, 2.0)}, ("native", "native")),
 ])
 def test_choose_takes_a_gradient_only_from_the_ranked_lowerings(times, chosen):
-    gradients = tuning.ranked_gradients(times, True, (2, 2, 2, 3, 2), (2, 2, 2))
-    assert tuning.choose(times, "subpixel", gradients) == chosen
+    call = _call(kernel=(2, 2, 2, 3, 2))
+    gradients = policy.ranked_gradients(times, call, on_a_block=True)
+    assert policy.choose(times, "subpixel", gradients) == chosen
 
 
 @cpu_sensitive
@@ -756,22 +785,19 @@ def test_a_block_does_not_rank_the_native_gradient_where_kernel_equals_stride(
         tuning_on, monkeypatch, caplog, kernel_size, on_a_block, split_ms, chosen):
     """oneDNN's gradient of the native op for kernel == stride loses rate
     as the input grows, so a block ranks it ahead of where it runs
-    (tuning.ranked_gradients): there native's forward, the fastest, pairs
+    (``Lowering.ranked_on_a_block``): there native's forward, the fastest, pairs
     with GEMM's gradient, the fastest of the others, or where that pair
     fails, GEMM runs alone; the log line and the tune command's row say so."""
     _as_on_a_cpu(monkeypatch)
-    monkeypatch.setattr(tuning, "MAX_TIMED_PRODUCTS", 1 if on_a_block else float("inf"))
-    monkeypatch.setattr(tuning, "measure", lambda *args: {
+    _knobs(monkeypatch, max_timed_products=1 if on_a_block else float("inf"))
+    monkeypatch.setattr(measure, "lowerings", lambda *args: {
         "native": (1.0, 2.0), "gemm": (2.0, 3.0), "subpixel": (2.1, 3.5)})
-    monkeypatch.setattr(tuning, "measure_split", lambda *args: split_ms)
-    x, kernel = _inputs((2, 16, 16, 16, 2), (kernel_size,) * 3 + (3, 2))
-    output = (shapes.output_length(16, kernel_size, 2, "valid"),) * 3
+    monkeypatch.setattr(measure, "pair", lambda *args: split_ms)
     with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
-        runs = tuning.tuned(tf.constant(x), tf.constant(kernel), (2, 2, 2), "VALID",
-                            (1, 1, 1), output, "channels_last", list(tuning.CANDIDATES),
-                            "subpixel")
+        runs = _tuned(lowerings.names(auto=True), "subpixel", shape=(2, 16, 16, 16, 2),
+                      kernel=(kernel_size,) * 3 + (3, 2), padding="valid")
     assert runs == chosen
-    (decision,) = tuning._memory.values()
+    (decision,) = tuning.current_cache().memory.values()
     assert (decision.spatial == (8, 8, 8)) == on_a_block
     (line,) = [r.getMessage() for r in caplog.records if "tf_conv3dt auto:" in r.getMessage()]
     note = "; native's gradient not ranked on a block"
@@ -794,7 +820,7 @@ def test_without_onednn_the_native_op_is_not_timed(tuning_on, measurements, monk
     y = _auto(x, kernel)
     (args,) = measurements
     assert set(args[-2]) == timed  # the candidates, before the proposal
-    (decision,) = tuning._memory.values()
+    (decision,) = tuning.current_cache().memory.values()
     assert set(tuning.lowering_times(decision.ms)) == timed
     reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
                                                             padding="same"))
@@ -816,23 +842,25 @@ MIRRORED = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tf_conv3dt
     from tf_conv3dt.ops import tuning
+    from tf_conv3dt.ops.tuning import measure
     tuning.set_autotune(True)
     # Each timing ranks the lowerings at random: only a single timing shared
     # by every replica gives them one lowering.
     timings = []
-    def measure(*args):  # the configuration, the candidates, the proposal
+    def lowerings(*args):  # the configuration, the candidates, the proposal
         timings.append(args)
         forward, gradient = list(args[-2]), list(args[-2])
         random.shuffle(forward); random.shuffle(gradient)
         return {name: (1.0 + forward.index(name), 1.0 + gradient.index(name))
                 for name in forward}
-    tuning.measure = measure
-    tuning.measure_split = lambda *args: random.choice([0.5, None])  # a pair kept, or not
+    measure.lowerings = lowerings
+    measure.pair = lambda *args: random.choice([0.5, None])  # a pair kept, or not
     chosen = []
     tuned = tuning.tuned
     def recorded(*args):
-        chosen.append((threading.get_ident(), tuned(*args)))
-        return chosen[-1][1]
+        forward, gradient, _ = tuned(*args)
+        chosen.append((threading.get_ident(), (forward.name, gradient.name)))
+        return forward, gradient, _
     tuning.tuned = recorded
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
@@ -860,7 +888,7 @@ def test_every_mirrored_replica_takes_the_same_lowering(tuning_on):
     result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert set(result.stdout.split()) <= set(tuning.CANDIDATES), result.stdout
+    assert set(result.stdout.split()) <= set(lowerings.names(auto=True)), result.stdout
 
 
 def _model(path, **second):
@@ -899,15 +927,15 @@ def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_
     times = up.split("| ms forward/gradient: ")[1].split(" | ")[0]
     names = {t.split()[0] for t in times.split("  ")}
     # Each lowering, and where the times proposed one, a pair ("native+gemm").
-    assert {n for n in names if "+" not in n} == set(tuning.eligible(tuning.CANDIDATES)), up
-    assert all(n.split("+")[0] in tuning.CANDIDATES for n in names), up
+    assert {n for n in names if "+" not in n} == set(_timed_here()), up
+    assert all(n.split("+")[0] in lowerings.names(auto=True) for n in names), up
     forward = up.rsplit("| ", 1)[1].split()[0]
-    assert forward in tuning.CANDIDATES and up.endswith("(measured)"), up
-    choices = json.loads(open(tuning.cache_path()).read())["choices"]
+    assert forward in lowerings.names(auto=True) and up.endswith("(measured)"), up
+    choices = json.loads(open(tuning.current_cache().path).read())["choices"]
     (key,) = choices
     assert json.loads(key)[0] == "bfloat16" and json.loads(key)[2][0] is None
     assert choices[key]["forward"] == forward and choices[key]["batch"] == 3
-    assert "cache: " + tuning.cache_path() in out
+    assert "cache: " + tuning.current_cache().path in out
     tuning.forget()  # as a new process starts: the choice comes from the file
     status, out, err = _tune(capsys, path, "--batch-size", 3, "--policy", "mixed_bfloat16")
     assert status == 0 and rows["up"].replace("(measured)", "(cache)") in out, out + err

@@ -4,7 +4,7 @@ A graph traced before the converter sees it (the concrete function of a
 user's own ``tf.function``) keeps whatever lowering it was traced with; the
 native op becomes CONV_3D_TRANSPOSE, which TFLite keeps in float. Once the
 converter has frozen such a graph, :func:`native_to_gemm` replaces each op
-the native lowering made (``ops.native.OP_NAME``, so never
+the native lowering made (``ops.lowerings.native.OP_NAME``, so never
 ``keras.layers.Conv3DTranspose``'s) by ``ops.conv3d_transpose(...,
 implementation="gemm")`` of the same input, kernel, strides, padding and
 output size. The graph is imported again once per replaced op, each import
@@ -14,7 +14,7 @@ converter's own optimizer merges what the imports repeat.
 
 import tensorflow as tf
 
-from tf_conv3dt.ops.native import OP_NAME
+from tf_conv3dt.ops.lowerings.native import OP_NAME
 
 
 def native_ops(graph_def):
@@ -24,11 +24,11 @@ def native_ops(graph_def):
             and node.name.rsplit("/", 1)[-1].startswith(OP_NAME)]
 
 
-def native_to_gemm(graph_def, input_names, output_names, one_product_per_phase):
+def native_to_gemm(graph_def, input_names, output_names, int8):
     """``graph_def`` with every rewritable native op (:func:`native_ops`;
     NDHWC, no dilation, "SAME" or "VALID": the native lowering's own; and
-    output spatial sizes known when frozen) computed by the GEMM lowering, in its int8 form with
-    ``one_product_per_phase``; other nodes unchanged. ``input_names`` and
+    output spatial sizes known when frozen) computed by the GEMM lowering, in its int8 form
+    ("gemm_int8") for ``int8``; other nodes unchanged. ``input_names`` and
     ``output_names`` are tensor names ("name:0"), kept as they are."""
     from tf_conv3dt import ops
 
@@ -69,7 +69,7 @@ def native_to_gemm(graph_def, input_names, output_names, one_product_per_phase):
             replaced[f"{target}:0"] = ops.conv3d_transpose(
                 x, kernel, tuple(strides[1:4]), padding.lower(),
                 output_shape=tuple(int(length) for length in spatial[1:4]),
-                implementation="gemm", one_product_per_phase=one_product_per_phase)
+                implementation="gemm_int8" if int8 else "gemm")
         outputs = tf.graph_util.import_graph_def(
             stub, input_map=dict(replaced), return_elements=list(output_names),
             name="tf_conv3dt_final")

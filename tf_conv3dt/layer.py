@@ -4,6 +4,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_conv3dt import initializers, ops, shapes
+from tf_conv3dt.ops import lowerings
+from tf_conv3dt.ops.lowerings import gemm_int8
 from tf_conv3dt._keras import LEGACY_KERAS, keras, layer_output_shape
 from tf_conv3dt.quantization import tfmot
 from tf_conv3dt.quantization.keras3_int8 import Int8Protocol
@@ -53,7 +55,8 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         static call on this machine, ``tf_conv3dt.ops.set_autotune``; else
         the fastest for this kernel and stride on this device,
         ``tf_conv3dt.ops.resolve_implementation``), "native"
-        (``tf.nn.conv3d_transpose``), "gemm" or "subpixel".
+        (``tf.nn.conv3d_transpose``), "gemm", "gemm_int8" or "subpixel"
+        (``tf_conv3dt.ops.lowerings`` lists them).
       quantization: None, or "qat" for quantization-aware training without
         tfmot (``tf_conv3dt.quantization.quantize_model`` sets it, and puts an
         ``InputQuantizer`` before the layer where its input is not already on
@@ -129,7 +132,7 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         shapes.check_conv_arguments(self.kernel_size, self.strides, self.padding,
                                     self.dilation_rate, self.output_padding)
         self.implementation = shapes.normalize_choice(
-            implementation, "implementation", shapes.IMPLEMENTATIONS
+            implementation, "implementation", lowerings.implementations()
         )
         self.activation = keras.activations.get(activation)
         if not isinstance(use_bias, (bool, np.bool_)):
@@ -251,8 +254,17 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         never the float-only CONV_3D_TRANSPOSE."""
         return self._for_int8 or self._keras_quantization_mode() == "int8"
 
+    def _lowering(self):
+        """What the layer asks the op for: its ``implementation``, or where it
+        is quantized GEMM's int8 form, its products' weights on the int8 grid
+        while it trains for int8 (QAT)."""
+        if self._for_int8:
+            return gemm_int8.ON_THE_INT8_GRID
+        if self._quantized():
+            return "gemm_int8"
+        return self.implementation
+
     def _apply(self, inputs, kernel, output_shape, training):
-        quantized = self._quantized()
         fused = self._fused_activation()
         outputs = ops.conv3d_transpose(
             inputs,
@@ -263,11 +275,9 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
             dilation_rate=self.dilation_rate,
             data_format=self.data_format,
             output_shape=output_shape,
-            implementation="gemm" if quantized else self.implementation,
-            one_product_per_phase=quantized,
+            implementation=self._lowering(),
             bias=tf.cast(self.bias, self.compute_dtype) if self.use_bias else None,
             activation=fused,
-            fake_quantize_kernel=self._for_int8,
             groups=self.groups,
         )
         if fused is None:

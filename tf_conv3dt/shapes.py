@@ -19,8 +19,6 @@ from collections.abc import Iterable, Mapping, Set
 SPATIAL_DIMS = 3
 PADDINGS = ("valid", "same")
 DATA_FORMATS = ("channels_last", "channels_first")
-LOWERINGS = ("native", "gemm", "subpixel")
-IMPLEMENTATIONS = ("auto", *LOWERINGS)
 # Lengths and shapes travel as int32 tensors (TensorFlow's shape arguments and
 # TFLite's), so no length may exceed this, nor may one example's output hold
 # more elements (8 GiB of float32).
@@ -233,20 +231,6 @@ def unrolled_excess(kernel_size, strides):
         if math.prod(value) > MAX_UNROLLED:
             return name, math.prod(value)
     return None
-
-
-def check_unrolled(kernel_size, strides, implementation):
-    """Refuses the GEMM and sub-pixel lowerings for more than ``MAX_UNROLLED``
-    stride phases or kernel taps (``"native"`` has no such limit)."""
-    excess = unrolled_excess(kernel_size, strides)
-    if excess:
-        name, count = excess
-        value = strides if name == "strides" else kernel_size
-        raise ValueError(
-            f"implementation={implementation!r} builds ops for each of the {count} "
-            f"{'stride phases' if name == 'strides' else 'kernel taps'} (at most "
-            f"{MAX_UNROLLED}); use implementation='native' or 'auto'. Received: {name}={value}"
-        )
 
 
 def check_groups(groups, in_channels=None, filters=None):

@@ -12,7 +12,7 @@ the GEMM lowering (:func:`tf_conv3dt.forced_implementation`):
 * Keras 3's ``model.export(path, format="litert", ...)``.
 
 Given a representative dataset (a full-integer file), each stride phase's
-taps are summed in one product (``one_product_per_phase``: one int32
+taps are summed in one product (GEMM's int8 form, "gemm_int8": one int32
 accumulation per output); float, float16 and dynamic-range files take one
 product per tap. A ``forced_implementation`` the caller holds wins.
 
@@ -31,7 +31,7 @@ import os
 
 import wrapt
 
-from tf_conv3dt.ops import choice
+from tf_conv3dt.ops import select
 
 ENV_SWITCH = "TF_CONV3DT_TFLITE_HOOK"
 
@@ -96,14 +96,14 @@ def _concrete_functions_converter_convert(convert, converter, args, kwargs):
 
 
 def _through_gemm(model, full_integer, function, *args, **kwargs):
-    """``function(*args, **kwargs)``, inside ``forced_implementation("gemm")``
-    where ``model`` holds a Conv3DTranspose, the switch is on and the caller
+    """``function(*args, **kwargs)``, inside ``forced_implementation`` of
+    "gemm", or for a full-integer file "gemm_int8", where ``model`` holds a Conv3DTranspose, the switch is on and the caller
     forces no lowering itself."""
     from tf_conv3dt.layer import Conv3DTranspose  # the layer imports this package
 
-    if (os.environ.get(ENV_SWITCH, "1") == "0" or choice.forced() is not None
+    if (os.environ.get(ENV_SWITCH, "1") == "0" or select.forced() is not None
             or not any(isinstance(layer, Conv3DTranspose)
                        for layer in model._flatten_layers(include_self=True))):
         return function(*args, **kwargs)
-    with choice.forced_implementation("gemm", one_product_per_phase=full_integer):
+    with select.forced_implementation("gemm_int8" if full_integer else "gemm"):
         return function(*args, **kwargs)

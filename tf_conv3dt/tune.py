@@ -2,7 +2,7 @@
 
 Run it on the machine that will train (or serve) the model, before a long
 run: each layer whose implementation is "auto" is timed with every exact
-lowering tuning takes on this machine (ops.tuning.eligible), forward pass
+lowering tuning takes on this machine (ops.lowerings, less those untimed here), forward pass
 and gradient, at --batch-size (the batch "auto"
 assumes for a Keras model's graph, whose batch is unknown), and what runs
 (the lowering fastest over both, or the fastest forward with the fastest
@@ -37,15 +37,17 @@ class TuneError(ValueError):
 
 
 def parse_args(argv):
-    from tf_conv3dt.ops.tuning import NOMINAL_BATCH
+    from tf_conv3dt.ops.tuning.policy import KNOBS
+
+    nominal_batch = KNOBS.nominal_batch
 
     parser = command_line.Parser(prog="tf-conv3dt-tune", description=__doc__.splitlines()[0],
                                  epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL.keras", help="the saved model (safe mode)")
-    parser.add_argument("--batch-size", type=command_line.ascii_integer, default=NOMINAL_BATCH,
+    parser.add_argument("--batch-size", type=command_line.ascii_integer, default=nominal_batch,
                         metavar="N", help="the training batch per replica to time at "
-                                          f"(default: {NOMINAL_BATCH}, what auto assumes)")
+                                          f"(default: {nominal_batch}, what auto assumes)")
     parser.add_argument("--policy", choices=POLICIES,
                         help="time in this Keras mixed-precision policy's compute dtype "
                              "(default: each layer's own)")
@@ -92,7 +94,7 @@ def _tune(args, say):
 
     from tf_conv3dt import Conv3DTranspose, model_file
     from tf_conv3dt._keras import keras
-    from tf_conv3dt.ops import tuning
+    from tf_conv3dt.ops import select, tuning
 
     say(f"loading {args.model} (safe mode)")
     try:
@@ -113,12 +115,12 @@ def _tune(args, say):
     dtype = keras.mixed_precision.Policy(args.policy).compute_dtype if args.policy else None
     say(f"timing {len(layers)} Conv3DTranspose layers at batch {args.batch_size}"
         f"{' in ' + dtype if dtype else ''}")
-    with tuning.recording(dtype=dtype, batch=args.batch_size) as decisions:
+    with tuning.recording(dtype=dtype, batch=args.batch_size), select.recorded() as selections:
         model(inputs if len(inputs) > 1 else inputs[0], training=False)
     for layer in layers:
-        say(_row(layer, next((decision for scope, decision in decisions
+        say(_row(layer, next((selection for scope, selection in selections
                               if layer.name in scope.split("/")), None)))
-    return tuning.cache_path()
+    return tuning.current_cache().path
 
 
 def _flattened(model):
@@ -128,19 +130,12 @@ def _flattened(model):
             yield from _flattened(layer)
 
 
-def _row(layer, decision):
-    """One layer's line: name, configuration, each candidate's ms and what runs."""
-    if decision is None:
-        if layer._quantized():
-            fixed = "gemm (quantized)"
-        elif layer.implementation != "auto":
-            fixed = layer.implementation
-        elif 1 < layer.groups == layer.kernel.shape[-1]:
-            fixed = "gemm's one call (depthwise)"
-        else:  # beyond shapes.MAX_UNROLLED stride phases or taps
-            fixed = "native"
-        return f"{layer.name}: not tuned, runs {fixed}"
-    return f"{layer.name}: {decision.describe()}"
+def _row(layer, selection):
+    """One layer's line: name, then the configuration, each candidate's ms
+    and what runs where it was timed, else what runs (``ops.select``)."""
+    if selection.decision is None:
+        return f"{layer.name}: not tuned, runs {selection.runs}"
+    return f"{layer.name}: {selection.decision.describe()}"
 
 
 if __name__ == "__main__":  # python -m tf_conv3dt.tune, as python -m tf_conv3dt_cli tune

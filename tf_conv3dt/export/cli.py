@@ -67,7 +67,7 @@ def parse_args(argv):
                              "example, Input (10, 8, 12, 128) -> Conv3DTranspose(32, 2, 2, relu))")
     parser.add_argument("--name", default="conv3dt",
                         help="TF Serving model name, a directory name (default: conv3dt)")
-    from tf_conv3dt.export.pipeline import FORMATS, IMPLEMENTATIONS
+    from tf_conv3dt.export.pipeline import FORMATS, implementations
     from tf_conv3dt.export.signature import DEFAULT_LOWERINGS
     from tf_conv3dt.export.serving import LAST_VERSION
     from tf_conv3dt.export.tflite import MODES
@@ -87,7 +87,7 @@ def parse_args(argv):
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="TFLite files that take any batch (shape signature -1: "
                              "interpreter.resize_tensor_input, then allocate_tensors)")
-    parser.add_argument("--implementation", choices=IMPLEMENTATIONS,
+    parser.add_argument("--implementation", choices=implementations(),
                         help="lowering traced into the SavedModel, TFLite and ONNX files; "
                              "tuned: the SavedModel's auto layers timed on this machine at "
                              "--batch-size (run it on one of the kind that will serve), the "

@@ -32,16 +32,20 @@ from tf_conv3dt.export import onnx, serving, staging, tflite
 from tf_conv3dt.export.errors import ExportError
 from tf_conv3dt.export.signature import lowering
 from tf_conv3dt.layer import Conv3DTranspose
-from tf_conv3dt.ops import tuning
+from tf_conv3dt.ops import lowerings, tuning
 from tf_conv3dt._keras import keras
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
-# The lowerings an export can be asked to trace into every artifact; the CLI
-# offers these. "auto" lets each layer choose by this host's rule. "tuned"
-# times each "auto" layer of the SavedModel on this host and traces its
-# fastest forward; the other artifacts then take their defaults, since
-# TensorFlow's timings say nothing of LiteRT's or ONNX Runtime's kernels.
-IMPLEMENTATIONS = ("gemm", "native", "subpixel", "auto", "tuned")
+
+
+def implementations():
+    """What an export can be asked to trace into every artifact, and the CLI
+    offers: each registered lowering (``ops.lowerings``), "auto", which lets
+    each layer choose by this host's rule, and "tuned", which times each
+    "auto" layer of the SavedModel on this host and traces its fastest
+    forward; the other artifacts then take their defaults, since
+    TensorFlow's timings say nothing of LiteRT's or ONNX Runtime's kernels."""
+    return (*lowerings.names(), "auto", "tuned")
 
 REFERENCE_INPUT_SHAPE = (10, 8, 12, 128)
 SYNTHETIC_CALIBRATION_SAMPLES = 128
@@ -107,7 +111,7 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=FORMATS,
       batch_size: the TFLite files' static batch size, or with
         ``dynamic_batch`` the batch they are verified and timed at.
       implementation: the lowering traced into the SavedModel, TFLite and
-        ONNX files: one of ``IMPLEMENTATIONS``, or None for each artifact's
+        ONNX files: one of ``pipeline.implementations()``, or None for each artifact's
         own (``signature.DEFAULT_LOWERINGS``). "tuned" times the SavedModel's "auto"
         layers here, at ``batch_size``: run it on a machine of the kind that
         will serve.
@@ -213,8 +217,8 @@ def _validate(model, out_dir, name, version, formats, calibration, batch_size,
     formats = check_formats(formats)
     serving.check_model_name(name)
     serving.check_version(version)
-    if implementation is not None and implementation not in IMPLEMENTATIONS:
-        raise ExportError(f"choose one of {', '.join(IMPLEMENTATIONS)}", "implementation",
+    if implementation is not None and implementation not in implementations():
+        raise ExportError(f"choose one of {', '.join(implementations())}", "implementation",
                           implementation)
     input_shape = tuple(model.inputs[0].shape[1:])
     if None in input_shape:
@@ -387,22 +391,28 @@ def _stage_keras(job, staged, x, expected, report, step):
         error=_error_metrics(reloaded(x, training=False), expected, **EXACT)))
 
 
+def _runs(scope, selection):
+    """One line of what a traced call runs: where it was timed, its
+    decision, else its layer, lowering and why."""
+    if selection.decision is not None:
+        return selection.decision.describe(serving=True)
+    return f"{scope.split('/')[-1] or 'call'}: {selection.runs} ({selection.why})"
+
+
 def _stage_saved_model(job, staged, x, expected, report, step):
     implementation = lowering(job.implementation, "savedmodel")
-    if implementation == "tuned":
-        detail = f", timing each auto layer's forward at batch {job.batch_size}"
-    else:  # the default forces depthwise layers to GEMM (serving.write_version)
-        detail = ", depthwise layers: gemm's one call" if job.implementation is None else ""
+    detail = (f", timing each auto layer's forward at batch {job.batch_size}"
+              if implementation == "tuned" else "")
     step(f"writing TF Serving SavedModel (lowering: {implementation}{detail})")
     path = staged.path_of("saved_model")
     found = serving.write_version(job.model, path, job.name, warmup_batches=[x[:1], x],
                                   implementation=job.implementation,
                                   tuning_batch=job.batch_size)
-    first = {}  # each configuration's first decision (a second trace finds it in memory)
-    for _, decision in found["tuned"]:
-        first.setdefault(decision.key, decision)
-    for decision in first.values():
-        step(f"  {decision.describe(serving=True)}")
+    # What each call runs, and why (ops.select), once: a second trace
+    # (the signature's, the warmup's) selects the same again.
+    for line in dict.fromkeys(_runs(scope, selection)
+                              for scope, selection in found["selections"]):
+        step(f"  {line}")
     step(f"  {len(found['ops'])} op types, all in the model server")
     examples = serving.request_examples(path, job.name)
     report.sections["serving"] = {

@@ -89,8 +89,9 @@ def write_version(model, path, name, warmup_batches=(), implementation=None,
                   tuning_batch=1):
     """Writes the SavedModel of one version at ``path`` (not yet served):
     signature, warmup records, and a check that the model server has every
-    op. Returns ``serving_ops(path)``, with ``"tuned"``: the (name scope,
-    ``tuning.Decision``) of each call "tuned" timed.
+    op. Returns ``serving_ops(path)``, with ``"selections"``: the (name
+    scope, ``ops.select.Selection``) of each call traced, what it runs and
+    why (with the ``tuning.Decision`` of each call "tuned" timed).
 
     ``implementation="tuned"`` gives each layer whose own implementation is
     "auto" the lowering whose forward pass ran fastest on this machine at
@@ -101,16 +102,15 @@ def write_version(model, path, name, warmup_batches=(), implementation=None,
     """
     depthwise_as_gemm = implementation is None
     implementation = lowering(implementation, "savedmodel")
-    decisions = []
     if implementation == "tuned":
         spec = serving_spec(model)
-        with tuning.recording(batch=tuning_batch, serving=True) as decisions:
-            save_signature(model, path, spec, "auto")
+        with tuning.recording(batch=tuning_batch, serving=True):
+            selections = save_signature(model, path, spec, "auto")
     else:
         spec = _traceable_spec(model, implementation, depthwise_as_gemm)
-        save_signature(model, path, spec, implementation,
-                       depthwise_as_gemm=depthwise_as_gemm)
-    found = dict(serving_ops(path), tuned=decisions)
+        selections = save_signature(model, path, spec, implementation,
+                                    depthwise_as_gemm=depthwise_as_gemm)
+    found = dict(serving_ops(path), selections=selections)
     if found["missing_in_server"]:
         raise ExportError("The SavedModel uses ops TF Serving's model server does not have: "
                           + ", ".join(found["missing_in_server"]))

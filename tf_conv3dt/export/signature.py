@@ -5,7 +5,7 @@ import inspect
 import tensorflow as tf
 
 from tf_conv3dt import ops
-from tf_conv3dt.ops import tuning
+from tf_conv3dt.ops import select, tuning
 from tf_conv3dt._keras import keras
 
 SIGNATURE = "serving_default"
@@ -48,36 +48,38 @@ def output_name(model):
     return model.layers[-1].name
 
 
-def serving_function(model, implementation, one_product_per_phase=False,
-                     depthwise_as_gemm=False):
+def serving_function(model, implementation, depthwise_as_gemm=False):
     """The signature's Python function: ``x -> {output_name(model): output}``,
     traced under ``ops.forced_implementation(implementation,
-    one_product_per_phase, depthwise_as_gemm)``, with timing off: a file's
+    depthwise_as_gemm=depthwise_as_gemm)``, with timing off: a file's
     "auto" is the rule's, for the CPU it will serve on cannot be timed here
     ("tuned", under ``tuning.recording``, times regardless)."""
     key = output_name(model)
 
     def serve(x):
         with tuning.switched(False), ops.forced_implementation(
-                implementation, one_product_per_phase, depthwise_as_gemm):
+                implementation, depthwise_as_gemm=depthwise_as_gemm):
             return {key: model(x, training=False)}
 
     return serve
 
 
-def save_signature(model, path, spec, implementation, one_product_per_phase=False,
-                   depthwise_as_gemm=False):
+def save_signature(model, path, spec, implementation, depthwise_as_gemm=False):
     """Writes ``model`` as a SavedModel whose one signature, serving_default,
-    takes ``spec`` and returns ``serving_function``'s output."""
+    takes ``spec`` and returns ``serving_function``'s output. Returns the
+    ``(name scope, ops.select.Selection)`` of each call its trace made: what
+    each runs, and why."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serving_function(model, implementation,
-                                                     one_product_per_phase,
-                                                     depthwise_as_gemm),
-                         input_signature=[spec])
+    endpoint = archive.add_endpoint(SIGNATURE, serving_function(model, implementation,
+                                                                depthwise_as_gemm),
+                                    input_signature=[spec])
+    with select.recorded() as selections:  # the trace write_out saves
+        endpoint.get_concrete_function()
     takes_verbose = "verbose" in inspect.signature(archive.write_out).parameters
     quiet = {"verbose": False} if takes_verbose else {}
     archive.write_out(path, **quiet)
+    return selections
 
 
 def _input_name(model):

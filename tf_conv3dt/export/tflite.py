@@ -65,19 +65,19 @@ def convert_each(model, modes, input_shape, calibration=None, implementation=Non
     spec = signature.serving_spec(model)
     spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
-        saved = None  # (one_product_per_phase, path): the SavedModel the last file came from
+        saved = None  # (lowering, path): the SavedModel the last file came from
         for mode in modes:
             # Through a SavedModel, as Keras's own LiteRT export does: the
             # converter freezes its variables into constants. int8 sums each
-            # stride phase inside one product (int32 accumulation) rather
-            # than requantizing after every tap's addition.
-            one_product_per_phase = mode == "int8"
-            if saved is None or saved[0] != one_product_per_phase:
+            # stride phase inside one product (GEMM's int8 form: int32
+            # accumulation) rather than requantizing after every tap's addition.
+            traced = "gemm_int8" if mode == "int8" and implementation == "gemm" \
+                else implementation
+            if saved is None or saved[0] != traced:
                 if saved is not None:  # one at a time on the disk, as each file needs it
                     shutil.rmtree(saved[1])
-                saved = one_product_per_phase, os.path.join(scratch, mode)
-                signature.save_signature(model, saved[1], spec, implementation,
-                                         one_product_per_phase=one_product_per_phase)
+                saved = traced, os.path.join(scratch, mode)
+                signature.save_signature(model, saved[1], spec, traced)
             converter = tf.lite.TFLiteConverter.from_saved_model(
                 saved[1], signature_keys=[signature.SIGNATURE])
             yield mode, _convert(converter, mode, input_shape, calibration)

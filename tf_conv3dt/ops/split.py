@@ -4,14 +4,15 @@ import tensorflow as tf
 
 
 def with_gradient_of(forward, gradient, x, kernel):
-    """``forward(x, kernel)``, differentiated as ``gradient(x, kernel)``.
+    """``forward(x, kernel)``, differentiated as ``gradient(x, kernel,
+    upstream)`` says: another lowering's ``Lowering.gradient``.
 
     Every lowering computes the same function, so any one's gradient is the
     gradient of the others: measured, the fastest forward pass and the
     fastest gradient may come from different lowerings (on oneDNN, the
     sub-pixel forward and the native op's gradient: docs/performance.md).
 
-    The gradient traces ``gradient``'s forward pass inside a tape to
+    That gradient traces its lowering's forward pass inside a tape to
     differentiate it. No lowering's gradient reads its forward's output (each
     is linear in ``x`` and in ``kernel``), so inside a ``tf.function`` with
     a static batch TensorFlow prunes that pass and only the gradient runs.
@@ -24,14 +25,6 @@ def with_gradient_of(forward, gradient, x, kernel):
 
     @tf.custom_gradient
     def split(x, kernel):
-        def vjp(dy):
-            with tf.GradientTape() as tape:
-                tape.watch([x, kernel])
-                y = gradient(x, kernel)
-            dx, dkernel = tape.gradient(y, [x, kernel], output_gradients=dy,
-                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return dx, dkernel
-
-        return forward(x, kernel), vjp
+        return forward(x, kernel), lambda dy: gradient(x, kernel, dy)
 
     return split(x, kernel)

@@ -3,28 +3,77 @@
 import tensorflow as tf
 
 from tf_conv3dt import shapes
-from tf_conv3dt.ops import choice
+from tf_conv3dt.ops import cpu
 from tf_conv3dt.ops.dilation import dilated_as_undilated
+from tf_conv3dt.ops.lowerings import Lowering, register
 
 # The name of the op this lowering traces, which tells the TFLite hook that a
 # graph traced before conversion holds this layer's op (graph_rewrite).
 OP_NAME = "tf_conv3dt_native"
 
 
-def input_gradient_at_risk(input_spatial_shape, strides, filters):
-    """Whether oneDNN may compute this call's input gradient wrongly.
+class Native(Lowering):
+    """``tf.nn.conv3d_transpose`` on NDHWC data (the CPU kernels support
+    neither NCDHW nor dilation); dilation goes through a space-to-batch split
+    (``ops.dilation``), as TensorFlow's atrous convolutions do. Its gradient
+    is TensorFlow's: Conv3D and Conv3DBackpropFilter. Where TensorFlow's
+    kernels compute wrong results it works around them (docs/correctness.md),
+    or has the GEMM lowering run the call (:meth:`rerouted`). It runs every
+    call, however many stride phases or taps."""
 
-    The input gradient of a transposed convolution is a forward ``tf.nn.conv3d``
-    of the output gradient (``filters`` input channels) back to the input's
-    spatial shape. Under oneDNN on AVX-512 CPUs that conv3d returns garbage
-    (~1e10) with one input channel and an output length of 1 on an axis with
-    stride > 1 (docs/correctness.md). Such calls, and those whose length there
-    is unknown until run time, take the GEMM lowering, whose gradient is
-    matmuls: exact, at a cost only to one-filter layers with a stride.
-    """
-    if filters != 1 or choice.cpu_configuration() != "onednn":
-        return False
-    return any(s > 1 and n in (None, 1) for n, s in zip(input_spatial_shape, strides))
+    name = "native"
+
+    def forward(self, x, kernel, plan, call, epilogue=None):
+        return native(x, kernel, plan, call.strides, call.padding, call.dilation), False
+
+    def rerouted(self, call):
+        """GEMM where oneDNN may compute this call's input gradient wrongly.
+
+        The input gradient of a transposed convolution is a forward
+        ``tf.nn.conv3d`` of the output gradient (``filters`` input channels)
+        back to the input's spatial shape. Under oneDNN on AVX-512 CPUs that
+        conv3d returns garbage (~1e10) with one input channel and an output
+        length of 1 on an axis with stride > 1 (docs/correctness.md). Such
+        calls, and those whose length there is unknown until run time, take
+        the GEMM lowering, whose gradient is matmuls: exact, at a cost only to
+        one-filter layers with a stride; its forward goes along.
+        """
+        if call.kernel_shape[3] != 1 or cpu.cpu_configuration() != "onednn":
+            return None
+        if any(s > 1 and n in (None, 1) for n, s in zip(call.input_shape[1:4], call.strides)):
+            return "gemm", "oneDNN's input gradient is wrong for one filter and a length of 1"
+        return None
+
+    def untimed(self, call):
+        """Not timed on a CPU without oneDNN, where the rule never takes it
+        either: its Conv3DBackprop* kernels collapse on some shapes (51-58x
+        the fastest lowering over forward plus training step on the
+        benchmark's batch-4 case, 18-21x on (1, 16^3, 64) k4 s2), their rate
+        per product varies with size, so a block of the input would misrank
+        them, and timing them at the whole size cost up to 24 s a
+        configuration. In the six Eigen runs kept in benchmarks/results/
+        (nine cases each) it was the fastest in 7 of 54 cases: by 13-17% on
+        (1, 64^3, 32) k3 s2 in four of six runs, by 4.6% on (1, 32^3, 64) k3
+        s2 once, and by 1.5-5.5% on k1 s2 at batch 2 twice; what tuning gives
+        up here for its budget."""
+        if cpu.cpu_configuration() == "eigen" and not cpu.on_a_gpu():
+            return "Eigen's Conv3DBackprop* kernels (no oneDNN) are not timed"
+        return None
+
+    def ranked_on_a_block(self, call):
+        """Not where the kernel equals the stride.
+
+        There its gradient (oneDNN's) runs at a rate that drops with size, and
+        the block ranks it ahead of where it runs: in the six block-against-whole
+        runs of 2026-12-03 (benchmarks/results/tuning/block_*: oneDNN with
+        AVX-512 in float32 and bfloat16, and held to AVX2), on both such cases
+        of each, its gradient was 1.10-1.77x the fastest other lowering's on
+        the block and 1.48-3.87x at the whole size, always further behind,
+        while its forward was within 10% of the fastest on the block and 5% at
+        the whole size. Where noise put it first on the block, tuning took it
+        and trained 1.63-1.67x behind our fastest lowering (two benchmark runs
+        of that day). It still runs as a pair's forward."""
+        return call.relation != "kernel == stride"
 
 
 def native(x, kernel, plan, strides, padding, dilation):
@@ -124,3 +173,6 @@ def empty_batch_safe(result, shape):
         return tf.zeros(shape, result.dtype) if batch == 0 else result
     return tf.cond(tf.equal(shape[0], 0), lambda: tf.zeros(shape, result.dtype),
                    lambda: result)
+
+
+register(Native())

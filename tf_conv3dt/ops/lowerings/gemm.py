@@ -6,13 +6,48 @@ import math
 
 import tensorflow as tf
 
-from tf_conv3dt.ops import int8_grid
+from tf_conv3dt import shapes
+from tf_conv3dt.ops.lowerings import Lowering, register
 from tf_conv3dt.ops.plan import (block_window, block_window_pads, interleave_and_crop,
                                  overlaps_window)
 
 
-def gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue=None,
-         fake_quantize_kernel=False, groups=1):
+class Gemm(Lowering):
+    """Multiplies the input voxels ``(N*D*H*W, C)`` by the kernel (as ``(C,
+    kd*kh*kw*filters)`` in one matmul when kernel == stride, else tap by tap;
+    a depthwise kernel by broadcast multiplies, in one call), overlap-adds
+    the taps into the output by stride phase and interleaves the phases (a
+    3-D depth-to-space). Every intermediate has rank <= 6 and every op is a
+    TFLite builtin, so the graph converts to TFLite, and autodiff through it
+    never reaches the slow Conv3DBackprop* CPU kernels. Dilation places each
+    tap at its dilated offset."""
+
+    name = "gemm"
+    runs_depthwise_in_one_call = True
+
+    def refuses(self, call):
+        return unrolled_refusal(call, self.name)
+
+    def forward(self, x, kernel, plan, call, epilogue=None):
+        return gemm(x, kernel, plan, call.strides, call.dilation, groups=call.groups)
+
+
+def unrolled_refusal(call, name):
+    """Why ``name``, which builds ops for each stride phase and kernel tap,
+    cannot run ``call``: more than ``shapes.MAX_UNROLLED`` of either; else None."""
+    excess = call.unrolled_excess
+    if excess is None:
+        return None
+    argument, count = excess
+    value = call.strides if argument == "strides" else call.kernel_size
+    return (f"implementation={name!r} builds ops for each of the {count} "
+            f"{'stride phases' if argument == 'strides' else 'kernel taps'} (at most "
+            f"{shapes.MAX_UNROLLED}); use implementation='native' or 'auto'. Received: "
+            f"{argument}={value}")
+
+
+def gemm(x, kernel, plan, strides, dilation, one_product_per_phase=False, epilogue=None,
+         product_weights=None, groups=1):
     """The output, and whether ``epilogue`` (an elementwise function of the
     products, by filter: the bias and activation) was applied to it.
 
@@ -22,16 +57,17 @@ def gemm(x, kernel, plan, strides, dilation, one_product_per_phase, epilogue=Non
     no tap reaches: every output is then one accumulation, requantized once.
     Elsewhere (and where kernel == stride needs the window padded past the
     products) it is not applied, and the caller applies it to the output.
-    ``fake_quantize_kernel`` puts each product's weights on the int8 grid the
-    converter gives them (``int8_grid.per_output_channel``). With ``groups``
+    ``product_weights`` (``(matrix, input_axis) -> matrix``), where given,
+    makes each product's weights: the int8 grid the converter gives them for
+    quantization-aware training (``lowerings.gemm_int8``). With ``groups``
     equal to the channels (depthwise; not in the ``one_product_per_phase``
     form) each product is :func:`depthwise_product`, and the rest is the
     same for every filter.
     """
     def grid(matrix, input_axis):
-        if not fake_quantize_kernel:
+        if product_weights is None:
             return matrix
-        return int8_grid.per_output_channel(matrix, input_axis)
+        return product_weights(matrix, input_axis)
 
     kd, kh, kw, per_group, channels = kernel.shape
     if groups > 1 and (one_product_per_phase or groups != channels):
@@ -154,3 +190,6 @@ def _unreached_zeros(x, kernel, shape):
                 lambda dy: (tf.zeros_like(x), tf.zeros_like(kernel)))
 
     return zeros(x, kernel)
+
+
+register(Gemm())

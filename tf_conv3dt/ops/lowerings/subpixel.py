@@ -4,8 +4,28 @@ import itertools
 
 import tensorflow as tf
 
-from tf_conv3dt.ops.native import empty_batch_safe
+from tf_conv3dt.ops.dilation import dilated_as_undilated
+from tf_conv3dt.ops.lowerings import Lowering, register
+from tf_conv3dt.ops.lowerings.gemm import unrolled_refusal
+from tf_conv3dt.ops.lowerings.native import empty_batch_safe
 from tf_conv3dt.ops.plan import interleave_and_crop, lengths
+
+
+class Subpixel(Lowering):
+    """Every stride phase as a stride-1 forward ``tf.nn.conv3d`` of the
+    input with that phase's taps, the phases interleaved like the GEMM
+    lowering's (:func:`subpixel`); its custom gradients are forward
+    convolutions and GEMMs. Dilation goes through the same space-to-batch
+    split as the native op."""
+
+    name = "subpixel"
+
+    def refuses(self, call):
+        return unrolled_refusal(call, self.name)
+
+    def forward(self, x, kernel, plan, call, epilogue=None):
+        return dilated_as_undilated(subpixel, x, kernel, plan, call.strides, call.padding,
+                                    call.dilation), False
 
 
 def subpixel(x, kernel, plan, strides):
@@ -135,3 +155,6 @@ def _conv3d_valid(x, weights, paddings=((0, 0),) * 3):
         return y, gradient
 
     return convolve(x, weights)
+
+
+register(Subpixel())
