@@ -51,6 +51,16 @@ def cpu_model():
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
+def cpu_family():
+    """``(family, model)`` as the OS reports them, which tell apart CPUs of
+    one model name (two AMD EPYC generations), or None where it does not."""
+    info = _cpuinfo()
+    try:
+        return int(info["cpu family"]), int(info["model"])
+    except (KeyError, ValueError):
+        return None
+
+
 # Names the ISA class the rule and tuning assume, instead of the one the CPU's
 # flags give: to trace a graph here for CPUs of another class, and for tests.
 ENV_CPU_ISA = "TF_CONV3DT_CPU_ISA"
