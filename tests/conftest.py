@@ -40,9 +40,9 @@ def pytest_collection_modifyitems(items):
 
 def pytest_report_header(config):
     flavour = "tf_keras (TF_USE_LEGACY_KERAS=1)" if LEGACY_KERAS else "Keras 3"
-    pinned = "pinned" if os.environ.get(tuning.choice.ENV_CPU_ISA) else "this machine's"
+    pinned = "pinned" if os.environ.get(cpu_pin.cpu.ENV_CPU_ISA) else "this machine's"
     return (f"tf_conv3dt: {flavour} {keras.__version__}, TensorFlow {tf.__version__}, "
-            f"{tuning.choice.cpu_configuration()} kernels, CPU probe {cpu_pin.run_probe()} "
+            f"{cpu_pin.cpu.cpu_configuration()} kernels, CPU probe {cpu_pin.run_probe()} "
             f"({pinned})")
 
 

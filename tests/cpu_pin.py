@@ -1,7 +1,7 @@
 """What a test or a whole run pins of the machine: the CPU configuration a
 test's expected answer depends on, and the ISA class a run's probe reports.
 
-The library reads the machine in ``tf_conv3dt.ops.choice``: whether
+The library reads the machine in ``tf_conv3dt.ops.cpu``: whether
 TensorFlow runs oneDNN (``onednn_enabled``), the ISA class
 (``cpu_isa``: /proc/cpuinfo's flags, or ``TF_CONV3DT_CPU_ISA``, capped by
 ``ONEDNN_MAX_CPU_ISA``) and whether there is a GPU (``on_a_gpu``). A test
@@ -14,7 +14,7 @@ reverse (test_cpu_pinning.py).
 
 import os
 
-from tf_conv3dt.ops import choice
+from tf_conv3dt.ops import cpu
 
 # The ISA classes a run pins: an AVX2-only CPU, and an AVX-512 one with AMX.
 PROBES = ("avx2", "amx")
@@ -22,12 +22,12 @@ PROBES = ("avx2", "amx")
 
 def machine_probe():
     """The probe this machine is closest to: "amx" where it has AVX-512, else "avx2"."""
-    return "amx" if "avx512f" in choice._cpuinfo().get("flags", "").split() else "avx2"
+    return "amx" if "avx512f" in cpu._cpuinfo().get("flags", "").split() else "avx2"
 
 
 def run_probe():
     """The probe this run reports: the one pinned, else this machine's."""
-    return os.environ.get(choice.ENV_CPU_ISA, "").strip().lower() or machine_probe()
+    return os.environ.get(cpu.ENV_CPU_ISA, "").strip().lower() or machine_probe()
 
 
 def other_probe():
@@ -41,6 +41,6 @@ def pin(monkeypatch, configuration="onednn", isa="amx", gpu=False):
     or none, whatever this machine is."""
     if configuration not in ("onednn", "eigen"):
         raise ValueError(f"configuration must be 'onednn' or 'eigen'; received {configuration!r}")
-    monkeypatch.setattr(choice, "onednn_enabled", lambda: configuration == "onednn")
-    monkeypatch.setattr(choice, "cpu_isa", lambda: isa)
-    monkeypatch.setattr(choice, "on_a_gpu", lambda: gpu)
+    monkeypatch.setattr(cpu, "onednn_enabled", lambda: configuration == "onednn")
+    monkeypatch.setattr(cpu, "cpu_isa", lambda: isa)
+    monkeypatch.setattr(cpu, "on_a_gpu", lambda: gpu)

@@ -11,7 +11,7 @@ import pytest
 
 import cpu_pin
 from markers import op_only
-from tf_conv3dt.ops import choice
+from tf_conv3dt.ops import cpu
 
 CHILD = "TF_CONV3DT_CPU_PINNING_CHILD"
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -19,16 +19,16 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 def _other_onednn_setting():
     """The environment of the other oneDNN setting, and what the probe then reads."""
-    onednn = choice.cpu_configuration() == "onednn"
+    onednn = cpu.cpu_configuration() == "onednn"
     return ({"TF_ENABLE_ONEDNN_OPTS": "0" if onednn else "1"},
-            ("eigen" if onednn else "onednn", choice.cpu_isa()))
+            ("eigen" if onednn else "onednn", cpu.cpu_isa()))
 
 
 def _other_probe():
     """The environment with the other probe pinned (and oneDNN's cap lifted,
     which would hold it back), and what the probe then reads."""
     probe = cpu_pin.other_probe()
-    return ({choice.ENV_CPU_ISA: probe}, (choice.cpu_configuration(), probe))
+    return ({cpu.ENV_CPU_ISA: probe}, (cpu.cpu_configuration(), probe))
 
 
 @pytest.mark.skipif(os.environ.get(CHILD) == "1",
@@ -39,12 +39,12 @@ def _other_probe():
 def test_cpu_sensitive_tests_pass_under_another_cpu_configuration(change):
     changes, expected = change()
     env = {name: value for name, value in os.environ.items() if name != "ONEDNN_MAX_CPU_ISA"
-           or choice.ENV_CPU_ISA not in changes}
+           or cpu.ENV_CPU_ISA not in changes}
     env.update(changes, TF_CPP_MIN_LOG_LEVEL="2")
     env[CHILD] = "1"
     probe = subprocess.run(
-        [sys.executable, "-c", "from tf_conv3dt.ops import choice; "
-         "print(choice.cpu_configuration(), choice.cpu_isa())"],
+        [sys.executable, "-c", "from tf_conv3dt.ops import cpu; "
+         "print(cpu.cpu_configuration(), cpu.cpu_isa())"],
         env=env, capture_output=True, text=True, check=True)
     assert tuple(probe.stdout.split()[-2:]) == expected, (probe.stdout, expected)
     result = subprocess.run(

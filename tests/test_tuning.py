@@ -19,7 +19,7 @@ import reference
 import tf_conv3dt
 from markers import cpu_sensitive, op_only
 from tf_conv3dt import ops, shapes, tune
-from tf_conv3dt.ops import cpu, lowerings, tuning
+from tf_conv3dt.ops import cpu, lowerings, select, tuning
 from tf_conv3dt.ops.call import Call
 from tf_conv3dt.ops.tuning import measure, policy
 
@@ -692,10 +692,12 @@ def test_a_channels_first_call_describes_its_own_input(tuning_on, measurements):
     assert f"channels_first input {given} at batch {SHAPE[0]}," in line, line
 
 
+@cpu_sensitive
 def test_an_untuned_depthwise_auto_layer_says_it_runs_gemms_one_call(monkeypatch):
-    monkeypatch.setattr(cpu, "on_a_gpu", lambda: False)
+    """On a CPU, pinned (a GPU runs the native op per channel)."""
+    cpu_pin.pin(monkeypatch, "eigen", "avx2")
     layer = tf_conv3dt.Conv3DTranspose(4, 3, 2, groups=4, name="dw")
-    with tuning.recording() as selections:
+    with tuning.recording(), select.recorded() as selections:
         layer(np.zeros((1, 3, 3, 3, 4), "float32"))
     ((_, selection),) = selections
     assert tune._row(layer, selection) == "dw: not tuned, runs gemm's one call (depthwise)"

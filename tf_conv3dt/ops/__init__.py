@@ -33,7 +33,7 @@ from tf_conv3dt.ops.select import forced_implementation, normalised, resolve_imp
 from tf_conv3dt.ops.split import with_gradient_of
 from tf_conv3dt.ops.tuning import autotune_enabled, set_autotune
 
-__all__ = ["AUTO_RULE", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_configuration",
+__all__ = ["AUTO_RULE", "FUSED_ACTIVATIONS", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_configuration",
            "forced_implementation", "kernel_relation", "resolve_implementation", "rule_key",
            "set_autotune"]
 
