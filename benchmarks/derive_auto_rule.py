@@ -1,9 +1,9 @@
 """Derives "auto"'s CPU rule (tf_conv3dt.ops.AUTO_RULE) from benchmark runs.
 
-Reads the JSON files that ``bench_conv3d_transpose.py --configurations ...
---json FILE`` writes (default: every float32 and bfloat16 run in
-benchmarks/results/). Each configuration in them records whether TensorFlow
-ran its oneDNN kernels, the ISA class oneDNN ran and the policy; together
+Reads the JSON files that ``bench_conv3d_transpose.py`` writes (default:
+the float32 and bfloat16 runs of :data:`RULE_RUNS`). Each configuration in
+them records whether TensorFlow ran its oneDNN kernels, the ISA class
+oneDNN ran and the policy; together
 they give the run's rule key (``ops.rule_key``): "eigen", "onednn avx2",
 "onednn avx512", "onednn amx", and the last two with " bfloat16" after them
 for a mixed_bfloat16 run. For
@@ -21,7 +21,6 @@ Usage: python benchmarks/derive_auto_rule.py [FILE ...] [--check]
 """
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -35,7 +34,27 @@ from tf_conv3dt.ops import lowerings  # noqa: E402
 from tf_conv3dt.ops.rule import measured_key  # noqa: E402
 
 LOWERINGS = lowerings.names(auto=True)
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RUNS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "conv3d_transpose")
+# The runs the rule is derived from (tests/test_auto_rule.py checks
+# ops.AUTO_RULE against them). The others beside them were made to measure a
+# change to tuning or to the benchmark on a machine these already cover;
+# docs/performance.md says what each measured, and what it would change here.
+RULE_RUNS = tuple(os.path.join(RUNS, name) for name in (
+    "amd-epyc-avx2_2026-11-27_float32-run1.json",
+    "amd-epyc-avx2_2026-11-27_float32-run2.json",
+    "amd-epyc-avx2_2026-12-01_float32-tuned.json",
+    "amd-epyc-f26-avx512_2026-12-02_float32.json",
+    "amd-epyc-f26-avx512_2026-12-02_bfloat16.json",
+    "amd-epyc-f26-avx512_2026-12-03_float32.json",
+    "amd-epyc-f26-avx512_2026-12-03_bfloat16.json",
+    "amd-epyc-f25m17-avx512_2026-12-03_float32.json",
+    "amd-epyc-f25m17-avx512_2026-12-03_bfloat16.json",
+    "intel-xeon-f6m167-amx_2026-12-04_float32-run1.json",
+    "intel-xeon-f6m167-amx_2026-12-04_float32-run2.json",
+    "intel-xeon-f6m167-amx_2026-12-04_float32-avx2.json",
+    "intel-xeon-f6m167-amx_2026-12-04_bfloat16-run1.json",
+    "intel-xeon-f6m167-amx_2026-12-04_bfloat16-run2.json",
+))
 
 
 # The compute dtype of each policy a rule is kept for (float16 is not a CPU policy).
@@ -100,12 +119,11 @@ def derive(runs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="*", help="benchmark JSON files "
-                        "(default: benchmarks/results/*.json)")
+    parser.add_argument("files", nargs="*", help="benchmark JSON files (default: RULE_RUNS)")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when the result differs from ops.AUTO_RULE")
     args = parser.parse_args()
-    runs = load_runs(args.files or sorted(glob.glob(os.path.join(RESULTS, "*.json"))))
+    runs = load_runs(args.files or RULE_RUNS)
     table = scores(runs)
     rule = derive(runs)
     for key, by_relation in sorted(table.items()):

@@ -64,7 +64,7 @@ def test_the_onnx_table_is_the_result_file(tmp_path):
         import tables
     finally:
         sys.path.pop(0)
-    path = "benchmarks/results/onnx/amd-epyc_2026-12-01.json"
+    path = "benchmarks/results/onnx/amd-epyc-avx2_2026-12-01.json"
     marker = f"<!-- table: onnx {path} -->"
     with open(os.path.join(ROOT, "docs", "performance.md")) as f:
         assert marker in f.read()
