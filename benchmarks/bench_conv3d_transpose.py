@@ -1,27 +1,25 @@
 """Forward and training-step timings of 3-D transposed convolutions on this machine.
 
-Prints one table (and writes it as JSON with --json): tf_conv3dt with
-implementation "auto" (measured: it times the lowerings on its first call,
-into a fresh tuning cache) and each lowering ("native", "gemm", "subpixel"),
-keras.layers.Conv3DTranspose, and torch.nn.functional.conv_transpose3d when
-torch is installed (timed in a child process of its own: PyTorch's spinning
-OpenMP threads slow whatever runs next in its process). For each case and
-each path: median milliseconds, GFLOP/s, percent of the NumPy sgemm GFLOP/s
-measured in the same run, and the peak extra resident memory; then, per
-case, how "auto" (tuned, and the static rule's choice) compares with the
-fastest path, and what tuning cost (the targets in docs/performance.md).
+Prints one table per CPU configuration and writes them all to one result
+file (``common.result_path``: results/conv3d_transpose/<cpu id>_<date>_<dtype>
+[-<label>].json): tf_conv3dt with implementation "auto" (measured: it times
+the lowerings on its first call, into a fresh tuning cache) and each
+lowering ("native", "gemm", "subpixel"), keras.layers.Conv3DTranspose, and
+torch.nn.functional.conv_transpose3d when torch is installed (in a process
+of its own: ``common.torch_ms``). For each case and each path: median
+milliseconds, GFLOP/s, percent of the NumPy sgemm GFLOP/s measured in the
+same run, and the peak extra resident memory; then, per case, how "auto"
+(tuned, and the static rule's choice) compares with the fastest path, and
+what tuning cost.
 
---configurations runs the whole benchmark once per CPU configuration, each in
-a child process with its environment: "default" (this machine as it is),
-"avx2" (what CPUs without AVX-512 get: TensorFlow's Eigen kernels, and oneDNN
-in PyTorch and OpenBLAS in NumPy held to AVX2), "onednn" (TensorFlow's
-oneDNN kernels switched on) and "onednn-avx2" (those kernels held to AVX2, as
-an AVX2-only CPU runs them with oneDNN switched on).
-benchmarks/derive_auto_rule.py derives "auto"'s rule from the JSON it writes.
+Each configuration of ``--configurations`` (``common.CONFIGURATIONS``;
+"default", this machine as it is, unless given) runs in a child process
+with its environment. benchmarks/derive_auto_rule.py derives "auto"'s rule
+from the files it writes.
 
-Usage: python benchmarks/bench_conv3d_transpose.py [--repeats 20] [--json out.json]
-       [--cases 0 2] [--policy mixed_float16] [--data-format channels_first]
-       [--configurations default avx2 onednn] [--skip-scaling]
+Usage: python benchmarks/bench_conv3d_transpose.py [--repeats 20] [--cases 0 2]
+       [--policy mixed_float16] [--data-format channels_first]
+       [--configurations default avx2 onednn] [--skip-scaling] [--label LABEL]
 """
 
 import argparse
@@ -39,45 +37,12 @@ import tensorflow as tf
 
 import tf_conv3dt
 from tf_conv3dt import ops
-from tf_conv3dt.ops import cpu, lowerings
+from tf_conv3dt.ops import lowerings
 from tf_conv3dt._keras import keras
 from tf_conv3dt.ops import tuning
 
+import common
 
-def _torch():
-    """PyTorch (the optional extra tf_conv3dt[bench]) or None; imported only in
-    the child processes that time it."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-# (input shape NDHWC, filters, kernel, stride, padding)
-CASES = [
-    ((4, 10, 8, 12, 128), 32, 2, 2, "valid"),
-    ((1, 16, 16, 16, 256), 128, 2, 2, "valid"),
-    ((1, 32, 32, 32, 64), 32, 3, 2, "same"),
-    ((2, 16, 16, 16, 32), 32, 3, 1, "same"),
-    ((1, 16, 16, 16, 64), 32, 4, 2, "same"),
-    # A kernel shorter than its stride with "same": the native path runs it as
-    # "valid" plus a crop (Eigen's gradient is wrong otherwise); the built-in
-    # layer shows the unrouted op.
-    ((2, 16, 16, 16, 64), 32, 1, 2, "same"),
-    # 3-D U-Net decoder stages.
-    ((2, 32, 32, 32, 64), 32, 2, 2, "valid"),
-    ((1, 64, 64, 64, 32), 16, 3, 2, "same"),
-    ((2, 24, 24, 24, 128), 64, 3, 1, "same"),
-]
-
-# The environment of each CPU configuration (--configurations).
-CONFIGURATIONS = {
-    "default": {},
-    "avx2": {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "OPENBLAS_CORETYPE": "Haswell"},
-    "onednn": {"TF_ENABLE_ONEDNN_OPTS": "1"},
-    "onednn-avx2": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-}
 # The lowerings "auto" chooses among.
 LOWERINGS = lowerings.names(auto=True)
 
@@ -141,39 +106,6 @@ def median_ms(fn, repeats, warmup=5):
     return statistics.median(times) * 1e3
 
 
-def interleaved_ms(fns, repeats, warmup=3, slow_s=2.0):
-    """Median milliseconds of each of ``fns`` ({name: fn}), timed in rounds of
-    one call each (right after an untimed one, as tuning times them:
-    ``tuning.Timer.primed``), so that what else a shared machine runs weighs
-    on all of them alike. Only paths of one library belong together: the worker threads
-    of PyTorch's OpenMP pool spin on after its call, slowing whatever runs
-    next, and a pause between calls would wake every path up cold (+4 ms a
-    call here). Names whose call raises are left out. A path whose first call
-    (the trace) takes over ``slow_s`` (Eigen's Conv3DBackprop* kernels on the
-    large cases: seconds a step) is timed in two rounds only."""
-    slow, failed = set(), set()
-    for name, fn in fns.items():
-        try:
-            start = time.perf_counter()
-            fn()
-            if time.perf_counter() - start > slow_s:
-                slow.add(name)
-                continue
-            for _ in range(warmup - 1):
-                fn()
-        except Exception as error:  # the built-in layer fails on some cases
-            print(f"  {name} failed: {type(error).__name__}", flush=True)
-            failed.add(name)
-    times = {name: [] for name in fns if name not in failed}
-    timer = tuning.Timer()
-    for round_ in range(repeats):
-        for name in times:
-            if name in slow and round_ >= 2:
-                continue
-            times[name].append(timer.primed(fns[name]))
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
-
-
 def train_peak_mib(index, name, args):
     """Peak resident-memory growth of one training step of one path, measured
     in a child process of its own (in this process, memory that allocators
@@ -188,8 +120,9 @@ def train_peak_mib(index, name, args):
 
 
 def _measure_peak_memory(index, name, data_format, policy):
-    paths = (torch_paths(*CASES[index], policy=policy) if name.startswith("torch")
-             else tf_paths(*CASES[index], data_format=data_format))
+    case = common.CASES[index]
+    paths = (common.torch_paths(*case, policy=policy) if name.startswith("torch")
+             else common.tf_paths(*case, data_format=data_format))
     train_step = paths[name][1]
     train_step()
     try:  # hand what the first (tracing) step freed back to the system
@@ -199,125 +132,6 @@ def _measure_peak_memory(index, name, data_format, policy):
     with PeakMemory() as memory:
         train_step()
     print(json.dumps(_mib(memory.peak)))
-
-
-def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last", groups=1):
-    """Forward and training step (loss ``sum(y * y)``) of our layer with
-    "auto" and each lowering, and of Keras's own layer where it has the
-    configuration (it has no ``groups``), under the global Keras policy.
-
-    The input is in the policy's compute dtype, as the layer before hands
-    it on in a mixed-precision model and as PyTorch's paths get theirs. Runs
-    before 2026-12-04's last ones fed float32, so their bfloat16 rows hold
-    each layer's cast of its input too."""
-    if data_format == "channels_first":
-        shape = (shape[0], shape[4], *shape[1:4])
-    x = tf.cast(tf.random.normal(shape), keras.mixed_precision.global_policy().compute_dtype)
-    paths = {}
-    for implementation in ("auto", *LOWERINGS):
-        name = f"tf_conv3dt {implementation}"
-        layer = tf_conv3dt.Conv3DTranspose(filters, kernel, stride, padding=padding,
-                                           data_format=data_format, groups=groups,
-                                           implementation=implementation)
-        layer.build(shape)
-        paths[name] = layer
-    if groups == 1:
-        builtin = keras.layers.Conv3DTranspose(filters, kernel, stride, padding=padding,
-                                               data_format=data_format)
-        builtin.build(shape)
-        paths["keras Conv3DTranspose"] = builtin
-    timed = {}
-    for name, layer in paths.items():
-        forward = tf.function(lambda x, layer=layer: layer(x))
-
-        @tf.function
-        def train_step(x, layer=layer):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x)
-                loss = tf.reduce_sum(y * y)
-            return tape.gradient(loss, [x, layer.kernel])
-
-        timed[name] = (lambda f=forward: f(x).numpy(),
-                       lambda f=train_step: [g.numpy() for g in f(x)])
-    return timed
-
-
-TORCH_DTYPES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
-
-
-def torch_paths(shape, filters, kernel, stride, padding, policy="float32", groups=1):
-    """PyTorch's forward and training step (loss ``sum(y * y)``), on tensors
-    of the policy's compute dtype, with Keras's padding and a bias, as our
-    layer and Keras's add one (runs before 2026-12-04 had none)."""
-    torch = _torch()
-    if torch is None:
-        return {}
-    torch.set_num_threads(os.cpu_count())
-    dtype = getattr(torch, TORCH_DTYPES[policy])
-    batch, d, h, w, channels = shape
-    x = torch.randn(batch, channels, d, h, w, dtype=dtype)
-    weight = torch.randn(channels, filters // groups, kernel, kernel, kernel,
-                         dtype=dtype) * 0.05
-    bias = torch.randn(filters, dtype=dtype) * 0.05
-    # PyTorch's padding p crops p from both sides; Keras "same" with this
-    # case's odd or even kernel matches p = (k - s + 1) // 2 and output_padding.
-    if padding == "same":
-        pad = (kernel - stride + 1) // 2
-        out_pad = stride * d - ((d - 1) * stride - 2 * pad + kernel)
-    else:
-        pad, out_pad = 0, 0
-
-    def forward():
-        with torch.no_grad():
-            return torch.nn.functional.conv_transpose3d(
-                x, weight, bias, stride=stride, padding=pad, output_padding=out_pad,
-                groups=groups)
-
-    xg = x.clone().requires_grad_(True)
-    wg = weight.clone().requires_grad_(True)
-
-    def train_step():
-        y = torch.nn.functional.conv_transpose3d(xg, wg, bias, stride=stride, padding=pad,
-                                                 output_padding=out_pad, groups=groups)
-        (y * y).sum().backward()
-        xg.grad = None
-        wg.grad = None
-
-    return {"torch conv_transpose3d": (forward, train_step)}
-
-
-def torch_ms(index, args, script=__file__):
-    """PyTorch's (forward, training) median ms on one case, timed in a child
-    process of its own (``script --torch-of index``, which calls
-    :func:`time_torch`); None where torch is missing or the case fails there."""
-    command = [sys.executable, script, "--torch-of", str(index), "--repeats",
-               str(args.repeats), "--policy", args.policy]
-    result = subprocess.run(command, capture_output=True, text=True)
-    try:
-        return json.loads(result.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        print(f"  torch failed: {result.stderr.strip().splitlines()[-1:]}", flush=True)
-        return None
-
-
-def time_torch(case, repeats, policy, groups=1):
-    """Prints PyTorch's (forward, training) median ms on ``case`` (shape,
-    filters, kernel, stride, padding) as JSON: the child :func:`torch_ms` reads."""
-    paths = torch_paths(*case, policy=policy, groups=groups)
-    if not paths:
-        return print(json.dumps(None))
-    (forward, train), = paths.values()
-    times = (interleaved_ms({"f": forward}, repeats).get("f"),
-             interleaved_ms({"t": train}, repeats).get("t"))
-    print(json.dumps(None if None in times else times))
-
-
-def _torch_version():
-    """PyTorch's version, read from a child process (this one never imports it)."""
-    result = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
-                            capture_output=True, text=True)
-    return result.stdout.strip() or "not installed"
 
 
 def tuning_cost(shape, filters, kernel, stride, padding, data_format, dtype):
@@ -446,77 +260,57 @@ def compare(rows):
 
 
 def run_configurations(args):
-    """The benchmark once per configuration, each in a child process."""
+    """``{configuration: its run}``: the benchmark once per configuration,
+    each in a child process with its environment."""
     results = {}
     for name in args.configurations:
         with tempfile.TemporaryDirectory() as scratch:
-            path = os.path.join(scratch, "rows.json")
-            command = [sys.executable, __file__, "--repeats", str(args.repeats), "--json", path,
-                       "--policy", args.policy, "--data-format", args.data_format]
+            path = os.path.join(scratch, "run.json")
+            command = [sys.executable, __file__, "--repeats", str(args.repeats),
+                       "--run-to", path, "--policy", args.policy,
+                       "--data-format", args.data_format]
             if args.cases is not None:
                 command += ["--cases", *map(str, args.cases)]
             if args.skip_scaling:
                 command.append("--skip-scaling")
+            environment = common.CONFIGURATIONS[name]
             print(f"\n=== configuration {name}: "
-                  f"{' '.join(f'{k}={v}' for k, v in CONFIGURATIONS[name].items()) or 'as is'}",
+                  f"{' '.join(f'{k}={v}' for k, v in environment.items()) or 'as is'}",
                   flush=True)
-            subprocess.run(command, env={**os.environ, **CONFIGURATIONS[name]}, check=True)
+            subprocess.run(command, env={**os.environ, **environment}, check=True)
             with open(path) as f:
-                results[name] = dict(json.load(f), environment=CONFIGURATIONS[name])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+                results[name] = json.load(f)
+    return results
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
-    parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--cases", type=int, nargs="*", help="indices into CASES (default all)")
-    parser.add_argument("--policy", default="float32",
-                        help="Keras dtype policy of the TensorFlow paths, e.g. mixed_float16")
-    parser.add_argument("--data-format", default="channels_last",
-                        choices=["channels_last", "channels_first"],
-                        help="data format of the TensorFlow paths (PyTorch's is NCDHW)")
-    parser.add_argument("--configurations", nargs="+", choices=sorted(CONFIGURATIONS),
-                        help="run once per CPU configuration, each in a child process")
-    parser.add_argument("--skip-scaling", action="store_true",
-                        help="leave out the table of auto's scaling with size")
-    parser.add_argument("--peak-memory-of", nargs=2, metavar=("CASE", "PATH"),
-                        help=argparse.SUPPRESS)  # the child process of train_peak_mib
-    parser.add_argument("--torch-of", type=int, metavar="CASE",
-                        help=argparse.SUPPRESS)  # the child process of torch_ms
-    args = parser.parse_args()
-    if args.configurations:
-        return run_configurations(args)
-    if args.torch_of is not None:
-        return time_torch(CASES[args.torch_of], args.repeats, args.policy)
+def measure(args):
+    """This process's run: ``common.run_record()`` and its rows, summary
+    and scaling."""
     keras.mixed_precision.set_global_policy(args.policy)
-    if args.peak_memory_of:
-        return _measure_peak_memory(int(args.peak_memory_of[0]), args.peak_memory_of[1],
-                                    args.data_format, args.policy)
     # A fresh cache, so that the run measures tuning itself (unless one is given).
     os.environ.setdefault(tuning.ENV_CACHE_DIR, tempfile.mkdtemp(prefix="bench-tuning-"))
     tuning.set_autotune(True)
     peak = sgemm_gflops()
-    print(f"{cpu.cpu_model()}, {os.cpu_count()} cores, TensorFlow {tf.__version__} "
-          f"(oneDNN {'on' if tf_conv3dt.ops.cpu_configuration() == 'onednn' else 'off'}, "
+    record = common.run_record()
+    torch = common.torch_version()
+    print(f"{record['cpu']}, {record['cores']} cores, TensorFlow {tf.__version__} "
+          f"(oneDNN {'on' if record['cpu_configuration'] == 'onednn' else 'off'}, "
           f"rule {ops.rule_key(keras.mixed_precision.global_policy().compute_dtype)}), "
           f"Keras {keras.__version__}, {args.policy}, {args.data_format}, "
-          f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}"
-          + (f", torch {_torch_version()}"))
+          f"{'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'}, torch {torch}")
     print(f"numpy sgemm: {peak:.1f} GFLOP/s")
     header = (f"{'case':<34} {'path':<24} {'fwd ms':>9} {'GFLOP/s':>8} {'%sgemm':>7} "
               f"{'train ms':>9} {'GFLOP/s':>8} {'train peak MiB':>15}")
     print(header)
     print("-" * len(header))
     rows = []
-    for index in args.cases if args.cases is not None else range(len(CASES)):
-        shape, filters, kernel, stride, padding = CASES[index]
-        label = f"{shape}->{filters} k{kernel} s{stride} {padding}"
+    for index in args.cases if args.cases is not None else range(len(common.CASES)):
+        case = common.CASES[index]
+        shape, filters, kernel, stride, padding = case
+        label = common.case_label(case)
         compute_dtype = keras.mixed_precision.global_policy().compute_dtype
         rule = ops.resolve_implementation("auto", (kernel,) * 3, (stride,) * 3, compute_dtype)
-        auto, timed_s, tuning_s, cache_hit_s = tuning_cost(*CASES[index], args.data_format,
+        auto, timed_s, tuning_s, cache_hit_s = tuning_cost(*case, args.data_format,
                                                            compute_dtype)
 
         def lowering(name):
@@ -525,13 +319,15 @@ def main():
             return name.split()[1] if name.startswith("tf_conv3dt") else None
 
         flops = forward_flops(shape, filters, kernel)
-        library = tf_paths(*CASES[index], data_format=args.data_format)
-        forward = interleaved_ms({name: f for name, (f, _) in library.items()}, args.repeats)
+        library = common.tf_paths(*case, data_format=args.data_format)
+        forward = common.interleaved_ms({name: f for name, (f, _) in library.items()},
+                                        args.repeats)
         # As many training steps as forward passes: with 3 of each, two
         # timings of one graph (auto's row and its lowering's) differed by
         # up to 1.26x on 2026-12-04, with 15 by at most 1.07x.
-        train = interleaved_ms({name: t for name, (_, t) in library.items()}, args.repeats)
-        torch_times = torch_ms(index, args)
+        train = common.interleaved_ms({name: t for name, (_, t) in library.items()},
+                                      args.repeats)
+        torch_times = common.torch_ms(case, args.repeats, args.policy)
         if torch_times is not None:
             forward["torch conv_transpose3d"], train["torch conv_transpose3d"] = torch_times
         for name in forward:
@@ -555,15 +351,42 @@ def main():
                   f"{row['train_gflops']:8.1f} {peak_text:>15}", flush=True)
     summary = compare(rows)
     scaling_rows = [] if args.skip_scaling else scaling(args.repeats)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(machine=cpu.cpu_model(), cores=os.cpu_count(),
-                           tensorflow=tf.__version__, torch=_torch_version(),
-                           cpu_configuration=tf_conv3dt.ops.cpu_configuration(),
-                           isa=cpu.cpu_isa(),
-                           policy=args.policy, data_format=args.data_format,
-                           sgemm_gflops=peak, rows=rows, summary=summary,
-                           scaling=scaling_rows), f, indent=1)
+    return dict(record, torch=torch, policy=args.policy, data_format=args.data_format,
+                sgemm_gflops=peak, rows=rows, summary=summary, scaling=scaling_rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
+    parser.add_argument("--cases", type=int, nargs="*",
+                        help="indices into common.CASES (default all)")
+    parser.add_argument("--policy", default="float32", choices=sorted(common.POLICY_DTYPES),
+                        help="Keras dtype policy of the TensorFlow paths")
+    parser.add_argument("--data-format", default="channels_last",
+                        choices=["channels_last", "channels_first"],
+                        help="data format of the TensorFlow paths (PyTorch's is NCDHW)")
+    parser.add_argument("--configurations", nargs="+", default=["default"],
+                        choices=sorted(common.CONFIGURATIONS),
+                        help="CPU configurations, each run in a child process")
+    parser.add_argument("--skip-scaling", action="store_true",
+                        help="leave out the table of auto's scaling with size")
+    common.add_result_arguments(parser, "conv3d_transpose")
+    parser.add_argument("--peak-memory-of", nargs=2, metavar=("CASE", "PATH"),
+                        help=argparse.SUPPRESS)  # the child process of train_peak_mib
+    parser.add_argument("--run-to", help=argparse.SUPPRESS)  # a configuration's child
+    args = parser.parse_args()
+    if args.peak_memory_of:
+        keras.mixed_precision.set_global_policy(args.policy)
+        return _measure_peak_memory(int(args.peak_memory_of[0]), args.peak_memory_of[1],
+                                    args.data_format, args.policy)
+    if args.run_to:
+        with open(args.run_to, "w") as f:
+            json.dump(measure(args), f)
+        return
+    path = common.result_path(args.out, common.POLICY_DTYPES[args.policy],
+                              args.data_format if args.data_format != "channels_last" else None,
+                              args.label)
+    common.write_result(run_configurations(args), path)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,15 @@ For each configuration: the per-tap GEMM form's forward and both gradients
 (input and kernel) traced with only the batch unknown, as in a Keras model:
 the graph's op count, the seconds to trace it, the seconds of its first run
 (TensorFlow's graph optimisation) and the median ms of a step after that.
-``--label`` names the run inside the result file,
-benchmarks/results/gemm_trace/<cpu>_<date>.json, so that two source trees
-(run with ``PYTHONPATH`` pointing at each, one after the other) compare in one
-file:
+``--run`` names the run inside the day's result file,
+results/gemm_trace/<cpu id>_<date>.json (``common.result_path``), so that two
+source trees (run with ``PYTHONPATH`` pointing at each, one after the other)
+compare in one file:
 
-    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/bench_gemm_trace.py --label after
+    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/bench_gemm_trace.py --run after
 """
 
 import argparse
-import datetime
 import json
 import os
 import time
@@ -22,10 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 import tf_conv3dt
-from bench_onnx import cpu_model, result_path, write_result
 
-# What selects TensorFlow's CPU kernels, recorded with each run.
-ENVIRONMENT = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
+import common
+
 # (kernel, strides, padding, in channels, filters, spatial), batch 2
 CONFIGS = [
     ((3, 3, 3), (2, 2, 2), "same", 8, 8, (8, 8, 8)),
@@ -67,25 +65,21 @@ def measure(kernel_size, strides, padding, channels, filters, spatial, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True, help="the run's name in the result file")
+    parser.add_argument("--run", required=True, help="the run's name in the result file")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "gemm_trace"))
+    common.add_result_arguments(parser, "gemm_trace")
     args = parser.parse_args()
     rows = []
     for config in CONFIGS:
         rows.append(measure(*config, args.repeats))
         print(rows[-1], flush=True)
-    cpu, date = cpu_model(), datetime.date.today().isoformat()
-    path = result_path(cpu, date, args.out)
-    result = {"date": date, "cpu": cpu, "cores": os.cpu_count(),
-              "tensorflow": tf.__version__, "runs": {}}
-    if os.path.exists(path):  # another label's run of the day
+    path = common.result_path(args.out, args.label)
+    result = dict(common.run_record(), runs={})
+    if os.path.exists(path):  # another run of the day
         with open(path) as f:
             result = json.load(f)
-    result["runs"][args.label] = {"environment": {k: os.environ[k] for k in ENVIRONMENT
-                                                  if k in os.environ}, "rows": rows}
-    write_result(result, args.out, merged=True)
+    result["runs"][args.run] = {"environment": common.kernel_environment(), "rows": rows}
+    common.write_result(result, path, merged=True)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,17 @@ start matters most early on.
 
     python benchmarks/bench_initializer.py
 
-It writes benchmarks/results/initializer/<cpu>-<isa>_<date>.json.
+It writes its result to results/initializer/ (``common.result_path``).
 """
 
 import argparse
-import datetime
-import os
-import sys
 
 import numpy as np
-import tensorflow as tf
 
 from tf_conv3dt import examples
 from tf_conv3dt._keras import keras
-from tf_conv3dt.ops import cpu
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_onnx import write_result  # noqa: E402
+import common
 
 SIZE, FILTERS = 19, (8, 16, 32)
 INITIALIZERS = ("glorot_uniform", "checkerboard_free")
@@ -48,8 +42,7 @@ def main():
     parser.add_argument("--held-out", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "initializer"))
+    common.add_result_arguments(parser, "initializer")
     args = parser.parse_args()
     volumes, masks, _ = examples.shapes_dataset(args.train + args.held_out, SIZE, seed=0)
     data = (volumes[:args.train], masks[:args.train], volumes[args.train:], masks[args.train:])
@@ -66,11 +59,10 @@ def main():
         table = np.array(list(by_seed.values()))
         print(f"{initializer:<18} " + " ".join(
             f"{mean:.3f} +- {std:.3f}" for mean, std in zip(table.mean(0), table.std(0))))
-    result = {"cpu": cpu.cpu_model(), "isa": cpu.cpu_isa(), "cores": os.cpu_count(),
-              "tensorflow": tf.__version__, "date": datetime.date.today().isoformat(),
-              "arguments": {k: v for k, v in vars(args).items() if k != "out"},
-              "held_out_dice_by_epoch": runs}
-    write_result(result, args.out)
+    result = dict(common.run_record(),
+                  arguments={k: v for k, v in vars(args).items() if k not in ("out", "label")},
+                  held_out_dice_by_epoch=runs)
+    common.write_result(result, common.result_path(args.out, args.label))
 
 
 if __name__ == "__main__":

@@ -18,14 +18,12 @@ tfmot builds on tf_keras, so this runs under it:
 
     TF_USE_LEGACY_KERAS=1 python benchmarks/bench_quantization.py
 
-It writes benchmarks/results/quantization/<cpu>-<isa>_<date>.json.
+It writes its result to results/quantization/ (``common.result_path``).
 """
 
 import argparse
-import datetime
 import gzip
 import os
-import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -36,10 +34,8 @@ import tf_conv3dt  # noqa: E402
 from tf_conv3dt import examples, quantization  # noqa: E402
 from tf_conv3dt._keras import LEGACY_KERAS, keras  # noqa: E402
 from tf_conv3dt.export import tflite  # noqa: E402
-from tf_conv3dt.ops import cpu  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_onnx import write_result  # noqa: E402
+import common  # noqa: E402
 
 SIZE, FILTERS = 19, (8, 16, 32)
 
@@ -78,8 +74,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "quantization"))
+    common.add_result_arguments(parser, "quantization")
     args = parser.parse_args()
     if not LEGACY_KERAS:
         raise SystemExit("run with TF_USE_LEGACY_KERAS=1: tfmot prunes and clusters tf_keras "
@@ -147,12 +142,10 @@ def main():
         print(f"{name:<24} {row['dice']:7.4f} {row['gzip_kib']:9.1f} {row['litert_ms']:10.3f}  "
               f"{' '.join(row['float_compute_ops']) or '-'}", flush=True)
 
-    result = {"cpu": cpu.cpu_model(), "isa": cpu.cpu_isa(), "cores": os.cpu_count(),
-              "tensorflow": tf.__version__, "tfmot": tfmot.__version__,
-              "date": datetime.date.today().isoformat(),
-              "arguments": {k: v for k, v in vars(args).items() if k != "out"},
-              "keras_dice": keras_dice, "rows": rows}
-    write_result(result, args.out)
+    result = dict(common.run_record(), tfmot=tfmot.__version__,
+                  arguments={k: v for k, v in vars(args).items() if k not in ("out", "label")},
+                  keras_dice=keras_dice, rows=rows)
+    common.write_result(result, common.result_path(args.out, args.label))
 
 
 if __name__ == "__main__":

@@ -5,26 +5,24 @@ cannot see. This times the ``serving_default`` signature of SavedModels the
 export writes (``serving.write_version``), loaded back with
 ``tf.saved_model.load`` as the model server loads them, one per lowering,
 at batch 1 and 8, in every CPU configuration this machine offers (each in a
-child process; ``bench_conv3d_transpose.CONFIGURATIONS``), interleaved in
+child process; ``common.CONFIGURATIONS``), interleaved in
 rounds. Models: the export's reference model (k2 s2), the tutorials' U-Net
 (k3 s2 up-sampling to its skips' sizes) and a decoder with a k3 s1 and a k4
 s2 layer. It ends with each lowering's worst ratio to the fastest over every
 model, batch and configuration: the export default is the lowering whose
-worst is lowest.
+worst is lowest. The result goes to results/serving/ (``common.result_path``):
 
     python benchmarks/bench_serving.py [--configurations default avx2 onednn-avx2]
 """
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
-from bench_conv3d_transpose import CONFIGURATIONS, LOWERINGS, interleaved_ms
-from bench_onnx import write_result
+import common
 
 BATCHES = (1, 8)
 
@@ -49,12 +47,13 @@ def run_one(repeats):
     import tensorflow as tf
 
     from tf_conv3dt.export import serving
+    from tf_conv3dt.ops import lowerings
 
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, model in models().items():
             signatures = {}
-            for lowering in LOWERINGS:
+            for lowering in lowerings.names(auto=True):
                 path = os.path.join(scratch, f"{model.name}-{lowering}")
                 serving.write_version(model, path, model.name, implementation=lowering)
                 signatures[lowering] = tf.saved_model.load(path).signatures["serving_default"]
@@ -68,7 +67,7 @@ def run_one(repeats):
                 calls = {lowering: (lambda f=f: [t.numpy() for t in f(**{
                     next(iter(f.structured_input_signature[1])): x}).values()])
                     for lowering, f in signatures.items()}
-                rows[name][batch] = interleaved_ms(calls, repeats)
+                rows[name][batch] = common.interleaved_ms(calls, repeats)
                 print(f"{name:<38} batch {batch}: " + ", ".join(
                     f"{lowering} {ms:.2f} ms" for lowering, ms in rows[name][batch].items()),
                     flush=True)
@@ -91,21 +90,18 @@ def worst_ratios(results):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configurations", nargs="+", choices=sorted(CONFIGURATIONS),
+    parser.add_argument("--configurations", nargs="+", choices=sorted(common.CONFIGURATIONS),
                         default=["default", "avx2", "onednn-avx2"])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "serving"))
+    common.add_result_arguments(parser, "serving")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_one(args.repeats)))
         return
-    from tf_conv3dt.ops import cpu
-
     results = {}
     for configuration in args.configurations:
-        environment = CONFIGURATIONS[configuration]
+        environment = common.CONFIGURATIONS[configuration]
         print(f"=== {configuration}: "
               f"{' '.join(f'{k}={v}' for k, v in environment.items()) or 'as is'}", flush=True)
         process = subprocess.run(
@@ -119,13 +115,9 @@ def main():
     print("\nworst ratio to the fastest lowering:")
     for lowering, (ratio, where) in sorted(worst.items(), key=lambda item: item[1][0]):
         print(f"  {lowering:<9} {ratio:5.2f}x  ({where})")
-    import tensorflow as tf
-
-    result = {"cpu": cpu.cpu_model(), "isa": cpu.cpu_isa(), "cores": os.cpu_count(),
-              "tensorflow": tf.__version__, "date": datetime.date.today().isoformat(),
-              "repeats": args.repeats, "configurations": results,
-              "worst": {lowering: ratio for lowering, (ratio, _) in worst.items()}}
-    write_result(result, args.out)
+    result = dict(common.run_record(), repeats=args.repeats, configurations=results,
+                  worst={lowering: ratio for lowering, (ratio, _) in worst.items()})
+    common.write_result(result, common.result_path(args.out, args.label))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Tuning on a block of the input against tuning at the whole size: cost and choice.
 
-For each benchmark case (bench_conv3d_transpose.CASES) whose forward pass
+For each benchmark case (``common.CASES``) whose forward pass
 takes more than tuning's ``Knobs.max_timed_products`` multiply-adds, times the
 eligible lowerings with ``tuning.measure.lowerings`` twice, at the case's own size
 and on the block ``tuning.measure.timed_shape`` gives it, and records the seconds
@@ -11,17 +11,14 @@ with the gradients ``tuning.policy.ranked_gradients`` lets the block rank: tunin
 times a pair together before it keeps it), with what the block's
 choice costs at the whole size against the whole size's fastest: a
 training step (forward plus gradient) and the forward alone. The result goes
-to benchmarks/results/tuning/<cpu>-<isa>_<cpu configuration>_<dtype>_<date>.json
-(the kept ones were renamed block_<cpu>-<family and model>-...: CPUs of one
-model name and ISA class share the name otherwise):
+to results/tuning_block/, labelled by the CPU configuration, the ISA class
+oneDNN runs and the dtype (``common.result_path``):
 
     python benchmarks/bench_tuning_block.py [--dtype bfloat16]
 """
 
 import argparse
 import dataclasses
-import datetime
-import os
 import time
 
 import tensorflow as tf
@@ -30,19 +27,19 @@ from tf_conv3dt import ops, shapes
 from tf_conv3dt.ops import cpu, lowerings
 from tf_conv3dt.ops.call import Call
 from tf_conv3dt.ops.tuning import measure, policy
-from bench_conv3d_transpose import CASES
-from bench_onnx import cpu_model, write_result
+
+import common
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "tuning"))
+    common.add_result_arguments(parser, "tuning_block")
     args = parser.parse_args()
     dtype = tf.as_dtype(args.dtype)
     rows = []
-    for shape, filters, kernel, stride, padding in CASES:
+    for case in common.CASES:
+        shape, filters, kernel, stride, padding = case
         kernel_shape, strides = (kernel,) * 3 + (filters, shape[4]), (stride,) * 3
         whole = tuple(shape[1:4])
         output = [shapes.output_length(n, kernel, stride, padding) for n in whole]
@@ -68,7 +65,7 @@ def main():
         whole_ms = timed["whole"]["ms"]
         forward, gradient = timed["block"]["choice"]
         fastest = [min(ms[step] for ms in whole_ms.values()) for step in (0, 1)]
-        row = dict(case=f"{shape}->{filters} k{kernel} s{stride} {padding}", rule=rule,
+        row = dict(case=common.case_label(case), rule=rule,
                    **timed,
                    block_choice_over_fastest=(whole_ms[forward][0] + whole_ms[gradient][1])
                    / sum(fastest),
@@ -79,17 +76,13 @@ def main():
               f"{timed['block']['seconds']:5.2f} s {'/'.join(timed['block']['choice'])}, "
               f"block's choices at the whole size {row['block_choice_over_fastest']:.3f}x "
               f"/ {row['block_forward_choice_over_fastest']:.3f}x", flush=True)
-    result = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(),
-              "isa": cpu.cpu_isa(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
-              "cpu_configuration": cpu.cpu_configuration(), "dtype": args.dtype,
-              "max_timed_products": policy.KNOBS.max_timed_products,
-              "environment": {k: v for k, v in os.environ.items()
-                              if k.startswith(("TF_ENABLE_ONEDNN", "ONEDNN", "OPENBLAS"))},
-              "rows": rows}
+    result = dict(common.run_record(), dtype=args.dtype,
+                  max_timed_products=policy.KNOBS.max_timed_products, rows=rows)
     if rows:
         result["worst"] = {key: max(row[key] for row in rows) for key in (
             "block_choice_over_fastest", "block_forward_choice_over_fastest")}
-    write_result(result, args.out, f"{cpu.cpu_configuration()}_{args.dtype}")
+    common.write_result(result, common.result_path(
+        args.out, cpu.cpu_configuration(), cpu.cpu_isa(), args.dtype, args.label))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ must hold for batch sizes unknown at trace time.
 
 Usage: python benchmarks/derive_auto_rule.py [FILE ...] [--check]
   --check: exit 1 when the derived table differs from ops.AUTO_RULE.
+
+The tests import it as ``benchmarks.derive_auto_rule``, so it imports no
+other module of benchmarks/ (see benchmarks/__init__.py).
 """
 
 import argparse
@@ -28,10 +31,9 @@ import re
 import sys
 from collections import defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tf_conv3dt.ops import AUTO_RULE, kernel_relation  # noqa: E402
-from tf_conv3dt.ops import lowerings  # noqa: E402
-from tf_conv3dt.ops.rule import measured_key  # noqa: E402
+from tf_conv3dt.ops import AUTO_RULE, kernel_relation
+from tf_conv3dt.ops import lowerings
+from tf_conv3dt.ops.rule import measured_key
 
 LOWERINGS = lowerings.names(auto=True)
 RUNS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "conv3d_transpose")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with a GPU: a fresh virtual environment, the differential suite
 # and the numerics tests on the GPU, then the benchmark in float32 and
-# mixed_float16, channels_last and channels_first. Writes logs to ${OUT:-gpu_check}/.
+# mixed_float16, channels_last and channels_first. Writes logs and the
+# benchmark's result files (benchmarks/common.py names them) to ${OUT:-gpu_check}/.
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -27,7 +28,6 @@ TF_CONV3DT_DIFFERENTIAL_CONFIGS=${CONFIGS:-200} python -m pytest -q -p no:cachep
 for policy in float32 mixed_float16; do
   for format in channels_last channels_first; do
     python benchmarks/bench_conv3d_transpose.py --repeats 20 --policy "$policy" \
-      --data-format "$format" --json "$out/bench_${policy}_${format}.json" \
-      2>&1 | tee "$out/bench_${policy}_${format}.txt"
+      --data-format "$format" --out "$out" 2>&1 | tee "$out/bench_${policy}_${format}.txt"
   done
 done

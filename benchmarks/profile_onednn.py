@@ -1,17 +1,18 @@
 """Where a forward pass spends its time in oneDNN, primitive by primitive, ours against PyTorch's.
 
-Runs each path's forward pass of one benchmark case (bench_conv3d_transpose's
-CASES) in a child process of its own with ``ONEDNN_VERBOSE=profile_exec``,
+Runs each path's forward pass of one benchmark case (``common.CASES``) in a
+child process of its own with ``ONEDNN_VERBOSE=profile_exec``,
 which makes oneDNN print every primitive it executes and its milliseconds.
 After a warm-up it times ``--repeats`` calls and prints, per call: the wall
 time, the oneDNN primitives' time by kind and implementation (convolution,
 deconvolution, reorder, matmul, ...), and what is left, the time spent
 outside oneDNN (TensorFlow's own kernels: casts, transposes, pads, the
 graph's overhead). PyTorch runs in a child of its own, on tensors of the
-policy's compute dtype, as in the benchmark.
+policy's compute dtype, as in the benchmark. The profiles go to
+results/profile_onednn/, labelled by the compute dtype (``common.result_path``).
 
 Usage: python benchmarks/profile_onednn.py [--cases 3 7] [--policy mixed_bfloat16]
-       [--paths native gemm subpixel torch] [--repeats 20] [--json out.json]
+       [--paths native gemm subpixel torch] [--repeats 20] [--label LABEL]
 """
 
 import argparse
@@ -22,22 +23,21 @@ import subprocess
 import sys
 import time
 
+import common
+
 MARK = "profile_onednn: timed calls start"
 
 
 def child(case, path, policy, repeats):
     """In the profiled process: warm ``path`` up, print MARK, run it ``repeats``
     times, then print the wall milliseconds per call as JSON."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import bench_conv3d_transpose as bench
-
     if path == "torch":
-        (forward, _), = bench.torch_paths(*bench.CASES[case], policy=policy).values()
+        (forward, _), = common.torch_paths(*common.CASES[case], policy=policy).values()
     else:
         from tf_conv3dt._keras import keras
 
         keras.mixed_precision.set_global_policy(policy)
-        forward, _ = bench.tf_paths(*bench.CASES[case])[f"tf_conv3dt {path}"]
+        forward, _ = common.tf_paths(*common.CASES[case])[f"tf_conv3dt {path}"]
     for _ in range(5):
         forward()
     print(MARK, flush=True)
@@ -76,23 +76,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, nargs="+", default=[3, 7])
     parser.add_argument("--paths", nargs="+", default=["native", "gemm", "subpixel", "torch"])
-    parser.add_argument("--policy", default="mixed_bfloat16")
+    parser.add_argument("--policy", default="mixed_bfloat16",
+                        choices=sorted(common.POLICY_DTYPES))
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", help="also write the profiles to this JSON file")
+    common.add_result_arguments(parser, "profile_onednn")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(int(args.child[0]), args.child[1], args.policy, args.repeats)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_conv3d_transpose import CASES
-    from tf_conv3dt.ops.cpu import cpu_isa, cpu_model
-
-    print(f"{cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores, {args.policy}, "
+    print(f"{common.cpu_id()}, {os.cpu_count()} cores, {args.policy}, "
           f"forward pass, ms per call")
     profiles = {}
     for case in args.cases:
-        shape, filters, kernel, stride, padding = CASES[case]
-        label = f"{shape}->{filters} k{kernel} s{stride} {padding}"
+        label = common.case_label(common.CASES[case])
         for path in args.paths:
             found = profile(case, path, args.policy, args.repeats)
             profiles[f"{label} {path}"] = found
@@ -100,10 +96,9 @@ def main():
                   f"{found['onednn_ms']:.2f}, outside oneDNN {found['outside_ms']:.2f}")
             for name, ms in found["primitives"].items():
                 print(f"  {ms:8.3f}  {name}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(machine=cpu_model(), isa=cpu_isa(), cores=os.cpu_count(),
-                           policy=args.policy, profiles=profiles), f, indent=1)
+    result = dict(common.run_record(), policy=args.policy, profiles=profiles)
+    common.write_result(result, common.result_path(
+        args.out, common.POLICY_DTYPES[args.policy], args.label))
 
 
 if __name__ == "__main__":

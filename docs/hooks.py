@@ -12,10 +12,12 @@ import sys
 
 import griffe
 
-sys.path.insert(0, os.path.dirname(__file__))
-import tables  # noqa: E402 - docs/ is not a package
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# MkDocs loads this file with docs/ on sys.path, and the tables import the
+# benchmarks package from the repository root, which the ``mkdocs`` command
+# leaves off sys.path (``python -m mkdocs`` would put it there).
+sys.path.insert(0, ROOT)
+import tables  # noqa: E402
 PUBLIC_MODULES = ("tf_conv3dt", "tf_conv3dt.ops", "tf_conv3dt.export", "tf_conv3dt.quantization",
                   "tf_conv3dt.examples")
 API_PAGE = "api.md"

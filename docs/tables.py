@@ -5,7 +5,8 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 
 - ``benchmark FILE CONFIGURATION``: one configuration of a
   bench_conv3d_transpose.py run, every case and path, then the per-case summary;
-- ``summary FILE``: benchmarks/summary_table.py's rows for a run;
+- ``summary FILE``: a bench_conv3d_transpose.py run's worst case of each
+  configuration against our fastest lowering and PyTorch, and tuning's cost;
 - ``rule FILE``: the ``AUTO_RULE`` table that FILE (tf_conv3dt/ops/rule.py)
   assigns, one row per kernel/stride relation and a column per rule key;
 - ``onnx FILE``: a bench_onnx.py run;
@@ -17,18 +18,20 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 - ``tuning_block FILE``: a bench_tuning_block.py run, whole size against block;
 - ``export FILE``: the artifact rows of an export's report.json.
 
-Each table opens with the run's machine and configuration as the file
-records them. ``python docs/tables.py PAGE.md`` prints a page with its
-tables filled in.
+Each table opens with the run's CPU, by the id its file name holds
+(``benchmarks.common.parse_result_name``), and configuration as the file
+records it. ``python -m docs.tables PAGE.md``, from the repository root,
+prints a page with its tables filled in.
 """
 
 import ast
-import importlib.util
 import json
 import math
 import os
 import re
 import sys
+
+from benchmarks import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = re.compile(r"^<!-- table: (\w+) (\S+)(?: (\S+))? -->$", re.MULTILINE)
@@ -45,26 +48,27 @@ def render(kind, path, name=None):
         return _rule(path)
     with open(os.path.join(ROOT, path)) as f:
         content = json.load(f)
-    if kind == "benchmark":
-        return _benchmark(content[name], name, source)
-    if kind == "summary":
-        return _summary(path, source)
-    if kind == "onnx":
-        return _onnx(content, source)
     if kind == "export":
         return _export(content, source)
+    cpu = common.parse_result_name(path).cpu
+    if kind == "benchmark":
+        return _benchmark(content[name], name, cpu, source)
+    if kind == "summary":
+        return _summary(content, cpu, source)
+    if kind == "onnx":
+        return _onnx(content, cpu, source)
     if kind == "groups":
-        return _groups(content, source)
+        return _groups(content, cpu, source)
     if kind == "serving":
-        return _serving(content, source)
+        return _serving(content, cpu, source)
     if kind == "quantization":
-        return _quantization(content, source)
+        return _quantization(content, cpu, source)
     if kind == "initializer":
-        return _initializer(content, source)
+        return _initializer(content, cpu, source)
     if kind == "xla":
-        return _xla(content, source)
+        return _xla(content, cpu, source)
     if kind == "tuning_block":
-        return _tuning_block(content, source)
+        return _tuning_block(content, cpu, source)
     raise ValueError(f"unknown table kind {kind!r} in a marker for {path}")
 
 
@@ -78,8 +82,8 @@ def _number(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def _benchmark(run, name, source):
-    head = (f"{run['machine']}, {run['cores']} cores, TensorFlow {run['tensorflow']} "
+def _benchmark(run, name, cpu, source):
+    head = (f"`{cpu}`, {run['cores']} cores, TensorFlow {run['tensorflow']} "
             f"(configuration `{name}`: {run['cpu_configuration']} kernels"
             + (f", ISA class {run['isa']}" if "isa" in run else "") + f"), {run['policy']}, "
             f"{run['data_format']}, torch {run['torch']}; NumPy sgemm "
@@ -103,15 +107,41 @@ def _benchmark(run, name, source):
                 "peak / PyTorch's"], summary)])
 
 
-def _summary(path, source):
-    spec = importlib.util.spec_from_file_location(
-        "summary_table", os.path.join(ROOT, "benchmarks", "summary_table.py"))
-    summary_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary_table)
-    lines = [summary_table.HEADER, summary_table.RULE]
-    lines += [summary_table.row(name, run)
-              for name, run in summary_table.runs(os.path.join(ROOT, path))]
-    return f"Worst case of each run, forward / training step {source}:\n\n" + "\n".join(lines)
+def _summary(content, cpu, source):
+    """One row per configuration: the worst ratio over the cases of tuned
+    ``auto`` (timed as a path of its own, and as the row of the lowering it
+    chose, the same graph, or its own where it chose a pair; runs since
+    2026-12-03), and of the static rule's choice, to our fastest lowering,
+    of ``auto`` to PyTorch (forward / training step), and the most a case's
+    tuning took: its timing (``timed_s``, in runs that record it) and the
+    extra time of its first call, which holds the timing and what a first
+    call costs untuned too."""
+    rows = [_summary_row(name, run, cpu) for name, run in content.items()]
+    return f"Worst case of each run, forward / training step {source}:\n\n" + _table(
+        ["machine", "configuration", "policy", "tuned auto / our fastest (fwd / train)",
+         "tuned choice's row / our fastest", "rule / our fastest", "tuned auto / PyTorch",
+         "tuning, slowest case: timing / first call"], rows)
+
+
+def _summary_row(name, run, cpu):
+    summary = run["summary"]
+
+    def worst(field):
+        values = [entry[field] for entry in summary if entry.get(field) is not None]
+        return f"{max(values):.2f}x" if values else "n/a"
+
+    def pair(field):
+        return f"{worst(f'forward_{field}')} / {worst(f'train_{field}')}"
+
+    timed = (f"{max(entry['timed_s'] for entry in summary):.1f}"
+             if "timed_s" in summary[0] else "n/a")
+    onednn = "on" if run["cpu_configuration"] == "onednn" else "off"
+    isa = f", {run['isa']}" if "isa" in run else ""  # recorded since 2026-12-02
+    return (f"`{cpu}`, {run['cores']} cores", f"{name} (oneDNN {onednn}{isa})", run["policy"],
+            pair("over_own"), f"{worst('choice_forward_over_own')} / "
+            f"{worst('choice_train_over_own')}", f"{worst('rule_forward_over_own')} / "
+            f"{worst('rule_train_over_own')}", pair("over_torch"),
+            f"{timed} / {max(entry['tuning_s'] for entry in summary):.1f} s")
 
 
 RELATIONS = {"kernel < stride": "kernel < stride on some axis",
@@ -132,8 +162,8 @@ def _rule(path):
                    for relation, label in RELATIONS.items()])
 
 
-def _onnx(content, source):
-    head = (f"{content['date']}, {content['cpu']}, {content['cores']} cores; ONNX Runtime "
+def _onnx(content, cpu, source):
+    head = (f"{content['date']}, `{cpu}`, {content['cores']} cores; ONNX Runtime "
             f"{content['onnxruntime']} CPU provider on {content['threads']} threads, "
             f"TensorFlow {content['tensorflow']}, opset {content['opset']}; median of "
             f"{content['repeats']} runs in {content['rounds']} interleaved rounds {source}")
@@ -153,12 +183,12 @@ def _onnx(content, source):
         f"mean of native / gemm {mean:.2f}x."])
 
 
-def _groups(content, source):
+def _groups(content, cpu, source):
     paths = ("auto", "native", "gemm", "subpixel", "torch")
     policy = content.get("policy", "float32")  # runs before --policy were float32
     training = (f" ({content['train_repeats']} for the training step)"
                 if "train_repeats" in content else "")
-    head = (f"{content['date']}, {content['cpu']}, {content['cores']} cores, TensorFlow "
+    head = (f"{content['date']}, `{cpu}`, {content['cores']} cores, TensorFlow "
             f"{content['tensorflow']}, {policy}; median of {content['repeats']} rounds"
             f"{training}, forward / training step ms {source}")
     rows = [(r["configuration"], tuple(r["input_shape"]), r["groups"],
@@ -169,16 +199,16 @@ def _groups(content, source):
          "PyTorch"], rows)
 
 
-def _tuning_block(content, source):
+def _tuning_block(content, cpu, source):
     # Runs before tuning split the forward from the gradient recorded the
     # winner over both steps and the fastest forward ("winner").
     key, chosen = (("choice", "lowerings chosen for the forward / the gradient") if
                    "choice" in content["rows"][0]["whole"] else
                    ("winner", "winners over forward plus training step / forward alone"))
-    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+    head = (f"{content['date']}, `{cpu}` (ISA class {content['isa']}), "
             f"{content['cores']} cores, TensorFlow {content['tensorflow']} "
-            f"({content['cpu_configuration']}), {content['dtype']}; tuning.measure.lowerings at each "
-            f"size, {chosen}, and the block's timed at the whole size against its "
+            f"({content['cpu_configuration']}), {content['dtype']}; tuning.measure.lowerings at "
+            f"each size, {chosen}, and the block's timed at the whole size against its "
             f"fastest {source}")
     rows = [(r["case"], f"{r['whole']['seconds']:.2f}", "/".join(r["whole"][key]),
              str(tuple(r["block"]["spatial"])), f"{r['block']['seconds']:.2f}",
@@ -190,9 +220,9 @@ def _tuning_block(content, source):
          "block's at the whole size"], rows)
 
 
-def _serving(content, source):
+def _serving(content, cpu, source):
     lowerings = ("native", "gemm", "subpixel")
-    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+    head = (f"{content['date']}, `{cpu}` (ISA class {content['isa']}), "
             f"{content['cores']} cores, TensorFlow {content['tensorflow']}; the SavedModel's "
             f"serving_default signature, median ms of {content['repeats']} interleaved "
             f"rounds, and each lowering over the fastest {source}")
@@ -211,9 +241,9 @@ def _serving(content, source):
         f"Worst ratio to the fastest lowering over every row: {worst}."])
 
 
-def _quantization(content, source):
+def _quantization(content, cpu, source):
     arguments = content["arguments"]
-    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+    head = (f"{content['date']}, `{cpu}` (ISA class {content['isa']}), "
             f"{content['cores']} cores, TensorFlow {content['tensorflow']}, tf_keras, tfmot "
             f"{content['tfmot']}; {arguments['train']} training volumes, "
             f"{arguments['held_out']} held out, {arguments['epochs']} epochs, each variant "
@@ -226,10 +256,10 @@ def _quantization(content, source):
         ["file", "held-out Dice", "gzip KiB", "LiteRT ms", "float compute ops"], rows)])
 
 
-def _initializer(content, source):
+def _initializer(content, cpu, source):
     arguments = content["arguments"]
     runs = content["held_out_dice_by_epoch"]
-    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+    head = (f"{content['date']}, `{cpu}` (ISA class {content['isa']}), "
             f"{content['cores']} cores, TensorFlow {content['tensorflow']}; tutorial 2's U-Net "
             f"with k4 s2 up-sampling, {arguments['train']} training volumes, "
             f"{arguments['held_out']} held out, "
@@ -245,8 +275,8 @@ def _initializer(content, source):
         ["initializer", *(f"epoch {epoch + 1}" for epoch in range(epochs))], rows)])
 
 
-def _xla(content, source):
-    head = (f"{content['date']}, {content['cpu']} (ISA class {content['isa']}), "
+def _xla(content, cpu, source):
+    head = (f"{content['date']}, `{cpu}` (ISA class {content['isa']}), "
             f"{content['cores']} cores, TensorFlow {content['tensorflow']} "
             f"({content['cpu_configuration']}), {content['policy']}; forward ms, median of "
             f"{content['repeats']} interleaved rounds (2 for a path whose call takes over "

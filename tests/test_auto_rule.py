@@ -1,29 +1,18 @@
 """auto's CPU rule is what the kept benchmark runs say it should be."""
 
 import glob
-import importlib.util
 import os
 
 import pytest
 
 import cpu_pin
+from benchmarks import common
+from benchmarks import derive_auto_rule as derive
 from markers import cpu_sensitive
 from tf_conv3dt import ops
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks")
-
-
-def _derive_module():
-    spec = importlib.util.spec_from_file_location(
-        "derive_auto_rule", os.path.join(BENCHMARKS, "derive_auto_rule.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_rule_table_is_derived_from_the_kept_benchmark_runs():
-    derive = _derive_module()
     runs = derive.load_runs(derive.RULE_RUNS)
     assert {derive.rule_key(run) for run in runs} == set(ops.AUTO_RULE)
     assert derive.derive(runs) == ops.AUTO_RULE
@@ -45,7 +34,7 @@ def test_depthwise_layers_take_gemm_in_one_call_on_a_cpu(monkeypatch, gpu):
 
     import tensorflow as tf
 
-    paths = glob.glob(os.path.join(BENCHMARKS, "results", "groups", "*.json"))
+    paths = glob.glob(os.path.join(common.RESULTS, "groups", "*.json"))
     assert len(paths) >= 2, paths
     for path in paths:
         with open(path) as f:

@@ -59,11 +59,8 @@ def test_an_undocumented_public_name_fails_the_build(tmp_path):
 def test_the_onnx_table_is_the_result_file(tmp_path):
     """The performance page's ONNX table holds every row of its JSON file,
     and the share and mean it states are the file's."""
-    sys.path.insert(0, os.path.join(ROOT, "docs"))
-    try:
-        import tables
-    finally:
-        sys.path.pop(0)
+    from docs import tables
+
     path = "benchmarks/results/onnx/amd-epyc-avx2_2026-12-01.json"
     marker = f"<!-- table: onnx {path} -->"
     with open(os.path.join(ROOT, "docs", "performance.md")) as f:
