@@ -40,7 +40,8 @@ RUNS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "conv
 # The runs the rule is derived from (tests/test_auto_rule.py checks
 # ops.AUTO_RULE against them). The others beside them were made to measure a
 # change to tuning or to the benchmark on a machine these already cover;
-# docs/performance.md says what each measured, and what it would change here.
+# benchmarks/results/notebook.md says what each measured, and what it would
+# change here.
 RULE_RUNS = tuple(os.path.join(RUNS, name) for name in (
     "amd-epyc-avx2_2026-11-27_float32-run1.json",
     "amd-epyc-avx2_2026-11-27_float32-run2.json",

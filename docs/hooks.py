@@ -1,4 +1,4 @@
-"""MkDocs hooks: fill the pages' result tables, and fail the build on an undocumented public name.
+"""MkDocs hooks: the pages' result tables and charts, and no undocumented public name.
 
 The public names are the ``__all__`` of each module in ``PUBLIC_MODULES``.
 Each must be on the API reference page (``docs/api.md``), as a mkdocstrings
@@ -11,22 +11,34 @@ import re
 import sys
 
 import griffe
+from mkdocs.structure.files import File
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # MkDocs loads this file with docs/ on sys.path, and the tables import the
 # benchmarks package from the repository root, which the ``mkdocs`` command
 # leaves off sys.path (``python -m mkdocs`` would put it there).
 sys.path.insert(0, ROOT)
+import charts  # noqa: E402
 import tables  # noqa: E402
 PUBLIC_MODULES = ("tf_conv3dt", "tf_conv3dt.ops", "tf_conv3dt.export", "tf_conv3dt.quantization",
                   "tf_conv3dt.examples")
 API_PAGE = "api.md"
 
 
+def on_files(files, config):
+    """Adds the charts the pages ask for, drawn from their result files."""
+    drawn = {}
+    for page in files.documentation_pages():
+        drawn.update(charts.charts(page.content_string))
+    for path, svg in drawn.items():
+        files.append(File.generated(config, path, content=svg))
+    return files
+
+
 def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri == API_PAGE:
         _check_reference(markdown)
-    return tables.fill(markdown)
+    return charts.fill(tables.fill(markdown), page.file.src_uri)
 
 
 def _check_reference(markdown):

@@ -1,7 +1,8 @@
 """The documentation's result tables, rendered from the benchmarks' and the export's JSON files.
 
-A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
-(PATH relative to the repository):
+A page asks for one with a marker line, ``<!-- table: KIND ARGUMENT ... -->``
+(paths relative to the repository; ``RUN`` is ``PATH:CONFIGURATION``, one
+configuration of a bench_conv3d_transpose.py run):
 
 - ``benchmark FILE CONFIGURATION``: one configuration of a
   bench_conv3d_transpose.py run, every case and path, then the per-case summary;
@@ -16,7 +17,16 @@ A page asks for one with a marker line, ``<!-- table: KIND PATH [NAME] -->``
 - ``initializer FILE``: a bench_initializer.py run, held-out Dice by epoch;
 - ``xla FILE``: a bench_xla.py run, each path's forward ms by case;
 - ``tuning_block FILE``: a bench_tuning_block.py run, whole size against block;
-- ``export FILE``: the artifact rows of an export's report.json.
+- ``export FILE``: the artifact rows of an export's report.json;
+- ``speedups RUN``: Keras's layer's and PyTorch's time over tuned ``auto``'s,
+  forward and training step, over the run's cases (docs/charts.py draws it);
+- ``gain BEFORE AFTER [BEFORE AFTER ...]``: ``auto``'s time in one run over
+  its time in another, case by case (a chart too);
+- ``tuning RUN [RUN ...]``: what tuning's choices gave against the rule's,
+  and what tuning cost;
+- ``knobs FILE``: the settings of tuning's ``Knobs`` in FILE
+  (tf_conv3dt/ops/tuning/policy.py), with the first sentence of each one's
+  docstring.
 
 Each table opens with the run's CPU, by the id its file name holds
 (``benchmarks.common.parse_result_name``), and configuration as the file
@@ -34,24 +44,36 @@ import sys
 from benchmarks import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MARKER = re.compile(r"^<!-- table: (\w+) (\S+)(?: (\S+))? -->$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- table: (\w+) (.+?) -->$", re.MULTILINE)
+# The paths each tuned ``auto`` row of a bench_conv3d_transpose.py run is compared with.
+OTHERS = {"keras Conv3DTranspose": "Keras's Conv3DTranspose",
+          "torch conv_transpose3d": "PyTorch"}
 
 
 def fill(markdown):
     """``markdown`` with every marker replaced by its table."""
-    return MARKER.sub(lambda m: render(*m.groups()), markdown)
+    return MARKER.sub(lambda m: render(m.group(1), *m.group(2).split()), markdown)
 
 
-def render(kind, path, name=None):
+def render(kind, path, *arguments):
     source = f"(from `{path}`)"
     if kind == "rule":
         return _rule(path)
+    if kind == "knobs":
+        return _knobs(path)
+    if kind == "speedups":
+        return _speedups(path)
+    if kind == "gain":
+        return _gain([path, *arguments])
+    if kind == "tuning":
+        return _tuning([path, *arguments])
     with open(os.path.join(ROOT, path)) as f:
         content = json.load(f)
     if kind == "export":
         return _export(content, source)
     cpu = common.parse_result_name(path).cpu
     if kind == "benchmark":
+        name, = arguments
         return _benchmark(content[name], name, cpu, source)
     if kind == "summary":
         return _summary(content, cpu, source)
@@ -160,6 +182,149 @@ def _rule(path):
     return _table(["kernel / stride", *(f"`{key}`" for key in keys)],
                   [(label, *(rule[key][relation] for key in keys))
                    for relation, label in RELATIONS.items()])
+
+
+def load_run(spec):
+    """``(path, configuration, run)`` of a ``PATH:CONFIGURATION`` argument."""
+    path, configuration = spec.rsplit(":", 1)
+    with open(os.path.join(ROOT, path)) as f:
+        return path, configuration, json.load(f)[configuration]
+
+
+def rows_by_case(run):
+    """``{case: {path: row}}`` of a bench_conv3d_transpose.py run."""
+    cases = {}
+    for row in run["rows"]:
+        cases.setdefault(row["case"], {})[row["path"]] = row
+    return cases
+
+
+def speedups(run):
+    """``{other path: {case: (forward, training step)}}``: each of
+    :data:`OTHERS`' time over tuned ``auto``'s, where both ran the case."""
+    ratios = {}
+    for case, paths in rows_by_case(run).items():
+        auto = paths["tf_conv3dt auto"]
+        for other in OTHERS:
+            if other in paths:
+                ratios.setdefault(other, {})[case] = tuple(
+                    paths[other][step] / auto[step] for step in ("forward_ms", "train_ms"))
+    return ratios
+
+
+def gains(before, after):
+    """``{case: (forward, training step)}``: tuned ``auto``'s time in the
+    run ``before`` over its time in the run ``after``."""
+    first, second = rows_by_case(before), rows_by_case(after)
+    return {case: tuple(first[case]["tf_conv3dt auto"][step]
+                        / second[case]["tf_conv3dt auto"][step]
+                        for step in ("forward_ms", "train_ms"))
+            for case in first if case in second}
+
+
+def kernels(run):
+    """What a run's TensorFlow ran: "oneDNN, AVX2", "Eigen"."""
+    if run["cpu_configuration"] == "eigen":
+        return "Eigen"
+    return {"avx2": "oneDNN, AVX2", "avx512": "oneDNN, AVX-512",
+            "amx": "oneDNN, AMX"}[run.get("isa", "avx2")]  # recorded since 2026-12-02
+
+
+def describe(path, configuration, run):
+    """``amd-epyc-f26-avx512`` ``default`` (oneDNN, AVX-512), float32."""
+    return (f"`{common.parse_result_name(path).cpu}` `{configuration}` ({kernels(run)}), "
+            f"{run['policy']}")
+
+
+def change(first, second):
+    """``(cpu, "what differs → what it became")`` between two runs, each a
+    :func:`load_run`."""
+    def parts(path, configuration, run):
+        return (f"{configuration} ({kernels(run)})", run["policy"])
+
+    before, after = parts(*first), parts(*second)
+    differ = [i for i in range(len(before)) if before[i] != after[i]] or [0]
+    return (common.parse_result_name(first[0]).cpu,
+            f"{', '.join(before[i] for i in differ)} → {', '.join(after[i] for i in differ)}")
+
+
+def sources(paths):
+    """``from `folder/`: `a.json`, `b.json```: where a table's or chart's runs come from."""
+    folder = os.path.commonpath([os.path.dirname(path) for path in paths])
+    names = dict.fromkeys(os.path.relpath(path, folder) for path in paths)
+    return f"from `{folder}/`: " + ", ".join(f"`{name}`" for name in names)
+
+
+def _spread(values):
+    """The geometric mean of ``values``, and their lowest and highest."""
+    mean = math.exp(sum(map(math.log, values)) / len(values))
+    return f"{mean:.2f}x ({min(values):.2f}x to {max(values):.2f}x)"
+
+
+def _speedups(spec):
+    path, configuration, run = load_run(spec)
+    rows = [(OTHERS[other], _spread([f for f, _ in by_case.values()]),
+             _spread([t for _, t in by_case.values()]))
+            for other, by_case in speedups(run).items()]
+    return (f"{describe(path, configuration, run)}, TensorFlow {run['tensorflow']}, PyTorch "
+            f"{run['torch']}; geometric mean over the cases (lowest to highest) "
+            f"(from `{path}`):\n\n"
+            + _table(["their time over tuned `auto`'s", "forward", "training step"], rows))
+
+
+def _gain(specs):
+    runs = [load_run(spec) for spec in specs]
+    rows = []
+    for first, second in zip(runs[::2], runs[1::2]):
+        ratios = gains(first[2], second[2]).values()
+        rows.append((f"`{change(first, second)[0]}`", change(first, second)[1],
+                     _spread([f for f, _ in ratios]), _spread([t for _, t in ratios])))
+    return ("Tuned `auto`'s time in the first configuration over its time in the second; "
+            "geometric mean over the cases (lowest to highest) "
+            f"({sources([path for path, _, _ in runs])}):\n\n"
+            + _table(["CPU", "first → second", "forward", "training step"], rows))
+
+
+def _tuning(specs):
+    runs = [load_run(spec) for spec in specs]
+    rows = []
+    for path, configuration, run in runs:
+        summary = run["summary"]
+
+        def mean(field):
+            values = [entry[field] for entry in summary]
+            return f"{math.exp(sum(map(math.log, values)) / len(values)):.3f}"
+
+        def most(field, scale=1):
+            return f"{max(entry[field] for entry in summary) * scale:.1f}"
+
+        rows.append((f"`{common.parse_result_name(path).cpu}` `{configuration}`, "
+                     f"{run['policy']}",
+                     f"{mean('choice_forward_over_own')} / {mean('choice_train_over_own')}",
+                     f"{mean('rule_forward_over_own')} / {mean('rule_train_over_own')}",
+                     f"{most('timed_s')} / {most('tuning_s')}", most("cache_hit_s", 1e3)))
+    return ("The lowering tuning chose, and the rule's, each timed as a lowering of its own, "
+            "over our fastest lowering (geometric mean over the cases, forward / training "
+            "step), and what tuning cost at most on one case: its timing, the first call's "
+            "extra time, and a new process finding the choice in the cache "
+            f"({sources([path for path, _, _ in runs])}):\n\n"
+            + _table(["run", "tuned", "rule", "timing / first call, s", "cache hit ms"], rows))
+
+
+def _knobs(path):
+    """``Knobs``' fields in ``path``, read without importing TensorFlow."""
+    with open(os.path.join(ROOT, path)) as f:
+        tree = ast.parse(f.read())
+    knobs, = (node for node in tree.body if isinstance(node, ast.ClassDef)
+              and node.name == "Knobs")
+    rows = []
+    for field, doc in zip(knobs.body, knobs.body[1:]):
+        if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr):
+            text = re.sub(r":\w+:", "", " ".join(doc.value.value.split())).replace("``", "`")
+            first = re.split(r"(?<=[.:])\s", text, maxsplit=1)[0].rstrip(".:")
+            rows.append((f"`{field.target.id}`", ast.unparse(field.value), first))
+    return (f"Tuning's settings, `tf_conv3dt.ops.tuning.policy.KNOBS` (from `{path}`):\n\n"
+            + _table(["setting", "value", "what it is"], rows))
 
 
 def _onnx(content, cpu, source):
