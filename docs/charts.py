@@ -7,7 +7,8 @@ the numbers; the table of the same marker states them):
 - ``speedups RUN``: Keras's layer's and PyTorch's time over tuned ``auto``'s,
   case by case, forward and training step;
 - ``gain BEFORE AFTER [BEFORE AFTER ...]``: tuned ``auto``'s time in one run
-  over its time in another, case by case.
+  over its time in another, case by case;
+- ``architecture``: the modules a call goes through (docs/architecture.py).
 
 docs/hooks.py adds each to the site as ``charts/<kind>-<digest>.svg``
 (:func:`charts`) and puts the image, and a line naming the files it was
@@ -27,7 +28,8 @@ matplotlib.use("Agg")  # no display where the site is built
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-import tables  # noqa: E402 - docs/ is on sys.path when MkDocs loads the hooks
+import architecture  # noqa: E402 - docs/ is on sys.path when MkDocs loads the hooks
+import tables  # noqa: E402
 
 MARKER = re.compile(r"^<!-- chart: (\w+)((?: \S+)*) -->$", re.MULTILINE)
 STEPS = ("forward", "training step")
@@ -64,6 +66,8 @@ def _site_path(kind, arguments):
 
 
 def _sources(kind, arguments):
+    if kind == "architecture":
+        return "*Drawn from `docs/architecture.py`.*"
     return f"*Drawn {tables.sources([spec.rsplit(':', 1)[0] for spec in arguments])}.*"
 
 
@@ -148,6 +152,8 @@ def _gain(*specs):
     return figure
 
 
-_DRAW = {"speedups": _speedups, "gain": _gain}
+_DRAW = {"speedups": _speedups, "gain": _gain, "architecture": architecture.draw}
 _ALT = {"speedups": "Keras's layer's and PyTorch's time over tuned auto's, case by case",
-        "gain": "Tuned auto's time in one run over its time in another, case by case"}
+        "gain": "Tuned auto's time in one run over its time in another, case by case",
+        "architecture": "The modules a call goes through, from the layer's arguments to an "
+                        "exported file"}

@@ -15,7 +15,7 @@ from tf_conv3dt._keras import LEGACY_KERAS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ("index", "layer", "export", "quantization", "performance", "correctness", "scaling",
-         "tutorials", "api")
+         "tutorials", "api", "contributing")
 
 pytestmark = pytest.mark.skipif(
     LEGACY_KERAS, reason="the site does not depend on the Keras flavour: the Keras 3 run "
