@@ -1,4 +1,4 @@
-"""The documentation's result tables, rendered from the benchmarks' and the export's JSON files.
+"""The documentation's result tables, and the numbers its charts draw, from the JSON result files.
 
 A page asks for one with a marker line, ``<!-- table: KIND ARGUMENT ... -->``
 (paths relative to the repository; ``RUN`` is ``PATH:CONFIGURATION``, one
