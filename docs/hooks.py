@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import charts  # noqa: E402
 import tables  # noqa: E402
+
 PUBLIC_MODULES = ("tf_conv3dt", "tf_conv3dt.ops", "tf_conv3dt.export", "tf_conv3dt.quantization",
                   "tf_conv3dt.examples")
 API_PAGE = "api.md"
