@@ -83,22 +83,8 @@ def cpu_id():
 
     words = cpu.cpu_model().lower().replace("(r)", "").replace("(tm)", "").split()
     family = cpu.cpu_family()
-    parts = [*words[:2], *(["f{}m{}".format(*family)] if family else []), _own_isa()]
+    parts = [*words[:2], *(["f{}m{}".format(*family)] if family else []), cpu.flags_isa()]
     return "-".join(parts).replace("_", "-")
-
-
-def _own_isa():
-    """``cpu.cpu_isa()`` of the CPU itself, without the cap a configuration
-    sets (``ONEDNN_MAX_CPU_ISA``) or a class ``TF_CONV3DT_CPU_ISA`` names:
-    the machine's name must not change with what a run holds it to."""
-    from tf_conv3dt.ops import cpu
-
-    held = {name: os.environ.pop(name) for name in ("ONEDNN_MAX_CPU_ISA", cpu.ENV_CPU_ISA)
-            if name in os.environ}
-    try:
-        return cpu.cpu_isa()
-    finally:
-        os.environ.update(held)
 
 
 # The result files.

@@ -61,6 +61,15 @@ def cpu_family():
         return None
 
 
+def flags_isa():
+    """The widest vector class the CPU's flags name ("amx", "avx512", "avx2"
+    or "other"), whatever a cap or ``TF_CONV3DT_CPU_ISA`` holds a run to:
+    what the machine is."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return next((isa for isa, needed in (("amx", "amx_tile"), ("avx512", "avx512f"),
+                                         ("avx2", "avx2")) if needed in flags), "other")
+
+
 # Names the ISA class the rule and tuning assume, instead of the one the CPU's
 # flags give: to trace a graph here for CPUs of another class, and for tests.
 ENV_CPU_ISA = "TF_CONV3DT_CPU_ISA"
@@ -79,9 +88,7 @@ def cpu_isa():
             raise ValueError(f"{ENV_CPU_ISA} must be one of {', '.join(classes)}. "
                              f"Received: {ENV_CPU_ISA}={named!r}")
     else:
-        flags = set(_cpuinfo().get("flags", "").split())
-        isa = next((isa for isa, needed in (("amx", "amx_tile"), ("avx512", "avx512f"),
-                                            ("avx2", "avx2")) if needed in flags), "other")
+        isa = flags_isa()
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").strip().upper()
     if cap in ("", "ALL", "DEFAULT"):
         return isa

@@ -6,8 +6,9 @@ from tf_conv3dt.ops import cpu
 
 # What "auto" takes on a CPU: the lowering fastest over forward and training step,
 # per CPU class (:func:`rule_key`) and kernel/stride relation (:func:`kernel_relation`),
-# as benchmarks/derive_auto_rule.py derives it from the benchmark runs kept in
-# benchmarks/results/ (a test checks this table against them).
+# as benchmarks/derive_auto_rule.py derives it from the benchmark runs it lists
+# (RULE_RUNS, in benchmarks/results/conv3d_transpose/; a test checks this table
+# against them).
 AUTO_RULE = {
     "eigen": {"kernel < stride": "gemm", "kernel == stride": "subpixel",
               "stride 1": "subpixel", "overlapping": "subpixel"},

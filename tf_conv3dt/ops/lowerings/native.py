@@ -51,8 +51,8 @@ class Native(Lowering):
         benchmark's batch-4 case, 18-21x on (1, 16^3, 64) k4 s2), their rate
         per product varies with size, so a block of the input would misrank
         them, and timing them at the whole size cost up to 24 s a
-        configuration. In the six Eigen runs kept in benchmarks/results/
-        (nine cases each) it was the fastest in 7 of 54 cases: by 13-17% on
+        configuration. In the six Eigen runs kept in
+        benchmarks/results/conv3d_transpose/ (nine cases each) it was the fastest in 7 of 54 cases: by 13-17% on
         (1, 64^3, 32) k3 s2 in four of six runs, by 4.6% on (1, 32^3, 64) k3
         s2 once, and by 1.5-5.5% on k1 s2 at batch 2 twice; what tuning gives
         up here for its budget."""
@@ -65,7 +65,7 @@ class Native(Lowering):
 
         There its gradient (oneDNN's) runs at a rate that drops with size, and
         the block ranks it ahead of where it runs: in the six block-against-whole
-        runs of 2026-12-03 (benchmarks/results/tuning/block_*: oneDNN with
+        runs of 2026-12-03 (benchmarks/results/tuning_block/: oneDNN with
         AVX-512 in float32 and bfloat16, and held to AVX2), on both such cases
         of each, its gradient was 1.10-1.77x the fastest other lowering's on
         the block and 1.48-3.87x at the whole size, always further behind,
