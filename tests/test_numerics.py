@@ -490,6 +490,19 @@ def test_cpu_isa_reads_the_flags_and_onednns_cap(monkeypatch, flags, named, cap,
     assert cpu.cpu_isa() == isa
 
 
+def test_the_machine_is_named_by_its_flags_family_and_model(monkeypatch):
+    """What the benchmarks name a machine by: its own ISA class, whatever a
+    run holds it to, and its family and model numbers where the OS gives them."""
+    cpu = tf_conv3dt.ops.cpu
+    monkeypatch.setenv(cpu.ENV_CPU_ISA, "amx")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "fpu avx2 avx512f",
+                                                  "cpu family": "25", "model": "17"})
+    assert (cpu.flags_isa(), cpu.cpu_isa(), cpu.cpu_family()) == ("avx512", "avx2", (25, 17))
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "fpu sse4_2"})
+    assert (cpu.flags_isa(), cpu.cpu_family()) == ("other", None)
+
+
 def test_a_bad_cpu_isa_name_is_named(monkeypatch):
     monkeypatch.setenv(tf_conv3dt.ops.cpu.ENV_CPU_ISA, "sse4")
     with pytest.raises(ValueError, match="TF_CONV3DT_CPU_ISA='sse4'"):
