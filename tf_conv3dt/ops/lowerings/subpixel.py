@@ -55,7 +55,7 @@ def subpixel(x, kernel, plan, strides):
         weights = tf.reshape(kernel, [longest[0], strides[0], longest[1], strides[1],
                                       longest[2], strides[2], filters, channels])
         weights = tf.transpose(weights, (0, 2, 4, 7, 1, 3, 5, 6))
-        weights = tf.reverse(tf.reshape(weights, [*longest, channels, -1]), axis=[0, 1, 2])
+        weights = _reversed(tf.reshape(weights, [*longest, channels, -1]))
         phases = _conv3d_valid(x, weights, paddings)
     else:
         # Every phase reads this window, so it must not be a Pad (_conv3d_valid).
@@ -68,13 +68,22 @@ def subpixel(x, kernel, plan, strides):
                                        x.dtype))
                 continue
             weights = kernel[phase[0]::strides[0], phase[1]::strides[1], phase[2]::strides[2]]
-            weights = tf.reverse(tf.transpose(weights, (0, 1, 2, 4, 3)), axis=[0, 1, 2])
+            weights = _reversed(tf.transpose(weights, (0, 1, 2, 4, 3)))
             # A phase with fewer taps starts reading T - T_r positions later.
             phases.append(_conv3d_valid(
                 _cut(window, [(t - longest_t, 0) for t, longest_t in zip(taps, longest)]),
                 weights))
         phases = tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
     return interleave_and_crop(phases, batch, plan, strides, filters)
+
+
+def _reversed(weights):
+    """``weights`` reversed along its three spatial axes, one axis at a time:
+    OpenVINO's TensorFlow frontend converts a ReverseV2 of one axis only, and
+    a SavedModel holding one of three axes did not convert."""
+    for axis in range(3):
+        weights = tf.reverse(weights, axis=[axis])
+    return weights
 
 
 def _cut(x, amounts):
@@ -133,7 +142,7 @@ def _conv3d_valid(x, weights, paddings=((0, 0),) * 3):
 
         def gradient(dy):
             padded = tf.pad(dy, [[0, 0], *[[t - 1, t - 1] for t in taps], [0, 0]])
-            flipped = tf.transpose(tf.reverse(weights, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
+            flipped = tf.transpose(_reversed(weights), (0, 1, 2, 4, 3))
             dx = empty_batch_safe(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"),
                                   tf.stack(lengths(window)))
             if window is not x:  # padded: the gradient of the pad is its slice
