@@ -1,4 +1,4 @@
-"""The static rule "auto" follows where it does not time: a table keyed by CPU class and kernel/stride relation."""
+"""The static rule "auto" follows where it does not time, by CPU class and kernel/stride relation."""
 
 import tensorflow as tf
 

@@ -1,4 +1,4 @@
-"""Which lowerings run a call, and why: forced, explicit, the reroutes around TensorFlow's wrong kernels, tuned, the rule.
+"""Which lowerings run a call, and why: forced, asked for, rerouted, tuned or the rule's.
 
 :func:`select` is the one place that answers it; the op runs its answer,
 and the tune command and the export print its words.

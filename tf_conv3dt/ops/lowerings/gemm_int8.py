@@ -1,4 +1,4 @@
-"""GEMM's int8 form: each stride phase one product, for integer TFLite; and the deprecated flags that asked for it."""
+"""GEMM's int8 form, each stride phase one product for integer TFLite, and the flags it replaces."""
 
 import warnings
 

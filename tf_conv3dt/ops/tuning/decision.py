@@ -1,4 +1,4 @@
-"""The record of one configuration's choice: what was timed, what runs, and where the choice came from."""
+"""The record of one configuration's choice: what was timed, what runs, and where it came from."""
 
 from typing import NamedTuple
 

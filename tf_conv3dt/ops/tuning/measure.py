@@ -1,4 +1,4 @@
-"""The measurement: each candidate's forward pass and gradient, and a proposed pair, timed on random data."""
+"""The measurement: each candidate's forward pass and gradient, and a pair's, on random data."""
 
 import dataclasses
 import functools

@@ -1,4 +1,4 @@
-"""The round timer: warm-up, rounds interleaved across candidates, the lowest time of each; its clock injected."""
+"""The round timer: warm-up, then rounds across the candidates, each's lowest time kept."""
 
 import time
 
