@@ -71,10 +71,13 @@ def save_signature(model, path, spec, implementation, depthwise_as_gemm=False):
     each runs, and why."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serving_function(model, implementation, depthwise_as_gemm),
-                         input_signature=[spec])
+    endpoint = archive.add_endpoint(SIGNATURE, serving_function(model, implementation,
+                                                                depthwise_as_gemm),
+                                    input_signature=[spec])
+    if endpoint is None:  # tf_keras returns none; it sets it on the archive
+        endpoint = getattr(archive, SIGNATURE)
     with select.recorded() as selections:  # the trace write_out saves
-        getattr(archive, SIGNATURE).get_concrete_function()  # tf_keras returns no endpoint
+        endpoint.get_concrete_function()
     takes_verbose = "verbose" in inspect.signature(archive.write_out).parameters
     quiet = {"verbose": False} if takes_verbose else {}
     archive.write_out(path, **quiet)
