@@ -1,8 +1,8 @@
 """Which lowering ONNX Runtime runs faster: the native op's ConvTranspose node or GEMM's MatMuls.
 
 Each configuration is one Conv3DTranspose model, converted twice by the
-export's own ``tf_conv3dt.export.onnx.convert`` (``implementation="native"``
-gives one ConvTranspose node, ``"gemm"`` MatMul / Reshape / Transpose) and
+export's own ``tf_conv3dt.export.onnx.convert`` (traced with the native op it
+gives one ConvTranspose node, with "gemm" MatMul / Reshape / Transpose) and
 timed in ONNX Runtime's CPU provider on 2 threads, as the export times it:
 median of ``--repeats`` runs, in interleaved rounds, in one process. The
 result goes to results/onnx/ (``common.result_path``):
@@ -17,6 +17,7 @@ import numpy as np
 from tf_conv3dt import Conv3DTranspose
 from tf_conv3dt._keras import keras
 from tf_conv3dt.export import onnx
+from tf_conv3dt.export.signature import ForcedLowering
 
 import common
 
@@ -50,7 +51,8 @@ def main():
         layer = Conv3DTranspose(filters, kernel, strides, padding=padding,
                                 dilation_rate=dilation, name="y")
         model = keras.Model(inputs, layer(inputs))
-        files = {lowering: onnx.convert(model, lowering) for lowering in LOWERINGS}
+        files = {lowering: onnx.convert(model, ForcedLowering(lowering))
+                 for lowering in LOWERINGS}
         for batch in args.batches:
             times = {lowering: [] for lowering in LOWERINGS}
             for _ in range(args.rounds):  # interleaved against the machine's drift

@@ -31,12 +31,12 @@ def models():
     """{name: model} of the three served models."""
     from tf_conv3dt import Conv3DTranspose, examples
     from tf_conv3dt._keras import keras
-    from tf_conv3dt.export import pipeline
+    from tf_conv3dt.export import reference_model
 
     inputs = keras.Input((16, 16, 16, 32), name="features")
     x = Conv3DTranspose(32, 3, 1, padding="same", activation="relu", name="refine")(inputs)
     outputs = Conv3DTranspose(16, 4, 2, padding="same", name="up")(x)
-    return {"reference k2 s2 (10, 8, 12, 128)->32": pipeline.reference_model(),
+    return {"reference k2 s2 (10, 8, 12, 128)->32": reference_model(),
             "unet(32) k3 s2 decoder": examples.unet(32),
             "decoder k3 s1 + k4 s2 (16^3, 32)": keras.Model(inputs, outputs, name="decoder")}
 
@@ -47,6 +47,7 @@ def run_one(repeats):
     import tensorflow as tf
 
     from tf_conv3dt.export import serving
+    from tf_conv3dt.export.signature import ForcedLowering
     from tf_conv3dt.ops import lowerings
 
     rows = {}
@@ -55,7 +56,7 @@ def run_one(repeats):
             signatures = {}
             for lowering in lowerings.names(auto=True):
                 path = os.path.join(scratch, f"{model.name}-{lowering}")
-                serving.write_version(model, path, model.name, implementation=lowering)
+                serving.write_version(model, path, model.name, ForcedLowering(lowering))
                 signatures[lowering] = tf.saved_model.load(path).signatures["serving_default"]
             shape = tuple(model.inputs[0].shape[1:])
             rows[name] = {}

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from tf_conv3dt.export import pipeline, tflite
+from tf_conv3dt.export import formats, models, tflite
 
 
 def main():
@@ -21,14 +21,15 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
-    model = pipeline.reference_model()
-    input_shape = pipeline.REFERENCE_INPUT_SHAPE
+    model = models.reference_model()
+    input_shape = models.REFERENCE_INPUT_SHAPE
     calibration = np.random.default_rng(0).uniform(size=(32, *input_shape)).astype("float32")
     print(f"{'mode':<14} {'batch':>5} {'static ms':>10} {'dynamic ms':>11} {'ratio':>6}")
     for mode in tflite.MODES:
-        dynamic = tflite.convert(model, mode, (None, *input_shape), calibration)
+        lowering = formats.get("tflite").lowering_of(mode, None)  # the export's
+        dynamic = tflite.convert(model, mode, (None, *input_shape), lowering, calibration)
         for batch in args.batches:
-            static = tflite.convert(model, mode, (batch, *input_shape), calibration)
+            static = tflite.convert(model, mode, (batch, *input_shape), lowering, calibration)
             static_ms, dynamic_ms = [], []
             for _ in range(3):  # interleaved rounds against the machine's drift
                 static_ms.append(tflite.latency_ms(static, repeats=args.repeats))

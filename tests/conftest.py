@@ -9,6 +9,7 @@ import cpu_pin
 import markers
 import lowerings
 from lowerings import LOWERINGS
+from tf_conv3dt import export
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.ops import tuning
 
@@ -57,6 +58,17 @@ def implementation(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """The reference model exported once, with every default: (model, out_dir,
+    report), for the export's tests to run, read and copy, never change."""
+    out = str(tmp_path_factory.mktemp("export"))
+    model = export.reference_model()
+    with pytest.warns(UserWarning, match="synthetic"):
+        report = export.export_model(model, out)
+    return model, out, report
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Every bad input to the layer, its call, the op, the composition function and
 from_config ends in a clear error: the expected exception type, with a message
-naming the argument and the value (the export CLI's table is in test_export.py).
+naming the argument and the value (the export command's table is in test_export_command.py).
 
 Each row runs before any large TensorFlow op could: sizes that cannot fit in
 int32 or memory are refused by arithmetic on the arguments.

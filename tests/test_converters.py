@@ -11,12 +11,14 @@ import tensorflow as tf
 import tf_conv3dt
 from reference import assert_close
 from tf_conv3dt._keras import keras
-from tf_conv3dt.export import onnx, serving, tflite
+from tf_conv3dt import export
+from tf_conv3dt.export import onnx, tflite
+from tf_conv3dt.export.report import EXACT
 from tf_conv3dt.export.signature import SIGNATURE
 from tf_conv3dt.ops import lowerings
 
 INPUT_SHAPE = (5, 6, 4, 3)
-TOLERANCE = tflite.MODES["float32"]["tolerance"]
+TOLERANCE = EXACT["tolerance"]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,8 @@ def model():
 def published(request, model, tmp_path_factory):
     """The published SavedModel's path, and the Keras model's output for ``x``."""
     base = tmp_path_factory.mktemp("serving")
-    path = serving.write_serving_version(model, str(base), "m",
-                                         implementation=request.param)
+    path = export.write_serving_version(model, str(base), "m",
+                                        implementation=request.param)
     x = np.random.default_rng(6).uniform(-1, 1, (2, *INPUT_SHAPE)).astype("float32")
     return path, x, model(x).numpy()
 

@@ -8,7 +8,8 @@ import pytest
 
 import tf_conv3dt
 from tf_conv3dt import export
-from tf_conv3dt.export import onnx
+from tf_conv3dt.export import formats, onnx
+from tf_conv3dt.export.signature import ForcedLowering
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from reference import assert_close, np_conv3d_transpose
 
@@ -49,7 +50,7 @@ def test_every_lowering_converts_and_runs_any_batch(shape, arguments, implementa
     and 3 samples, the NumPy reference's values, and the node form that
     lowering is meant to give (one ConvTranspose for native, MatMuls for gemm)."""
     model = _model(shape, arguments)
-    model_bytes = onnx.convert(model, implementation)
+    model_bytes = onnx.convert(model, ForcedLowering(implementation))
     session = onnx.session(model_bytes)
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, out.name) == ("volume", "up")
@@ -85,7 +86,7 @@ def test_keras3_model_export_to_onnx_runs_in_onnx_runtime(shape, arguments, tmp_
 def test_onnx_without_its_packages_is_refused_naming_formats(tmp_path, monkeypatch):
     """Where the onnx extra is missing, asking for onnx is an error that names
     the formats and the missing package, before anything is written."""
-    monkeypatch.setattr(onnx, "missing_packages", lambda: ["tf2onnx"])
+    monkeypatch.setattr(formats.get("onnx"), "missing_packages", lambda: ["tf2onnx"])
     with pytest.raises(export.ExportError) as raised:
         export.export_model(export.reference_model(), str(tmp_path / "out"),
                             formats="keras,onnx")

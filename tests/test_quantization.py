@@ -91,8 +91,10 @@ class TestQuantizationAwareTraining:
             restored = keras.models.load_model(path)
         assert_close(restored(x[:2]), qat(x[:2]), rel=1e-6)
 
-        from tf_conv3dt.export import tflite
-        flatbuffer = tflite.convert(qat, "int8", (1, 4, 3, 5, 6), calibration=x)
+        from tf_conv3dt.export import formats, tflite
+        flatbuffer = tflite.convert(qat, "int8", (1, 4, 3, 5, 6),
+                                    formats.get("tflite").lowering_of("int8", None),
+                                    calibration=x)
         assert_integer_tflite(flatbuffer)
 
 

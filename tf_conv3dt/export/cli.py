@@ -56,6 +56,10 @@ def _typed_tolerance(text):
 
 
 def parse_args(argv):
+    from tf_conv3dt.export import formats, job
+    from tf_conv3dt.export.formats.tflite import TOLERANCES
+    from tf_conv3dt.export.staging import LAST_VERSION
+
     parser = command_line.Parser(prog="tf-conv3dt-export",
                                  description=__doc__.splitlines()[0],
                                  epilog=__doc__.split("\n\n", 1)[1],
@@ -67,17 +71,14 @@ def parse_args(argv):
                              "example, Input (10, 8, 12, 128) -> Conv3DTranspose(32, 2, 2, relu))")
     parser.add_argument("--name", default="conv3dt",
                         help="TF Serving model name, a directory name (default: conv3dt)")
-    from tf_conv3dt.export.pipeline import FORMATS, implementations
-    from tf_conv3dt.export.signature import DEFAULT_LOWERINGS
-    from tf_conv3dt.export.serving import LAST_VERSION
-    from tf_conv3dt.export.tflite import MODES
-
     parser.add_argument("--version", type=command_line.ascii_integer, metavar="N",
                         help=f"serving version to write, 1 to {LAST_VERSION}; refused if it "
                              "exists (default: the next free integer)")
-    parser.add_argument("--formats", default=",".join(FORMATS),
-                        help=f"comma-separated subset of {','.join(FORMATS)} (default: all; "
-                             "onnx needs the onnx extra)")
+    parser.add_argument("--formats", default=",".join(formats.names()),
+                        help=f"comma-separated subset of {','.join(formats.names())} "
+                             "(default: all; " + "; ".join(
+                                 f"{format_.name} needs the {format_.extra} extra"
+                                 for format_ in formats.every() if format_.extra) + ")")
     parser.add_argument("--calibration-data", metavar="FILE.npy",
                         help="int8 calibration samples, shape (n, *input_shape), finite; "
                              "default: synthetic uniform [0, 1) data, with a warning")
@@ -87,19 +88,19 @@ def parse_args(argv):
     parser.add_argument("--dynamic-batch", action="store_true",
                         help="TFLite files that take any batch (shape signature -1: "
                              "interpreter.resize_tensor_input, then allocate_tensors)")
-    parser.add_argument("--implementation", choices=implementations(),
-                        help="lowering traced into the SavedModel, TFLite and ONNX files; "
+    parser.add_argument("--implementation", choices=job.implementations(),
+                        help="lowering traced into every file that traces the model; "
                              "tuned: the SavedModel's auto layers timed on this machine at "
                              "--batch-size (run it on one of the kind that will serve), the "
                              "other files at their default (default: " + ", ".join(
-                                 f"{artifact} {name}" for artifact, name in
-                                 DEFAULT_LOWERINGS.items())
-                        + "; the SavedModel's depthwise layers: gemm's one call)")
+                                 f"{format_.name} {format_.lowering.describe()}"
+                                 for format_ in formats.every() if format_.lowering) + ")")
     parser.add_argument("--tolerance", type=_typed_tolerance, action="append", metavar="MODE=X",
                         help="replace a TFLite mode's tolerance (relative, as in the report), "
                              "e.g. int8=0.25 for a deep network judged by its task metric; "
                              "repeatable (defaults: " + ", ".join(
-                                 f"{mode}={v['tolerance']:g}" for mode, v in MODES.items()) + ")")
+                                 f"{mode}={v['tolerance']:g}" for mode, v in TOLERANCES.items())
+                        + ")")
     command_line.add_output_flags(parser)
     return parser.parse_args(argv)
 
@@ -123,17 +124,14 @@ def main(argv=None, native_output=None):
         if not publishing:
             raise KeyboardInterrupt
 
-    def say(line):
+    def say(line, publishing_begins=False):
         # TensorFlow can swallow a KeyboardInterrupt raised inside its own
         # calls; every progress line (the last one comes before publishing)
         # raises it again.
         if received and not publishing:
             raise KeyboardInterrupt
-        if line.startswith("["):  # the library's progress, TensorFlow imported by then
-            from tf_conv3dt.export.pipeline import PUBLISHING_STEP
-
-            if line.endswith(f"] {PUBLISHING_STEP}"):  # a signal now waits for the renames
-                publishing.append(True)
+        if publishing_begins:  # a signal now waits for the renames
+            publishing.append(True)
         if not args.quiet:
             print(line, flush=True)
 
@@ -192,7 +190,7 @@ def _export(args, say):
             implementation=args.implementation, dynamic_batch=args.dynamic_batch,
             tolerances=None if args.tolerance is None else dict(map(_mode_tolerance,
                                                                       args.tolerance)),
-            log=say)
+            progress=lambda step: say(str(step), step.publishing))
     say(export.format_report(report))
     return report
 

@@ -5,11 +5,10 @@ model's names, the batch axis is the symbolic ``batch`` (any batch), the
 other axes are the model input's. The GEMM lowering becomes MatMul /
 Reshape / Transpose nodes, which ONNX Runtime's CPU provider runs faster
 than the native op's one ConvTranspose node (benchmarks/bench_onnx.py);
-``implementation="native"`` writes that node instead. Needs the ``onnx``
+traced with the native op, it holds that node instead. Needs the ``onnx``
 extra (tf2onnx, onnx, onnxruntime), imported on first use.
 """
 
-import importlib.util
 import time
 
 import numpy as np
@@ -19,25 +18,16 @@ from tf_conv3dt.export import signature
 
 # ONNX Runtime 1.13+, TensorRT 8.6+ and OpenVINO read this opset.
 OPSET = 17
-PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
 BATCH_AXIS = "batch"
 
 
-def missing_packages():
-    """The packages of the ``onnx`` extra that are not installed."""
-    return [name for name in PACKAGES if importlib.util.find_spec(name) is None]
-
-
-def convert(model, implementation=None):
+def convert(model, lowering):
     """The ONNX model (serialized bytes) of ``model``'s serving signature,
-    traced under ``implementation`` (None: ONNX's default,
-    ``signature.DEFAULT_LOWERINGS``)."""
+    traced under ``lowering`` (a ``signature.ForcedLowering``)."""
     import tf2onnx
 
     spec = signature.serving_spec(model)
-    serve = tf.function(signature.serving_function(
-        model, signature.lowering(implementation, "onnx")),
-                        input_signature=[spec])
+    serve = tf.function(signature.serving_function(model, lowering), input_signature=[spec])
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=OPSET)
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS

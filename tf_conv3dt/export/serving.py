@@ -12,18 +12,16 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from tf_conv3dt import ops
 from tf_conv3dt.export import staging
 from tf_conv3dt.ops import tuning
 from tf_conv3dt.export.errors import ExportError
-from tf_conv3dt.export.signature import SIGNATURE, lowering, save_signature, serving_spec
+from tf_conv3dt.export.signature import SIGNATURE, save_signature, serving_spec
+from tf_conv3dt.export.staging import LAST_VERSION
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # Python callbacks cannot run in the model server; neither can custom ops.
 SERVER_MISSING_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
-# TF Serving's ModelSpec addresses versions as int64.
-LAST_VERSION = 2**63 - 1
 
 
 def check_model_name(name):
@@ -57,59 +55,27 @@ def check_version_free(model_dir, version):
                           "version", version)
 
 
-def write_serving_version(model, base_dir, name, version=None, warmup_batches=(),
-                          implementation=None):
-    """Writes ``model`` as ``<base_dir>/<name>/<version>/`` and returns the path.
+def write_version(model, path, name, lowering, warmup_batches=(), tuning_batch=None):
+    """Writes the SavedModel of one version at ``path`` (not yet served),
+    traced under ``lowering`` (a ``signature.ForcedLowering``): signature,
+    warmup records, and a check that the model server has every op. Returns
+    ``serving_ops(path)``, with ``"selections"``: the (name scope,
+    ``ops.select.Selection``) of each call traced, what it runs and why
+    (with the ``tuning.Decision`` of each call timed).
 
-    Args:
-      model: a Keras model with one input and one output.
-      base_dir: the directory TF Serving's ``--model_base_path`` points above.
-      name: the model name (a directory name).
-      version: an integer, refused if present; None takes the next integer.
-      warmup_batches: input arrays written as PredictionLog warmup records.
-      implementation: the lowering traced for tf_conv3dt layers (None: the
-        SavedModel's default, ``signature.DEFAULT_LOWERINGS``, with depthwise
-        layers as GEMM's one call), or "tuned" as :func:`write_version`
-        takes it.
-
-    Raises:
-      ExportError: a bad name or version, an existing version, or a graph
-        that uses ops the model server does not have. Nothing is left under
-        a numeric name.
+    With ``tuning_batch``, each layer that "auto" leaves to choose (its own
+    implementation "auto", and ``lowering`` "auto") takes the lowering whose
+    forward pass ran fastest on this machine at that batch (``ops.tuning``,
+    cached like any tuning); its signature keeps the model's own spatial
+    sizes, the ones timed.
     """
-    model_dir = os.path.join(base_dir, check_model_name(name))
-    check_version_free(model_dir, check_version(version))
-    os.makedirs(model_dir, exist_ok=True)
-    with staging.Staging(model_dir) as staged:
-        write_version(model, staged.path_of("version"), name, warmup_batches, implementation)
-        return publish_version(staged, "version", model_dir, version)
-
-
-def write_version(model, path, name, warmup_batches=(), implementation=None,
-                  tuning_batch=1):
-    """Writes the SavedModel of one version at ``path`` (not yet served):
-    signature, warmup records, and a check that the model server has every
-    op. Returns ``serving_ops(path)``, with ``"selections"``: the (name
-    scope, ``ops.select.Selection``) of each call traced, what it runs and
-    why (with the ``tuning.Decision`` of each call "tuned" timed).
-
-    ``implementation="tuned"`` gives each layer whose own implementation is
-    "auto" the lowering whose forward pass ran fastest on this machine at
-    batch ``tuning_batch`` (``ops.tuning``, cached like any tuning); its
-    signature keeps the model's own spatial sizes, the ones timed. None
-    takes the SavedModel's default (``signature.DEFAULT_LOWERINGS``), with
-    depthwise layers as GEMM's one call.
-    """
-    depthwise_as_gemm = implementation is None
-    implementation = lowering(implementation, "savedmodel")
-    if implementation == "tuned":
+    if tuning_batch is not None:
         spec = serving_spec(model)
         with tuning.recording(batch=tuning_batch, serving=True):
-            selections = save_signature(model, path, spec, "auto")
+            selections = save_signature(model, path, spec, lowering)
     else:
-        spec = _traceable_spec(model, implementation, depthwise_as_gemm)
-        selections = save_signature(model, path, spec, implementation,
-                                    depthwise_as_gemm=depthwise_as_gemm)
+        spec = _traceable_spec(model, lowering)
+        selections = save_signature(model, path, spec, lowering)
     found = dict(serving_ops(path), selections=selections)
     if found["missing_in_server"]:
         raise ExportError("The SavedModel uses ops TF Serving's model server does not have: "
@@ -123,7 +89,7 @@ def publish_version(staged, staged_name, model_dir, version):
     """Publishes a staged version directory (``staging.Staging.publish_version``),
     with the user's errors as ExportError."""
     try:
-        return staged.publish_version(staged_name, model_dir, version, LAST_VERSION)
+        return staged.publish_version(staged_name, model_dir, version)
     except FileExistsError:
         raise ExportError(f"appeared at {os.path.join(model_dir, str(version))} during "
                           "the export; it is never overwritten", "version", version) from None
@@ -132,7 +98,7 @@ def publish_version(staged, staged_name, model_dir, version):
                           "version", version) from None
 
 
-def _traceable_spec(model, implementation, depthwise_as_gemm=False):
+def _traceable_spec(model, lowering):
     """Dynamic spatial dims where the model traces with them (channels last,
     then channels first) under the lowering it is saved with, and its output
     size follows them, else the model's own shape with a dynamic batch."""
@@ -140,8 +106,7 @@ def _traceable_spec(model, implementation, depthwise_as_gemm=False):
     for fixed_axes in ((rank - 1,), (1,), None):
         spec = serving_spec(model, fixed_axes)
         try:
-            with ops.forced_implementation(implementation,
-                                           depthwise_as_gemm=depthwise_as_gemm):
+            with lowering.forced():
                 traced = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
         except (ValueError, TypeError) as error:  # what shape checks raise while tracing
             failure = error

@@ -1,6 +1,7 @@
-"""The serving_default signature that the SavedModel, TFLite and ONNX files are traced with."""
+"""The serving_default signature the files are traced with, and the lowering forced while they are."""
 
 import inspect
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -9,28 +10,27 @@ from tf_conv3dt.ops import select, tuning
 from tf_conv3dt._keras import keras
 
 SIGNATURE = "serving_default"
-# What each artifact traces when no implementation is asked for:
-# - the SavedModel: the lowering whose serving forward was least slow, at
-#   worst, against the fastest one on every CPU kind measured
-#   (benchmarks/bench_serving.py; docs/performance.md), since the export
-#   cannot see the CPU that will serve it; its depthwise layers take GEMM's
-#   one call (forced_implementation's depthwise_as_gemm), the fastest
-#   forward on each CPU kind (benchmarks/bench_groups.py), where the
-#   sub-pixel lowering would run one call per channel;
-# - TFLite: GEMM, integer end to end (FULLY_CONNECTED), ~5x the float
-#   CONV_3D_TRANSPOSE in LiteRT;
-# - ONNX: GEMM's MatMuls, faster than ConvTranspose in ONNX Runtime
-#   (benchmarks/bench_onnx.py).
-DEFAULT_LOWERINGS = {"savedmodel": "subpixel", "tflite": "gemm", "onnx": "gemm"}
 
 
-def lowering(implementation, artifact):
-    """The lowering ``artifact`` ("savedmodel", "tflite" or "onnx") is traced
-    with when asked for ``implementation`` (None: its default; "tuned", which
-    times TensorFlow's forward, chooses for the SavedModel alone)."""
-    if implementation is None or (implementation == "tuned" and artifact != "savedmodel"):
-        return DEFAULT_LOWERINGS[artifact]
-    return implementation
+class ForcedLowering(NamedTuple):
+    """What ``ops.forced_implementation`` forces while a file is traced: a
+    lowering's name, or "auto" to let each call choose; with
+    ``depthwise_as_gemm``, depthwise layers run GEMM's one call instead."""
+
+    name: str
+    depthwise_as_gemm: bool = False
+
+    def forced(self):
+        """The ``ops.forced_implementation`` context of this lowering."""
+        return ops.forced_implementation(self.name, depthwise_as_gemm=self.depthwise_as_gemm)
+
+    def describe(self):
+        """Its name, and what depthwise layers run where that differs."""
+        return self.name + (" (depthwise layers: gemm's one call)" if self.depthwise_as_gemm
+                            else "")
+
+    def __str__(self):
+        return self.name
 
 
 def serving_spec(model, fixed_axes=None):
@@ -48,31 +48,28 @@ def output_name(model):
     return model.layers[-1].name
 
 
-def serving_function(model, implementation, depthwise_as_gemm=False):
+def serving_function(model, lowering):
     """The signature's Python function: ``x -> {output_name(model): output}``,
-    traced under ``ops.forced_implementation(implementation,
-    depthwise_as_gemm=depthwise_as_gemm)``, with timing off: a file's
-    "auto" is the rule's, for the CPU it will serve on cannot be timed here
-    ("tuned", under ``tuning.recording``, times regardless)."""
+    traced under ``lowering`` (a :class:`ForcedLowering`), with timing off: a
+    file's "auto" is the rule's, for the CPU it will serve on cannot be timed
+    here (a tuned SavedModel, under ``tuning.recording``, times regardless)."""
     key = output_name(model)
 
     def serve(x):
-        with tuning.switched(False), ops.forced_implementation(
-                implementation, depthwise_as_gemm=depthwise_as_gemm):
+        with tuning.switched(False), lowering.forced():
             return {key: model(x, training=False)}
 
     return serve
 
 
-def save_signature(model, path, spec, implementation, depthwise_as_gemm=False):
+def save_signature(model, path, spec, lowering):
     """Writes ``model`` as a SavedModel whose one signature, serving_default,
     takes ``spec`` and returns ``serving_function``'s output. Returns the
     ``(name scope, ops.select.Selection)`` of each call its trace made: what
     each runs, and why."""
     archive = keras.export.ExportArchive()
     archive.track(model)
-    endpoint = archive.add_endpoint(SIGNATURE, serving_function(model, implementation,
-                                                                depthwise_as_gemm),
+    endpoint = archive.add_endpoint(SIGNATURE, serving_function(model, lowering),
                                     input_signature=[spec])
     if endpoint is None:  # tf_keras returns none; it sets it on the archive
         endpoint = getattr(archive, SIGNATURE)

@@ -16,6 +16,8 @@ import socket
 import tempfile
 
 PREFIX = ".writing-"
+# The last version TF Serving can address: its ModelSpec holds versions as int64.
+LAST_VERSION = 2**63 - 1
 
 
 class Staging:
@@ -53,7 +55,15 @@ class Staging:
         """Renames the staged file ``name`` onto ``final`` (replacing a file there)."""
         os.replace(os.path.join(self.path, name), final)
 
-    def publish_version(self, name, model_dir, version=None, last_version=2**63 - 1):
+    def size_of(self, name):
+        """The bytes of the staged file ``name``, or of every file under the staged directory."""
+        path = os.path.join(self.path, name)
+        if os.path.isfile(path):
+            return os.path.getsize(path)
+        return sum(os.path.getsize(os.path.join(directory, file))
+                   for directory, _, files in os.walk(path) for file in files)
+
+    def publish_version(self, name, model_dir, version=None):
         """Renames the staged directory ``name`` to ``model_dir/<version>`` and
         returns that path. An existing version is never replaced: a given
         ``version`` that appeared meanwhile raises FileExistsError; with
@@ -62,8 +72,8 @@ class Staging:
         source = os.path.join(self.path, name)
         while True:
             number = version if version is not None else (versions(model_dir) or [0])[-1] + 1
-            if number > last_version:
-                raise OverflowError(f"no version is left after {last_version}")
+            if number > LAST_VERSION:
+                raise OverflowError(f"no version is left after {LAST_VERSION}")
             final = os.path.join(model_dir, str(number))
             try:
                 if os.path.lexists(final) and not _empty_dir(final):
@@ -79,12 +89,12 @@ class Staging:
 
 def versions(model_dir):
     """The versions TF Serving would see under ``model_dir``, ascending:
-    directories named by ASCII digits, 1 to 2**63 - 1."""
+    directories named by ASCII digits, 1 to ``LAST_VERSION``."""
     if not os.path.isdir(model_dir):
         return []
     found = []
     for entry in os.listdir(model_dir):
-        if (entry.isascii() and entry.isdigit() and 1 <= int(entry) < 2**63
+        if (entry.isascii() and entry.isdigit() and 1 <= int(entry) <= LAST_VERSION
                 and os.path.isdir(os.path.join(model_dir, entry))):
             found.append(int(entry))
     return sorted(found)

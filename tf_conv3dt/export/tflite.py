@@ -1,9 +1,11 @@
-"""TFLite conversion of Keras models through the GEMM lowering, and LiteRT runs.
+"""TFLite conversion of Keras models under a forced lowering, and LiteRT runs.
 
-The native op converts to CONV_3D_TRANSPOSE, which TFLite keeps in float32
-in every quantized mode and XNNPACK does not delegate. Traced through the
-GEMM lowering the same layer becomes FULLY_CONNECTED / RESHAPE / TRANSPOSE /
-PAD / SLICE / ADD / CONCATENATION, all of which have int8 kernels.
+The lowering decides what the converter sees. The native op converts to
+CONV_3D_TRANSPOSE, which TFLite keeps in float32 in every quantized mode and
+XNNPACK does not delegate. Traced through the GEMM lowering the same layer
+becomes FULLY_CONNECTED / RESHAPE / TRANSPOSE / PAD / SLICE / ADD /
+CONCATENATION, all of which have int8 kernels: what the export's TFLite
+files take (``formats.tflite``).
 """
 
 import os
@@ -17,18 +19,12 @@ import tensorflow as tf
 
 from tf_conv3dt.export import signature
 
-# Each mode and how export verifies it: the largest error relative to the
-# Keras output's largest magnitude, or (int8) to its range.
-MODES = {
-    "float32": {"tolerance": 1e-5, "scale": "max |output|"},
-    "float16": {"tolerance": 1e-2, "scale": "max |output|"},
-    "dynamic_range": {"tolerance": 1e-2, "scale": "max |output|"},
-    "int8": {"tolerance": 2e-2, "scale": "output range"},
-}
+# float16: float16 weights; dynamic_range: int8 weights, float activations;
+# int8: full-integer, int8 inputs, outputs, kernels and activations.
+MODES = ("float32", "float16", "dynamic_range", "int8")
 
 
-def convert(model, mode, input_shape, calibration=None, implementation=None,
-            scratch_dir=None):
+def convert(model, mode, input_shape, lowering, calibration=None, scratch_dir=None):
     """Converts ``model`` to a TFLite flatbuffer for a static ``input_shape``.
 
     Args:
@@ -39,9 +35,8 @@ def convert(model, mode, input_shape, calibration=None, implementation=None,
         None for a file that takes any batch (shape signature -1, resized
         with ``interpreter.resize_tensor_input``; int8 is then calibrated one
         sample at a time).
+      lowering: the ``signature.ForcedLowering`` its layers are traced with.
       calibration: array of samples ``(n, *input_shape[1:])`` for "int8".
-      implementation: the lowering traced for tf_conv3dt layers (None:
-        TFLite's default, ``signature.DEFAULT_LOWERINGS``).
       scratch_dir: where the intermediate SavedModel's temporary directory
         goes (None: the system's).
 
@@ -49,35 +44,30 @@ def convert(model, mode, input_shape, calibration=None, implementation=None,
       The flatbuffer as bytes.
     """
     (flatbuffer,) = (flatbuffer for _, flatbuffer in convert_each(
-        model, [mode], input_shape, calibration, implementation, scratch_dir))
+        model, {mode: lowering}, input_shape, calibration, scratch_dir))
     return flatbuffer
 
 
-def convert_each(model, modes, input_shape, calibration=None, implementation=None,
-                 scratch_dir=None):
-    """Yields ``(mode, flatbuffer)`` for each of ``modes`` in turn, as
-    :func:`convert` gives them (same arguments), tracing and saving the model
-    once for the float modes and once for int8 rather than once per file."""
-    unknown = [mode for mode in modes if mode not in MODES]
+def convert_each(model, lowerings, input_shape, calibration=None, scratch_dir=None):
+    """Yields ``(mode, flatbuffer)`` for each mode of ``lowerings`` (``{mode:
+    signature.ForcedLowering}``) in turn, as :func:`convert` gives them,
+    tracing and saving the model once for each run of modes with one
+    lowering rather than once per file."""
+    unknown = [mode for mode in lowerings if mode not in MODES]
     if unknown:
-        raise ValueError(f"Unknown TFLite mode {unknown[0]!r}; expected one of {tuple(MODES)}.")
-    implementation = signature.lowering(implementation, "tflite")
+        raise ValueError(f"Unknown TFLite mode {unknown[0]!r}; expected one of {MODES}.")
     spec = signature.serving_spec(model)
     spec = tf.TensorSpec(input_shape, spec.dtype, name=spec.name)
     with tempfile.TemporaryDirectory(dir=scratch_dir) as scratch:
         saved = None  # (lowering, path): the SavedModel the last file came from
-        for mode in modes:
+        for mode, lowering in lowerings.items():
             # Through a SavedModel, as Keras's own LiteRT export does: the
-            # converter freezes its variables into constants. int8 sums each
-            # stride phase inside one product (GEMM's int8 form: int32
-            # accumulation) rather than requantizing after every tap's addition.
-            traced = "gemm_int8" if mode == "int8" and implementation == "gemm" \
-                else implementation
-            if saved is None or saved[0] != traced:
+            # converter freezes its variables into constants.
+            if saved is None or saved[0] != lowering:
                 if saved is not None:  # one at a time on the disk, as each file needs it
                     shutil.rmtree(saved[1])
-                saved = traced, os.path.join(scratch, mode)
-                signature.save_signature(model, saved[1], spec, traced)
+                saved = lowering, os.path.join(scratch, mode)
+                signature.save_signature(model, saved[1], spec, lowering)
             converter = tf.lite.TFLiteConverter.from_saved_model(
                 saved[1], signature_keys=[signature.SIGNATURE])
             yield mode, _convert(converter, mode, input_shape, calibration)
