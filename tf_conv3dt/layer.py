@@ -5,18 +5,13 @@ import tensorflow as tf
 
 from tf_conv3dt import initializers, ops, shapes
 from tf_conv3dt.ops import lowerings
-from tf_conv3dt.ops.lowerings import gemm_int8
 from tf_conv3dt._keras import LEGACY_KERAS, keras, layer_output_shape
-from tf_conv3dt.quantization import tfmot
-from tf_conv3dt.quantization.keras3_int8 import Int8Protocol
-from tf_conv3dt.quantization.qat import QATRanges
-
-
-QUANTIZATION_MODES = ("qat",)
+from tf_conv3dt.quantization import modes, tfmot
+from tf_conv3dt.quantization.modes import keras_int8
 
 
 @keras.saving.register_keras_serializable(package="tf_conv3dt")
-class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
+class Conv3DTranspose(keras.layers.Layer):
     """Transposed 3-D convolution, correct on every device and data format.
 
     Computes ``activation(conv3d_transpose(inputs, kernel) + bias)``: the
@@ -58,15 +53,10 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         (``tf.nn.conv3d_transpose``), "gemm", "gemm_int8" or "subpixel"
         (``tf_conv3dt.ops.lowerings`` lists them).
       quantization: None, or "qat" for quantization-aware training without
-        tfmot (``tf_conv3dt.quantization.quantize_model`` sets it, and puts an
-        ``InputQuantizer`` before the layer where its input is not already on
-        an int8 grid): 8-bit fake quantization of the activated output on a
-        range learned as a moving average, and of the kernel (symmetric, one
-        scale per output channel of each stride phase's product): the
-        tensors an int8 TFLite file quantizes, as the layer is
-        then traced through the int8-oriented GEMM lowering with its bias and
-        activation fused into each product (an activation TFLite cannot fuse
-        gets a range of its own before it; ``quantization.qat``).
+        tfmot (``tf_conv3dt.quantization.quantize_model`` sets it): 8-bit fake
+        quantization of the kernel and of the activated output on a learned
+        range, the tensors an int8 TFLite file quantizes, the layer traced
+        through GEMM's int8 form (``tf_conv3dt.quantization.modes.qat``).
       groups: PyTorch's grouped transposed convolution: the input channels
         and the filters in ``groups`` equal groups, each group's inputs
         reaching only its own filters (``groups`` = the input channels is
@@ -108,32 +98,24 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
                  quantization=None, groups=1, **kwargs):
         super().__init__(
             activity_regularizer=_regularizer(activity_regularizer, "activity_regularizer"),
-            **kwargs
-        )
+            **kwargs)
         if not shapes.is_int(filters) or filters <= 0:
-            raise ValueError(
-                f"The `filters` argument must be a positive integer. Received: "
-                f"filters={filters!r}"
-            )
+            raise ValueError(f"The `filters` argument must be a positive integer. Received: "
+                             f"filters={filters!r}")
         self.filters = int(filters)
         self.kernel_size = shapes.normalize_tuple(kernel_size, "kernel_size")
         self.strides = shapes.normalize_tuple(strides, "strides")
         self.padding = shapes.normalize_choice(padding, "padding", shapes.PADDINGS)
         self.data_format = shapes.normalize_choice(
-            data_format or keras.backend.image_data_format(), "data_format",
-            shapes.DATA_FORMATS,
-        )
-        self.output_padding = (
-            None if output_padding is None
-            else shapes.normalize_tuple(output_padding, "output_padding", allow_zero=True)
-        )
+            data_format or keras.backend.image_data_format(), "data_format", shapes.DATA_FORMATS)
+        self.output_padding = None if output_padding is None else shapes.normalize_tuple(
+            output_padding, "output_padding", allow_zero=True)
         self.dilation_rate = shapes.normalize_tuple(dilation_rate, "dilation_rate")
         self.groups = shapes.check_groups(groups, filters=self.filters)
         shapes.check_conv_arguments(self.kernel_size, self.strides, self.padding,
                                     self.dilation_rate, self.output_padding)
-        self.implementation = shapes.normalize_choice(
-            implementation, "implementation", lowerings.implementations()
-        )
+        self.implementation = shapes.normalize_choice(implementation, "implementation",
+                                                      lowerings.implementations())
         self.activation = keras.activations.get(activation)
         if not isinstance(use_bias, (bool, np.bool_)):
             raise TypeError(f"The `use_bias` argument must be True or False. "
@@ -148,12 +130,21 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         self.bias_regularizer = _regularizer(bias_regularizer, "bias_regularizer")
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.quantization = shapes.normalize_choice(
-            quantization, "quantization", QUANTIZATION_MODES) if quantization else None
-        # (min, max) variables of the moving-average int8 ranges, by tensor,
-        # and whether the layer is traced for int8 (quantization.qat).
-        self._ranges = {}
-        self._for_int8 = False
+        # How it computes: float unless quantized (quantization.modes).
+        self.numerics = modes.for_argument(quantization)
+
+    @property
+    def quantization(self):
+        """The ``quantization=`` argument: the mode it names, or None."""
+        return self.numerics.name if self.numerics.configurable else None
+
+    @property
+    def fused_activation(self):
+        """The activation's name where the op fuses it into its products
+        (``ops.FUSED_ACTIVATIONS``, those TFLite fuses into FULLY_CONNECTED),
+        else None."""
+        return next((name for name in ops.FUSED_ACTIVATIONS
+                     if self.activation is keras.activations.get(name)), None)
 
     @property
     def _channel_axis(self):
@@ -164,17 +155,13 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         (calls are checked by the InputSpec that build sets)."""
         input_shape = tf.TensorShape(input_shape)
         if input_shape.rank != 5:
-            raise ValueError(
-                f"Layer {self.name!r} expects 5-D inputs ({self.data_format}: "
-                "batch, 3 spatial dims and channels). Received: "
-                f"input_shape={input_shape}"
-            )
+            raise ValueError(f"Layer {self.name!r} expects 5-D inputs ({self.data_format}: "
+                             "batch, 3 spatial dims and channels). Received: "
+                             f"input_shape={input_shape}")
         input_shape = tuple(input_shape.as_list())
         if input_shape[self._channel_axis] is None:
-            raise ValueError(
-                f"Layer {self.name!r} needs the channel dimension of its input "
-                f"to be known. Received: input_shape={input_shape}"
-            )
+            raise ValueError(f"Layer {self.name!r} needs the channel dimension of its input "
+                             f"to be known. Received: input_shape={input_shape}")
         return input_shape
 
     def __call__(self, *args, **kwargs):
@@ -214,96 +201,58 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
         shapes.check_groups(self.groups, self._input_channels)
         self.input_spec = keras.layers.InputSpec(
             ndim=5, axes={self._channel_axis: self._input_channels})
-        if self._keras_quantization_mode() == "int8":  # a .keras file of a quantized model
-            self._add_int8_kernel()
-        else:
-            self.kernel = self.add_weight(
-                name="kernel",
-                shape=(*self.kernel_size, self.filters // self.groups, self._input_channels),
-                initializer=self.kernel_initializer,
-                regularizer=self.kernel_regularizer,
-                constraint=self.kernel_constraint,
-                trainable=True,
-                dtype=self.dtype,
-            )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-                trainable=True,
-                dtype=self.dtype,
-            )
-        if self.quantization == "qat":
-            self._quantize_for_int8("output")
+        if not LEGACY_KERAS and self.quantization_mode == keras_int8.KerasInt8.name:
+            self.numerics = keras_int8.KerasInt8()  # a .keras file of a quantized model
+        self.numerics.add_kernel(
+            self, (*self.kernel_size, self.filters // self.groups, self._input_channels))
+        self.bias = self.add_weight(
+            name="bias", shape=(self.filters,), initializer=self.bias_initializer,
+            regularizer=self.bias_regularizer, constraint=self.bias_constraint, trainable=True,
+            dtype=self.dtype) if self.use_bias else None
+        self.numerics.add_ranges(self)
         self.built = True
 
     def call(self, inputs, output_shape=None, training=None):
         """Applies the layer; ``output_shape=(D, H, W)`` picks a legal output size."""
-        inputs = tf.cast(inputs, self.compute_dtype)
-        kernel = tf.cast(self.kernel, self.compute_dtype)
-        return self._apply(inputs, kernel, output_shape, training)
-
-    def _quantized(self):
-        """Whether the layer is quantized (QAT, or Keras 3's int8 mode): meant
-        for integer TFLite, whichever converter traces it, so it runs the
-        GEMM lowering, each stride phase one product (accumulated in int32),
-        never the float-only CONV_3D_TRANSPOSE."""
-        return self._for_int8 or self._keras_quantization_mode() == "int8"
-
-    def _lowering(self):
-        """What the layer asks the op for: its ``implementation``, or where it
-        is quantized GEMM's int8 form, its products' weights on the int8 grid
-        while it trains for int8 (QAT)."""
-        if self._for_int8:
-            return gemm_int8.ON_THE_INT8_GRID
-        if self._quantized():
-            return "gemm_int8"
-        return self.implementation
-
-    def _apply(self, inputs, kernel, output_shape, training):
-        fused = self._fused_activation()
         outputs = ops.conv3d_transpose(
-            inputs,
-            kernel,
+            self.numerics.inputs(self, tf.cast(inputs, self.compute_dtype)),
+            self.numerics.kernel(self),
             strides=self.strides,
             padding=self.padding,
             output_padding=self.output_padding,
             dilation_rate=self.dilation_rate,
             data_format=self.data_format,
             output_shape=output_shape,
-            implementation=self._lowering(),
+            implementation=self.numerics.lowering or self.implementation,
             bias=tf.cast(self.bias, self.compute_dtype) if self.use_bias else None,
-            activation=fused,
+            activation=self.fused_activation,
             groups=self.groups,
         )
-        if fused is None:
-            outputs = self.activation(self._fake_quantize("pre_activation", outputs, training))
-        return self._fake_quantize("output", outputs, training)
+        return self.numerics.outputs(self, outputs, training)
+
+    def _int8_call(self, *args, **kwargs):
+        # Keras 3 calls a layer of an int8 dtype policy here rather than in
+        # call: the mode it holds computes either way.
+        return self.call(*args, **kwargs)
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Keras 3's layer quantization, called by ``model.quantize(mode)``:
-        :class:`~tf_conv3dt.quantization.keras3_int8.Int8Protocol`."""
+        "int8" (``quantization.modes.keras_int8``)."""
         if type_check and not LEGACY_KERAS and type(self) is not Conv3DTranspose:
             raise self._not_implemented_error(self.quantize)
-        self.quantize_int8(mode)
+        keras_int8.quantize(self, mode)
 
     def compute_output_shape(self, input_shape, output_shape=None):
         input_shape = self._check_input_shape(input_shape)
         spatial = self._spatial(input_shape)
         if output_shape is None:
-            spatial = shapes.output_spatial_shape(
-                spatial, self.kernel_size, self.strides, self.padding,
-                self.output_padding, self.dilation_rate,
-            )
+            spatial = shapes.output_spatial_shape(spatial, self.kernel_size, self.strides,
+                                                  self.padding, self.output_padding,
+                                                  self.dilation_rate)
         else:
-            spatial = shapes.check_requested_shape(
-                output_shape, spatial, self.kernel_size, self.strides, self.padding,
-                self.dilation_rate,
-            )
+            spatial = shapes.check_requested_shape(output_shape, spatial, self.kernel_size,
+                                                   self.strides, self.padding,
+                                                   self.dilation_rate)
         if self.data_format == "channels_last":
             return layer_output_shape((input_shape[0], *spatial, self.filters))
         return layer_output_shape((input_shape[0], self.filters, *spatial))
@@ -343,31 +292,14 @@ class Conv3DTranspose(Int8Protocol, QATRanges, keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "output_padding": self.output_padding,
-                "dilation_rate": self.dilation_rate,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "activity_regularizer": keras.regularizers.serialize(
-                    self.activity_regularizer
-                ),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-                "implementation": self.implementation,
-                "quantization": self.quantization,
-                "groups": self.groups,
-            }
-        )
+        config.update({name: getattr(self, name) for name in (
+            "filters", "kernel_size", "strides", "padding", "data_format", "output_padding",
+            "dilation_rate", "use_bias", "implementation", "quantization", "groups")})
+        config.update({name: kind.serialize(getattr(self, name)) for name, kind in (
+            ("activation", keras.activations), ("kernel_initializer", keras.initializers),
+            ("bias_initializer", keras.initializers), ("kernel_regularizer", keras.regularizers),
+            ("bias_regularizer", keras.regularizers), ("activity_regularizer", keras.regularizers),
+            ("kernel_constraint", keras.constraints), ("bias_constraint", keras.constraints))})
         return config
 
 

@@ -13,7 +13,7 @@
 
 Either way a quantized layer traces itself through the int8-oriented GEMM
 lowering, with its bias and activation fused into each stride phase's
-product (``quantization.qat``), so ``tf.lite.TFLiteConverter.from_keras_model(qat_model)``
+product (``quantization.modes.qat``), so ``tf.lite.TFLiteConverter.from_keras_model(qat_model)``
 with ``Optimize.DEFAULT`` gives integer FULLY_CONNECTED ops, never the
 float-only CONV_3D_TRANSPOSE, and computes what the QAT model computes.
 
@@ -31,6 +31,7 @@ Example::
 
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.quantization.input_quantizer import InputQuantizer
+from tf_conv3dt.quantization.modes.qat import QAT
 from tf_conv3dt.quantization.tfmot import config_class, tfmot_module
 
 __all__ = ["InputQuantizer", "quantize_config", "quantize_model", "quantize_scope"]
@@ -87,13 +88,13 @@ def _keras3_quantize_model(model):
     def clone(layer):
         config = layer.get_config()
         if isinstance(layer, layer_class):
-            config["quantization"] = "qat"
+            config["quantization"] = QAT.name
         return layer.__class__.from_config(config)
 
     def on_a_grid(producer):
         """Whether a layer's output is already fake-quantized (no InputQuantizer needed)."""
         return isinstance(producer, InputQuantizer) or (
-            isinstance(producer, layer_class) and producer.quantization == "qat")
+            isinstance(producer, layer_class) and producer.quantization == QAT.name)
 
     def call(layer, *args, **kwargs):
         if isinstance(layer, layer_class) and args:

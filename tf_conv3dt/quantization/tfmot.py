@@ -7,6 +7,7 @@ import tensorflow as tf
 import wrapt
 
 from tf_conv3dt._keras import LEGACY_KERAS
+from tf_conv3dt.quantization.modes import qat
 
 
 def tfmot_module():
@@ -125,15 +126,15 @@ def config_class():
             self.preserve_clusters = bool(preserve_clusters)
 
         def get_weights_and_quantizers(self, layer):
-            layer._quantize_for_int8()  # asked after the layer's build
+            qat.UnderTfmot().apply(layer)  # asked after the layer's build
             quantizer = _kernel_quantizer(self.preserve_sparsity, self.preserve_clusters)
             return [] if quantizer is None else [(layer.kernel, quantizer)]
 
         # An activation fused into the products is quantized with the
         # output; another is wrapped by tfmot, after the layer's own range
-        # of the products plus the bias (quantization.qat).
+        # of the products plus the bias (quantization.modes.qat).
         def get_activations_and_quantizers(self, layer):
-            if layer._fused_activation() is not None:
+            if layer.fused_activation is not None:
                 return []
             return [(layer.activation, _activation_quantizer())]
 
@@ -146,7 +147,7 @@ def config_class():
                 (layer.activation,) = quantize_activations
 
         def get_output_quantizers(self, layer):
-            return [_activation_quantizer()] if layer._fused_activation() is not None else []
+            return [_activation_quantizer()] if layer.fused_activation is not None else []
 
         def get_config(self):
             return {"preserve_sparsity": self.preserve_sparsity,
