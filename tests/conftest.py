@@ -12,9 +12,10 @@ from lowerings import LOWERINGS
 from tf_conv3dt import export
 from tf_conv3dt._keras import LEGACY_KERAS, keras
 from tf_conv3dt.ops import tuning
+from tf_conv3dt.ops.tuning import measure
 
 # By default "auto" times every static call it meets on a CPU (ops/tuning.py).
-# The suite checks each lowering itself, and test_tuning.py the timing; everywhere
+# The suite checks each lowering itself, and test_tuning_*.py the timing; everywhere
 # else the rule decides, whatever the caller's environment says, so that no
 # test's time or path depends on a measurement, and nothing is written to the
 # user's cache (subprocesses inherit both).
@@ -58,6 +59,31 @@ def implementation(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def tuning_on(monkeypatch, tmp_path):
+    """Tuning on, an empty cache directory, nothing remembered in memory."""
+    monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.setenv(tuning.ENV_AUTOTUNE, "1")
+    tuning.forget()
+    yield tmp_path / "cache"
+    tuning.set_autotune(None)
+    tuning.forget()
+
+
+@pytest.fixture
+def measurements(monkeypatch):
+    """Counts :func:`measure.lowerings` calls (each one a timing of a configuration)."""
+    calls = []
+    timed = measure.lowerings
+
+    def counted(*args):
+        calls.append(args)
+        return timed(*args)
+
+    monkeypatch.setattr(measure, "lowerings", counted)
+    return calls
 
 
 @pytest.fixture(scope="session")

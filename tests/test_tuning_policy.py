@@ -1,14 +1,15 @@
-"""Measured "auto" (tf_conv3dt/ops/tuning.py): what it times, what it
-remembers and where, when it must not measure, and the tune command."""
+"""Measured "auto" (tf_conv3dt/ops/tuning/): what it times and how, and what it chooses.
+
+Also when it must not measure: switched off, under op determinism, or where
+the timing would not stand for the run.
+"""
 
 import dataclasses
-import json
 import logging
 import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -16,74 +17,19 @@ import tensorflow as tf
 
 import cpu_pin
 import reference
-import tf_conv3dt
 from markers import cpu_sensitive, op_only
-from tf_conv3dt import ops, shapes, tune
-from tf_conv3dt.ops import cpu, lowerings, select, tuning
-from tf_conv3dt.ops.call import Call
+from tf_conv3dt import ops, shapes
+from tf_conv3dt.ops import cpu, lowerings, tuning
 from tf_conv3dt.ops.tuning import measure, policy
-
-# A static call every lowering can run: k3 s2 "same", 2 -> 3 channels.
-CALL = dict(strides=2, padding="same")
-SHAPE, KERNEL = (2, 4, 5, 3, 2), (3, 3, 3, 3, 2)
-
-
-@pytest.fixture
-def tuning_on(monkeypatch, tmp_path):
-    """Tuning on, an empty cache directory, nothing remembered in memory."""
-    monkeypatch.setenv(tuning.ENV_CACHE_DIR, str(tmp_path / "cache"))
-    monkeypatch.setenv(tuning.ENV_AUTOTUNE, "1")
-    tuning.forget()
-    yield tmp_path / "cache"
-    tuning.set_autotune(None)
-    tuning.forget()
-
-
-@pytest.fixture
-def measurements(monkeypatch):
-    """Counts :func:`measure.lowerings` calls (each one a timing of a configuration)."""
-    calls = []
-    timed = measure.lowerings
-
-    def counted(*args):
-        calls.append(args)
-        return timed(*args)
-
-    monkeypatch.setattr(measure, "lowerings", counted)
-    return calls
-
-
-def _call(shape=SHAPE, kernel=KERNEL, strides=(2, 2, 2), padding="same", output=None,
-          data_format="channels_last"):
-    """The record of a static call of the op (``ops.call.Call``)."""
-    return Call.of(shape, kernel, "float32", strides, padding, None, (1, 1, 1), data_format,
-                   output, 1)
-
-
-def _timed_here():
-    """The lowerings tuning times on this machine: those "auto" may pick, less
-    those untimed here (the native op without oneDNN)."""
-    return [name for name in lowerings.names(auto=True)
-            if not lowerings.get(name).untimed(_call())]
+from tuning_calls import CALL, KERNEL, SHAPE, call_inputs, run_auto, static_call, timed_here
 
 
 def _tuned(candidates, rule, **call):
     """The (forward, gradient) lowerings tuning runs for a static call, or
     ``(rule, rule)`` where it does not time it."""
-    timed = tuning.tuned(_call(**call), [lowerings.get(name) for name in candidates],
+    timed = tuning.tuned(static_call(**call), [lowerings.get(name) for name in candidates],
                          lowerings.get(rule))
     return (rule, rule) if timed is None else (timed[0].name, timed[1].name)
-
-
-def _inputs(shape=SHAPE, kernel=KERNEL, seed=0):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(shape).astype("float32"),
-            rng.standard_normal(kernel).astype("float32"))
-
-
-def _auto(x, kernel, **extra):
-    return ops.conv3d_transpose(tf.constant(x), tf.constant(kernel), implementation="auto",
-                                **CALL, **extra)
 
 
 @op_only
@@ -92,17 +38,17 @@ def test_times_every_lowering_logs_once_and_runs_the_winner(tuning_on, measureme
                                                            monkeypatch):
     """Under oneDNN on AMX, pinned: every lowering is a candidate there."""
     cpu_pin.pin(monkeypatch, "onednn", "amx")
-    x, kernel = _inputs()
+    x, kernel = call_inputs()
     with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
-        y = _auto(x, kernel)
-        _auto(x, kernel)
+        y = run_auto(x, kernel)
+        run_auto(x, kernel)
     assert len(measurements) == 1
     lines = [r.getMessage() for r in caplog.records if "tf_conv3dt auto:" in r.getMessage()]
     assert len(lines) == 1, lines
     (decision,) = tuning.current_cache().memory.values()
     # Each lowering, and a pair where one was proposed ("forward+gradient").
     timed = tuning.lowering_times(decision.ms)
-    assert set(timed) == set(_timed_here())
+    assert set(timed) == set(timed_here())
     rule = ops.resolve_implementation("auto", (3, 3, 3), (2, 2, 2), "float32")
     forward, gradient = policy.choose(timed, rule)
     assert set(decision.ms) - set(timed) <= {f"{forward}+{gradient}"}, decision.ms
@@ -270,7 +216,7 @@ def test_the_timed_training_step_takes_its_upstream_gradient_as_an_argument(monk
         return {name: (1.0, 1.0) for name in timed}
 
     monkeypatch.setattr(tuning.Timer, "rounds", spy)
-    measure.lowerings(_call(strides=(2, 1, 1), output=(8, 5, 3)), ("gemm",))
+    measure.lowerings(static_call(strides=(2, 1, 1), output=(8, 5, 3)), ("gemm",))
     gradient = steps["gemm"][1].__defaults__[0]  # the step's functools.partial
     x, kernel, upstream = gradient.args
     assert upstream.shape == (2, 8, 5, 3, KERNEL[3])
@@ -310,7 +256,7 @@ def test_a_split_choice_runs_one_lowerings_forward_with_anothers_gradient(tuning
     monkeypatch.setattr(measure, "lowerings", lambda *args: {
         "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (3.0, 3.5)})
     monkeypatch.setattr(measure, "pair", lambda *args: 3.1)
-    x, kernel = _inputs()
+    x, kernel = call_inputs()
     cotangent = np.random.default_rng(1).standard_normal(
         (SHAPE[0], 8, 10, 6, KERNEL[3])).astype("float32")
 
@@ -351,7 +297,7 @@ def test_a_pair_slower_as_the_call_traces_it_gives_way_to_one_lowering(
         "gemm": (2.0, 3.0), "native": (1.0, 5.0), "subpixel": (3.0, 3.5)})
     timed = []
     monkeypatch.setattr(measure, "pair", lambda *args: timed.append(args) or split_ms)
-    x, kernel = _inputs()
+    x, kernel = call_inputs()
     function = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL))
     function.get_concrete_function(tf.TensorSpec([None, *SHAPE[1:]]))
     (decision,) = tuning.current_cache().memory.values()
@@ -376,7 +322,7 @@ def test_a_pair_is_timed_as_the_call_traces_it(monkeypatch):
 
     monkeypatch.setattr(measure, "_calls", spy)
     for batch_known in (True, False):
-        ms = measure.pair(_call(), ("subpixel", "native"), batch_known)
+        ms = measure.pair(static_call(), ("subpixel", "native"), batch_known)
         assert 0 < ms < 1e4, ms
     assert traced == [(("subpixel", "native"), ("gradient",), 2),
                       (("subpixel", "native"), ("gradient",), None)]
@@ -440,151 +386,6 @@ def test_a_served_call_takes_the_fastest_forward(tuning_on, monkeypatch):
 
 
 @op_only
-def test_the_cache_file_serves_a_new_process_and_keeps_every_entry(tuning_on, measurements):
-    x, kernel = _inputs()
-    _auto(x, kernel)
-    _auto(x[:, :3], kernel)
-    assert len(measurements) == 2
-    content = json.loads(open(tuning.current_cache().path).read())
-    assert content["environment"] == tuning.environment()
-    assert len(content["choices"]) == 2
-    winners = {key: (d.forward, d.gradient, d.seconds) for key, d in tuning.current_cache().memory.items()}
-    assert all(0 < seconds < 60 for *_, seconds in winners.values()), winners
-    tuning.forget()  # as a new process starts
-    _auto(x, kernel)
-    _auto(x[:, :3], kernel)
-    assert len(measurements) == 2, "a cached configuration was timed again"
-    assert {key: (d.forward, d.gradient, d.seconds)
-            for key, d in tuning.current_cache().memory.items()} == winners
-    assert {d.source for d in tuning.current_cache().memory.values()} == {"cache"}
-
-
-@op_only
-@pytest.mark.parametrize("field", ["tensorflow", "device", "cpu_configuration"])
-def test_a_cache_from_another_environment_is_never_used(tuning_on, measurements,
-                                                        monkeypatch, field):
-    x, kernel = _inputs()
-    _auto(x, kernel)
-    path = tuning.current_cache().path
-    content = json.loads(open(path).read())
-    for decision in content["choices"].values():
-        decision["forward"] = "native" if decision["forward"] != "native" else "gemm"
-    content["environment"][field] = "another"
-    with open(path, "w") as f:  # the same name, another environment inside
-        json.dump(content, f)
-    tuning.forget()
-    _auto(x, kernel)
-    assert len(measurements) == 2
-    # And another environment's file has another name.
-    real = tuning.environment()
-    monkeypatch.setattr(tuning.cache, "environment", lambda: {**real, field: "another"})
-    assert tuning.current_cache().path != path
-
-
-@op_only
-@pytest.mark.parametrize("content", ["", "{", "[1, 2]", '{"format": 1}', "\x00\xff garbage",
-                                     '{"format": 1, "environment": null, "choices": {}}'])
-def test_a_corrupt_cache_is_ignored_and_replaced(tuning_on, measurements, caplog, content):
-    os.makedirs(tuning_on, exist_ok=True)
-    with open(tuning.current_cache().path, "w", errors="surrogateescape") as f:
-        f.write(content)
-    x, kernel = _inputs()
-    with caplog.at_level(logging.WARNING, logger="tf_conv3dt"):
-        y = _auto(x, kernel)
-    assert len(measurements) == 1
-    assert any(tuning.current_cache().path in r.getMessage() for r in caplog.records)
-    assert len(json.loads(open(tuning.current_cache().path).read())["choices"]) == 1
-    reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
-                                                            padding="same"))
-
-
-@op_only
-def test_a_cache_of_an_older_format_is_not_used(tuning_on, measurements, caplog):
-    """Format 1 had no timed block: its entries are timed again, even in
-    this environment, and the warning names the format."""
-    x, kernel = _inputs()
-    _auto(x, kernel)
-    path = tuning.current_cache().path
-    content = json.loads(open(path).read())
-    content["format"] = 1
-    for decision in content["choices"].values():
-        del decision["spatial"]
-    with open(path, "w") as f:
-        json.dump(content, f)
-    tuning.forget()
-    with caplog.at_level(logging.WARNING, logger="tf_conv3dt"):
-        _auto(x, kernel)
-    assert len(measurements) == 2
-    assert any(f"has format 1, not {tuning.FORMAT}" in r.getMessage() for r in caplog.records)
-    assert json.loads(open(path).read())["format"] == tuning.FORMAT
-
-
-@op_only
-@pytest.mark.parametrize("role", ["forward", "gradient"])
-def test_a_choice_that_names_no_lowering_is_not_run(tuning_on, measurements, role):
-    x, kernel = _inputs()
-    _auto(x, kernel)
-    path = tuning.current_cache().path
-    content = json.loads(open(path).read())
-    for decision in content["choices"].values():
-        decision[role] = "os.system"
-    with open(path, "w") as f:
-        json.dump(content, f)
-    tuning.forget()
-    _auto(x, kernel)
-    assert len(measurements) == 2
-    assert getattr(next(iter(tuning.current_cache().memory.values())), role) in lowerings.names(auto=True)
-
-
-WRITER = textwrap.dedent("""
-    import sys
-    from tf_conv3dt.ops import tuning
-    for i in range(int(sys.argv[2])):
-        key = (sys.argv[1], i)
-        tuning.current_cache().store(tuning.Decision(key, "gemm", "gemm", {"gemm": (1.0, 2.0)},
-                                                     2, (4, 4, 4), 1.5, "measured"))
-""")
-
-
-@op_only
-def test_concurrent_writers_never_corrupt_the_file_or_lose_an_entry(tuning_on):
-    os.makedirs(tuning_on, exist_ok=True)
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, f"writer{w}", "15"],
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-               for w in range(3)]
-    seen = 0
-    try:
-        while any(w.poll() is None for w in writers):
-            if not os.path.exists(tuning.current_cache().path):
-                time.sleep(0.05)  # the writers still import TensorFlow: leave them the CPU
-                continue
-            with open(tuning.current_cache().path) as f:  # as often as it can: a reader never sees a part
-                json.load(f)
-            seen += 1
-    finally:
-        for w in writers:
-            w.wait(timeout=120)
-    assert [w.returncode for w in writers] == [0, 0, 0]
-    choices = json.loads(open(tuning.current_cache().path).read())["choices"]
-    assert sorted(choices) == sorted(json.dumps([f"writer{w}", i])
-                                     for w in range(3) for i in range(15))
-    assert not [name for name in os.listdir(tuning_on) if name.endswith(".tmp")]
-    assert seen
-
-
-@op_only
-def test_an_unwritable_cache_keeps_the_choice_in_memory(tuning_on, measurements, caplog):
-    with open(tuning_on.parent / "cache", "w") as f:  # a file where the directory goes
-        f.write("")
-    x, kernel = _inputs()
-    with caplog.at_level(logging.WARNING, logger="tf_conv3dt"):
-        _auto(x, kernel)
-        _auto(x, kernel)
-    assert len(measurements) == 1
-    assert any("could not write the tuning cache" in r.getMessage() for r in caplog.records)
-
-
-@op_only
 @pytest.mark.parametrize("switch", ["env", "python"])
 def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, switch):
     if switch == "env":
@@ -592,8 +393,8 @@ def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, swi
     else:
         tuning.set_autotune(False)
     assert not ops.autotune_enabled()
-    x, kernel = _inputs()
-    _auto(x, kernel)
+    x, kernel = call_inputs()
+    run_auto(x, kernel)
     assert not measurements and not tuning.current_cache().memory
     assert not os.path.exists(tuning.current_cache().path)
 
@@ -627,7 +428,7 @@ def test_a_bad_environment_switch_is_named(monkeypatch):
 def test_the_python_switch_wins_over_the_environment(tuning_on, measurements, monkeypatch):
     monkeypatch.setenv(tuning.ENV_AUTOTUNE, "0")
     tuning.set_autotune(True)
-    _auto(*_inputs())
+    run_auto(*call_inputs())
     assert len(measurements) == 1
     with pytest.raises(TypeError, match="enabled='yes'"):
         tuning.set_autotune("yes")
@@ -654,7 +455,7 @@ def test_op_determinism_turns_tuning_off(tuning_on):
 @op_only
 def test_unknown_spatial_sizes_take_the_rule_and_an_unknown_batch_the_nominal_one(
         tuning_on, measurements):
-    x, kernel = _inputs()
+    x, kernel = call_inputs()
     spatial_unknown = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL))
     spatial_unknown.get_concrete_function(tf.TensorSpec([None, None, None, None, 2]))
     assert not measurements and not tuning.current_cache().memory
@@ -683,24 +484,13 @@ def _as_on_a_cpu(monkeypatch, configuration="onednn"):
 def test_a_channels_first_call_describes_its_own_input(tuning_on, measurements):
     """The key holds the input channels last, whatever the layout: a call
     timed at its own size names no block, and its input as the caller has it."""
-    x, kernel = _inputs()
-    _auto(np.transpose(x, (0, 4, 1, 2, 3)), kernel, data_format="channels_first")
+    x, kernel = call_inputs()
+    run_auto(np.transpose(x, (0, 4, 1, 2, 3)), kernel, data_format="channels_first")
     (decision,) = tuning.current_cache().memory.values()
     line = decision.describe()
     assert decision.spatial == SHAPE[1:4] and " on (" not in line, line
     given = (SHAPE[4], *SHAPE[1:4])  # as the caller lays it out
     assert f"channels_first input {given} at batch {SHAPE[0]}," in line, line
-
-
-@cpu_sensitive
-def test_an_untuned_depthwise_auto_layer_says_it_runs_gemms_one_call(monkeypatch):
-    """On a CPU, pinned (a GPU runs the native op per channel)."""
-    cpu_pin.pin(monkeypatch, "eigen", "avx2")
-    layer = tf_conv3dt.Conv3DTranspose(4, 3, 2, groups=4, name="dw")
-    with tuning.recording(), select.recorded() as selections:
-        layer(np.zeros((1, 3, 3, 3, 4), "float32"))
-    ((_, selection),) = selections
-    assert tune._row(layer, selection) == "dw: not tuned, runs gemm's one call (depthwise)"
 
 
 @cpu_sensitive
@@ -736,7 +526,7 @@ def test_on_a_gpu_every_call_is_timed_at_its_size_with_every_lowering(monkeypatc
     output = (128, 128, 128)
     assert measure.timed_shape(1, (64, 64, 64, 32), (3, 3, 3, 16, 32), (2, 2, 2),
                               output) == ((64, 64, 64), output)
-    assert _timed_here() == list(lowerings.names(auto=True))
+    assert timed_here() == list(lowerings.names(auto=True))
 
 
 @cpu_sensitive
@@ -745,9 +535,9 @@ def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurem
                                                               monkeypatch, caplog):
     _as_on_a_cpu(monkeypatch)
     _knobs(monkeypatch, max_timed_products=2 * 8 * 9 * 5 * 2 * 3 * 27)
-    x, kernel = _inputs((2, 16, 9, 5, 2))
+    x, kernel = call_inputs((2, 16, 9, 5, 2))
     with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
-        y = _auto(x, kernel)
+        y = run_auto(x, kernel)
     ((timed, *_),) = measurements
     assert timed.input_shape[1:] == (8, 9, 5, 2) and timed.output_lengths == (16, 18, 10)
     (decision,) = tuning.current_cache().memory.values()
@@ -755,7 +545,7 @@ def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurem
     assert "on (8, 9, 5)," in decision.describe()
     assert any("on input (8, 9, 5)" in r.getMessage() for r in caplog.records)
     tuning.forget()  # the cache keeps the block
-    _auto(x, kernel)
+    run_auto(x, kernel)
     assert next(iter(tuning.current_cache().memory.values())).spatial == (8, 9, 5)
     reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
                                                             padding="same"))
@@ -770,7 +560,7 @@ def test_a_call_timed_on_a_block_says_so_and_runs_its_winner(tuning_on, measurem
     ({"native": (1.0, 2.0)}, ("native", "native")),
 ])
 def test_choose_takes_a_gradient_only_from_the_ranked_lowerings(times, chosen):
-    call = _call(kernel=(2, 2, 2, 3, 2))
+    call = static_call(kernel=(2, 2, 2, 3, 2))
     gradients = policy.ranked_gradients(times, call, on_a_block=True)
     assert policy.choose(times, "subpixel", gradients) == chosen
 
@@ -818,8 +608,8 @@ def test_without_onednn_the_native_op_is_not_timed(tuning_on, measurements, monk
     oneDNN, collapse at batch > 1 and keep no steady rate at batch 1: the
     rule never takes them there, and tuning does not time them."""
     _as_on_a_cpu(monkeypatch, configuration)
-    x, kernel = _inputs()
-    y = _auto(x, kernel)
+    x, kernel = call_inputs()
+    y = run_auto(x, kernel)
     (args,) = measurements
     assert set(args[-2]) == timed  # the candidates, before the proposal
     (decision,) = tuning.current_cache().memory.values()
@@ -830,7 +620,7 @@ def test_without_onednn_the_native_op_is_not_timed(tuning_on, measurements, monk
 
 @op_only
 def test_xla_traces_a_tuned_call(tuning_on, measurements):
-    x, kernel = _inputs()
+    x, kernel = call_inputs()
     y = tf.function(lambda x: ops.conv3d_transpose(x, kernel, **CALL), jit_compile=True)(x)
     assert len(measurements) == 1
     reference.assert_close(y, reference.np_conv3d_transpose(x, kernel, strides=(2, 2, 2),
@@ -891,79 +681,3 @@ def test_every_mirrored_replica_takes_the_same_lowering(tuning_on):
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert set(result.stdout.split()) <= set(lowerings.names(auto=True)), result.stdout
-
-
-def _model(path, **second):
-    """A saved model of two layers, built untimed (tf_keras calls them while
-    building it, which would tune them)."""
-    keras = tf_conv3dt.keras
-    with tuning.switched(False):
-        inputs = keras.Input((4, 5, 3, 2))
-        x = tf_conv3dt.Conv3DTranspose(3, 3, strides=2, padding="same", name="up")(inputs)
-        x = tf_conv3dt.Conv3DTranspose(2, 2, strides=1, name="fixed", **second)(x)
-        keras.Model(inputs, x).save(path)
-    return path
-
-
-def _tune(capsys, *args):
-    """The tune command's (exit status, stdout, stderr), run in this process
-    (tests/test_packaging.py runs the installed command)."""
-    status = tune.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-@cpu_sensitive
-def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_path, capsys,
-                                                                 monkeypatch):
-    """Under oneDNN on AMX, pinned: every lowering is a candidate there."""
-    cpu_pin.pin(monkeypatch, "onednn", "amx")
-    path = _model(str(tmp_path / "model.keras"), implementation="native")
-    status, out, err = _tune(capsys, path, "--batch-size", 3, "--policy", "mixed_bfloat16")
-    assert status == 0, err[-3000:]
-    rows = {line.split(":")[0]: line for line in out.splitlines()
-            if line.startswith(("up:", "fixed:"))}
-    assert rows["fixed"] == "fixed: not tuned, runs native"
-    up = rows["up"]
-    assert "bfloat16" in up and "input (4, 5, 3, 2) at batch 3" in up, up
-    times = up.split("| ms forward/gradient: ")[1].split(" | ")[0]
-    names = {t.split()[0] for t in times.split("  ")}
-    # Each lowering, and where the times proposed one, a pair ("native+gemm").
-    assert {n for n in names if "+" not in n} == set(_timed_here()), up
-    assert all(n.split("+")[0] in lowerings.names(auto=True) for n in names), up
-    forward = up.rsplit("| ", 1)[1].split()[0]
-    assert forward in lowerings.names(auto=True) and up.endswith("(measured)"), up
-    choices = json.loads(open(tuning.current_cache().path).read())["choices"]
-    (key,) = choices
-    assert json.loads(key)[0] == "bfloat16" and json.loads(key)[2][0] is None
-    assert choices[key]["forward"] == forward and choices[key]["batch"] == 3
-    assert "cache: " + tuning.current_cache().path in out
-    tuning.forget()  # as a new process starts: the choice comes from the file
-    status, out, err = _tune(capsys, path, "--batch-size", 3, "--policy", "mixed_bfloat16")
-    assert status == 0 and rows["up"].replace("(measured)", "(cache)") in out, out + err
-    status, out, err = _tune(capsys, path, "--batch-size", 3, "--policy", "mixed_bfloat16",
-                             "--quiet")
-    assert (status, out) == (0, ""), out + err
-
-
-@pytest.mark.parametrize("args,message", [
-    (["missing.keras"], "error: MODEL 'missing.keras': does not exist or is not a file"),
-    (["{model}", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
-    (["{model}", "--batch-size", "-2"], "expected a positive integer in ASCII digits"),
-    (["{model}", "--policy", "float8"], "argument --policy: invalid choice: 'float8'"),
-    (["{plain}"], "has no Conv3DTranspose layer"),
-])
-def test_tune_command_errors_are_one_line_exit_2(tuning_on, tmp_path, capsys, args, message):
-    model = _model(str(tmp_path / "model.keras"))
-    keras = tf_conv3dt.keras
-    inputs = keras.Input((4, 4, 4, 2))
-    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(str(tmp_path / "plain.keras"))
-    args = [a.format(model=model, plain=tmp_path / "plain.keras") for a in args]
-    try:
-        status, _, err = _tune(capsys, *args)
-    except SystemExit as exit_:  # argparse's own errors exit from parse_args
-        status, err = exit_.code, capsys.readouterr().err
-    assert status == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err
