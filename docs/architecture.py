@@ -16,13 +16,13 @@ BOXES = {
                  "ops/lowerings/: native, gemm,\ngemm_int8, subpixel; split.py"),
     "output": (0, 5, "the output",
                "epilogue.py: bias, activation;\ngrouped.py: one call per group"),
-    "quantize": (1, 0, "quantize_model", "quantization/: sets each layer's\nquantization=\"qat\""),
+    "quantize": (1, 0, "quantize_model", "quantization/modes/: the mode\neach layer holds (qat, int8)"),
     "tuning": (1, 2, "tuning", "ops/tuning/: times the\nlowerings, caches the choice"),
     "rule": (1, 3, "the rule", "ops/rule.py, cpu.py:\nAUTO_RULE by CPU class"),
-    "export": (2, 0, "export_model", "export/pipeline.py, cli.py:\nthe job validated"),
-    "stage": (2, 1, "stage each format", "pipeline.FORMATS: keras,\nsavedmodel, tflite, onnx"),
+    "export": (2, 0, "export_model", "export/run.py, job.py, cli.py:\nthe arguments checked"),
+    "stage": (2, 1, "stage each format", "export/formats/: keras,\nsavedmodel, tflite, onnx"),
     "writers": (2, 2, "the writers", "serving.py, signature.py,\ntflite.py, onnx.py"),
-    "verify": (2, 3, "verify", "each file run against\nthe Keras model"),
+    "verify": (2, 3, "verify", "each format runs its files\nagainst the Keras model"),
     "publish": (2, 4, "publish", "staging.py: renamed into\nplace; report.json"),
 }
 # (from, to, what it hands on where that needs saying), drawn from box to box.
