@@ -433,6 +433,26 @@ def test_auto_follows_the_rule_table(monkeypatch, kernel_size, strides, relation
     assert ops.AUTO_RULE["eigen"][relation] != "native"  # Eigen's backprop kernels
 
 
+def test_a_forced_rule_of_its_own_runs_each_relation_s_lowering():
+    """forced_implementation({relation: lowering}), as an export format that
+    measured its runtime forces it, picks by the call's kernel relation,
+    whatever the call asked for; a rule that misses a relation, or names no
+    lowering, is refused with the value."""
+    ops = tf_conv3dt.ops
+    own = {"kernel < stride": "gemm", "kernel == stride": "subpixel", "stride 1": "native",
+           "overlapping": "gemm"}
+    with ops.forced_implementation(own):
+        for kernel_size, strides, relation in [((2, 2, 2), (2, 2, 2), "kernel == stride"),
+                                               ((1, 1, 1), (2, 2, 2), "kernel < stride"),
+                                               ((3, 3, 3), (1, 1, 1), "stride 1"),
+                                               ((3, 3, 3), (2, 2, 2), "overlapping")]:
+            assert ops.resolve_implementation("native", kernel_size, strides) == own[relation]
+    for bad in ({"overlapping": "gemm"}, dict(own, overlapping="fastest")):
+        with pytest.raises(ValueError, match="implementation="):
+            with ops.forced_implementation(bad):
+                pass
+
+
 @pytest.mark.parametrize("onednn, isa, dtype, key", [
     (False, "avx512", "bfloat16", "eigen"),
     (True, "avx2", "float32", "onednn avx2"),

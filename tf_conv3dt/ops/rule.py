@@ -25,6 +25,10 @@ AUTO_RULE = {
 }
 
 
+# The kernel/stride classes, as kernel_relation names them.
+RELATIONS = ("kernel < stride", "kernel == stride", "stride 1", "overlapping")
+
+
 def kernel_relation(kernel_size, strides):
     """The class of a kernel/stride pair that :data:`AUTO_RULE` is keyed by:
     "kernel < stride" on some axis (phases without taps), "kernel == stride"

@@ -26,7 +26,9 @@ _RECORDED = contextvars.ContextVar("tf_conv3dt_recorded_selections", default=Non
 def forced_implementation(implementation, one_product_per_phase=False,
                           depthwise_as_gemm=False):
     """Traces every transposed convolution in the block with ``implementation``
-    (a lowering's name, or "auto" to let each call choose again);
+    (a lowering's name, "auto" to let each call choose again, or a rule of
+    its own: ``{kernel relation: lowering's name}`` over every
+    ``rule.RELATIONS``, as a runtime that reads the file measured them);
     ``depthwise_as_gemm``: depthwise calls run GEMM's one call instead (not
     under a lowering that keeps its calls, such as "gemm_int8", nor beyond
     ``shapes.MAX_UNROLLED`` taps). A call that names a lowering which keeps
@@ -42,7 +44,10 @@ def forced_implementation(implementation, one_product_per_phase=False,
     ``one_product_per_phase=True`` with "gemm" is deprecated: it is
     "gemm_int8".
     """
-    implementation = normalised(implementation)
+    if isinstance(implementation, dict):
+        implementation = _rule_of_its_own(implementation)
+    else:
+        implementation = normalised(implementation)
     if isinstance(implementation, tuple):
         raise ValueError("forced_implementation takes one lowering, not a (forward, "
                          f"gradient) pair. Received: implementation={implementation!r}")
@@ -62,8 +67,23 @@ def forced_implementation(implementation, one_product_per_phase=False,
 
 
 def forced():
-    """The lowering ``forced_implementation`` forces here, or None."""
+    """The lowering (or ``{kernel relation: lowering}``) that
+    ``forced_implementation`` forces here, or None."""
     return (_FORCED.get() or (None, False))[0]
+
+
+def _rule_of_its_own(by_relation):
+    """``{kernel relation: Lowering}`` from ``{kernel relation: name}``; a
+    ValueError names a missing or unknown relation, or a name that is no lowering."""
+    if set(by_relation) != set(rule.RELATIONS):
+        raise ValueError(f"A rule of its own names a lowering for each of "
+                         f"{', '.join(map(repr, rule.RELATIONS))}. "
+                         f"Received: implementation={by_relation!r}")
+    lowered = {relation: normalised(name) for relation, name in by_relation.items()}
+    if not all(isinstance(lowering, Lowering) for lowering in lowered.values()):
+        raise ValueError(f"A rule of its own names one lowering per relation. "
+                         f"Received: implementation={by_relation!r}")
+    return lowered
 
 
 def normalised(implementation):
@@ -143,7 +163,7 @@ def recorded():
 
 
 def _selected(call, implementation):
-    forward, gradient, why = _asked(implementation)
+    forward, gradient, why = _asked(implementation, call.relation)
     if call.groups > 1:
         return _grouped(call, forward, gradient, why)
     auto = forward is None
@@ -171,10 +191,13 @@ def _selected(call, implementation):
     return Selection(forward, gradient, _runs(forward, gradient), why)
 
 
-def _asked(implementation):
-    """``(forward, gradient, why)`` before "auto" decides: forward None for "auto"."""
+def _asked(implementation, relation):
+    """``(forward, gradient, why)`` before "auto" decides, for a call of
+    kernel ``relation``: forward None for "auto"."""
     forced_lowering = forced()
     keeps = isinstance(implementation, Lowering) and implementation.keeps_its_calls
+    if isinstance(forced_lowering, dict):
+        forced_lowering = forced_lowering[relation]
     if forced_lowering is not None and not keeps:
         return forced_lowering, forced_lowering, "forced"
     if implementation == "auto":
@@ -237,7 +260,7 @@ def resolve_implementation(implementation, kernel_size, strides, dtype="float32"
     strides = shapes.normalize_tuple(strides, "strides")
     call = Call(tf.as_dtype(dtype).name, "channels_last", (None,) * 5,
                 (*kernel_size, None, None), strides, "valid", (1, 1, 1), (None,) * 3)
-    forward, _, _ = _asked(normalised(implementation))
+    forward, _, _ = _asked(normalised(implementation), call.relation)
     if forward is None:
         forward, _ = _auto(call)
     reason = forward.refuses(call)
