@@ -21,6 +21,7 @@ gradient is another's). ``grouped`` wraps it all for grouped calls.
 import tensorflow as tf
 
 from tf_conv3dt import shapes
+from tf_conv3dt.ops.budget import memory_budget, set_memory_budget
 from tf_conv3dt.ops.call import Call
 from tf_conv3dt.ops.cpu import cpu_configuration
 from tf_conv3dt.ops.epilogue import FUSED_ACTIVATIONS, epilogue
@@ -34,8 +35,8 @@ from tf_conv3dt.ops.split import with_gradient_of
 from tf_conv3dt.ops.tuning import autotune_enabled, set_autotune
 
 __all__ = ["AUTO_RULE", "FUSED_ACTIVATIONS", "Plan", "autotune_enabled", "conv3d_transpose", "cpu_configuration",
-           "forced_implementation", "kernel_relation", "resolve_implementation", "rule_key",
-           "set_autotune"]
+           "forced_implementation", "kernel_relation", "memory_budget", "resolve_implementation",
+           "rule_key", "set_autotune", "set_memory_budget"]
 
 
 # Its Python branches all read static values (shapes, arguments), so AutoGraph

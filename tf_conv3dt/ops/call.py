@@ -1,6 +1,9 @@
 """The record of one call as the lowerings see it: what choosing and tuning read."""
 
 import dataclasses
+import math
+
+import tensorflow as tf
 
 from tf_conv3dt import shapes
 from tf_conv3dt.ops import rule
@@ -81,6 +84,20 @@ class Call:
                                                           strides, padding, dilation)
         return cls(dtype, data_format, input_shape, tuple(kernel_shape), strides, padding,
                    dilation, tuple(output_lengths), groups)
+
+    def sizes(self):
+        """``(input, output, tap products)`` in bytes, at batch 1 where the batch
+        is unknown, or None where another size is: the input, the output, and
+        every tap's product of the input's voxels with the filters at once
+        (what a lowering that makes them all before summing holds)."""
+        if not self.static:
+            return None
+        batch, *spatial, channels = self.input_shape
+        voxels = (batch or 1) * math.prod(spatial)
+        itemsize = tf.as_dtype(self.dtype).size
+        return (voxels * channels * itemsize,
+                (batch or 1) * math.prod(self.output_lengths) * self.filters * itemsize,
+                voxels * math.prod(self.kernel_size) * self.filters * itemsize)
 
     def tuning_key(self):
         """Tuning's cache key: the call as its cost depends on it, with the

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 
 from tf_conv3dt import shapes
-from tf_conv3dt.ops import cpu, lowerings, rule, tuning
+from tf_conv3dt.ops import budget, cpu, lowerings, rule, tuning
 from tf_conv3dt.ops.call import Call
 from tf_conv3dt.ops.lowerings import Lowering
 
@@ -167,8 +167,12 @@ def _selected(call, implementation):
     if call.groups > 1:
         return _grouped(call, forward, gradient, why)
     auto = forward is None
+    candidates = [lowerings.get(name) for name in lowerings.names(auto=True)]
     if auto:
         forward, why = _auto(call)
+        forward, over = budget.within(call, forward,
+                                      [c for c in candidates if not c.refuses(call)])
+        why += f"; {over}" if over else ""
         gradient = forward
     for lowering in {forward, gradient}:
         reason = lowering.refuses(call)
@@ -182,8 +186,8 @@ def _selected(call, implementation):
             why += f"; {lowering.name} rerouted to {instead[0]}: {instead[1]}"
     forward, gradient = (rerouted.get(lowering, lowering) for lowering in (forward, gradient))
     if auto and not call.unrolled_excess:
-        candidates = [lowerings.get(name) for name in lowerings.names(auto=True)]
-        timed = tuning.tuned(call, [c for c in candidates if not c.rerouted(call)], forward)
+        timed = tuning.tuned(call, budget.fitting(call, [c for c in candidates
+                                                         if not c.rerouted(call)]), forward)
         if timed is not None:
             forward, gradient, decision = timed
             return Selection(forward, gradient, _runs(forward, gradient),

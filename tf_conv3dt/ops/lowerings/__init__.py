@@ -69,8 +69,11 @@ class Lowering:
         return True
 
     def memory(self, call):
-        """The bytes a training step of ``call`` holds beyond its input and
-        output, estimated; None where it is not modelled."""
+        """The peak bytes a training step of ``call`` holds beyond what was
+        resident before it (its output, the gradients and every temporary;
+        ``Call.sizes``), estimated; None where a size is unknown at trace
+        time, or the lowering has no model. What ``ops.budget`` compares
+        with the budget."""
         return None
 
     def __repr__(self):

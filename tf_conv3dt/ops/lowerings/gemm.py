@@ -31,6 +31,20 @@ class Gemm(Lowering):
     def forward(self, x, kernel, plan, call, epilogue=None):
         return gemm(x, kernel, plan, call.strides, call.dilation, groups=call.groups)
 
+    def memory(self, call):
+        """Three outputs' worth where no taps overlap (each phase one product);
+        where they do, every tap's product at once and nearly twice over (each
+        product, and its gradient's share), and four outputs (bench_memory.py's
+        k3 s2, k2 s2 and k4 s2 cases on the AVX2-only EPYC under Eigen: 4.3
+        and 1.85 times those sizes fit both overlapping cases)."""
+        sizes = call.sizes()
+        if sizes is None:
+            return None
+        _, output, products = sizes
+        if call.relation in ("kernel < stride", "kernel == stride"):
+            return int(3.1 * output)
+        return int(4.3 * output + 1.85 * products)
+
 
 def unrolled_refusal(call, name):
     """Why ``name``, which builds ops for each stride phase and kernel tap,

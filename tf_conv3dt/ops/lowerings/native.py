@@ -44,6 +44,17 @@ class Native(Lowering):
             return "gemm", "oneDNN's input gradient is wrong for one filter and a length of 1"
         return None
 
+    def memory(self, call):
+        """TensorFlow's CPU kernel: about twice the output, and a column buffer
+        of every tap's product at once (its gradients' im2col), the peaks of
+        bench_memory.py's cases on the AVX2-only EPYC under Eigen (2.1 and 1.0
+        times those sizes fit k3 s2, k2 s2 and k4 s2 within 5%)."""
+        sizes = call.sizes()
+        if sizes is None:
+            return None
+        _, output, products = sizes
+        return int(2.1 * output + products)
+
     def untimed(self, call):
         """Not timed on a CPU without oneDNN, where the rule never takes it
         either: its Conv3DBackprop* kernels collapse on some shapes (51-58x

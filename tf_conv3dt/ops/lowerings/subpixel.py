@@ -27,6 +27,20 @@ class Subpixel(Lowering):
         return dilated_as_undilated(subpixel, x, kernel, plan, call.strides, call.padding,
                                     call.dilation), False
 
+    def memory(self, call):
+        """Outputs' worth: about three where the kernel equals the stride (one
+        tap a phase), four where it is a multiple of it, else seven, as the
+        phases' unequal convolutions are padded to one shape and their
+        gradients cropped back (bench_memory.py's k2 s2, k4 s2 and k3 s2
+        cases on the AVX2-only EPYC under Eigen: 3.1, 3.75 and 7.0)."""
+        sizes = call.sizes()
+        if sizes is None:
+            return None
+        if call.relation == "kernel == stride":
+            return int(3.1 * sizes[1])
+        even = all(k % s == 0 for k, s in zip(call.kernel_size, call.strides))
+        return int((3.75 if even else 7.0) * sizes[1])
+
 
 def subpixel(x, kernel, plan, strides):
     """Sub-pixel form: every stride phase as a stride-1 forward convolution.

@@ -1,5 +1,6 @@
 """The record of one configuration's choice: what was timed, what runs, and where it came from."""
 
+import dataclasses
 from typing import NamedTuple
 
 from tf_conv3dt.ops import lowerings
@@ -73,7 +74,19 @@ class Decision(NamedTuple):
                 f"kernel {tuple(kernel[:3])} -> {kernel[3]} filters, strides "
                 f"{tuple(call.strides)}, {call.padding}, dilation {tuple(call.dilation)}, "
                 f"output {tuple(call.output_lengths)} | ms forward/gradient: "
-                f"{times or 'none timed'} | {self.runs(serving)} ({self.source}){self.unranked}")
+                f"{times or 'none timed'}{self.estimates()} | {self.runs(serving)} "
+                f"({self.source}){self.unranked}")
+
+    def estimates(self):
+        """" | estimated training-step peak MiB: NAME N ..." for each timed
+        lowering that estimates one (``Lowering.memory``) at the batch it
+        was timed at, or nothing."""
+        call = dataclasses.replace(self.call, input_shape=(self.batch,
+                                                           *self.call.input_shape[1:]))
+        peaks = {name: lowerings.get(name).memory(call) for name in lowering_times(self.ms)}
+        text = "  ".join(f"{name} {peak / 2**20:.0f}" for name, peak in peaks.items()
+                         if peak is not None)
+        return f" | estimated training-step peak MiB: {text}" if text else ""
 
 
 def fastest_first(times):
