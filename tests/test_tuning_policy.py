@@ -400,21 +400,37 @@ def test_switched_off_the_rule_decides(tuning_on, measurements, monkeypatch, swi
 
 
 @cpu_sensitive
-@pytest.mark.parametrize("value, on_a_cpu, on_a_gpu", [
-    (None, True, False), ("", True, False), (" Yes ", True, True), ("1", True, True),
-    ("0", False, False), ("OFF", False, False), ("false", False, False)])
-def test_tuning_is_on_on_a_cpu_unless_the_environment_switches_it_off(
-        monkeypatch, value, on_a_cpu, on_a_gpu):
-    """Unset, it times on a CPU, and not on a GPU, where no timing has been
-    measured against the rule."""
+@pytest.mark.parametrize("configuration, isa, dtype, gpu, by_default", [
+    ("eigen", "avx2", "float32", False, True), ("eigen", "amx", "float32", False, True),
+    ("eigen", "avx2", "bfloat16", False, False), ("onednn", "avx2", "float32", False, False),
+    ("onednn", "avx512", "float32", False, False), ("onednn", "amx", "float32", False, True),
+    ("onednn", "amx", "bfloat16", False, False), ("onednn", "amx", "float32", True, False)])
+def test_tuning_is_on_by_default_only_where_it_beat_the_rule(
+        monkeypatch, configuration, isa, dtype, gpu, by_default):
+    """Unset, it times in float32 with the Eigen kernels and under oneDNN on
+    AMX, where tuned auto beat the rule (docs/performance.md), and nowhere
+    else: not under oneDNN on AVX2 or AVX-512, not in bfloat16, not on a GPU."""
+    cpu_pin.pin(monkeypatch, configuration, isa, gpu)
     tuning.set_autotune(None)
-    if value is None:
-        monkeypatch.delenv(tuning.ENV_AUTOTUNE, raising=False)
-    else:
-        monkeypatch.setenv(tuning.ENV_AUTOTUNE, value)
-    for gpu, enabled in ((False, on_a_cpu), (True, on_a_gpu)):
-        monkeypatch.setattr(cpu, "on_a_gpu", lambda gpu=gpu: gpu)
-        assert tuning.autotune_enabled() is enabled, (value, gpu)
+    for value in (None, ""):
+        if value is None:
+            monkeypatch.delenv(tuning.ENV_AUTOTUNE, raising=False)
+        else:
+            monkeypatch.setenv(tuning.ENV_AUTOTUNE, value)
+        assert tuning.autotune_enabled(dtype) is by_default, value
+
+
+@cpu_sensitive
+@pytest.mark.parametrize("value, enabled", [
+    (" Yes ", True), ("1", True), ("0", False), ("OFF", False), ("false", False)])
+@pytest.mark.parametrize("configuration, isa, gpu", [
+    ("eigen", "avx2", False), ("onednn", "avx512", False), ("onednn", "amx", True)])
+def test_the_environment_switches_tuning_whatever_the_default(
+        monkeypatch, value, enabled, configuration, isa, gpu):
+    cpu_pin.pin(monkeypatch, configuration, isa, gpu)
+    tuning.set_autotune(None)
+    monkeypatch.setenv(tuning.ENV_AUTOTUNE, value)
+    assert tuning.autotune_enabled() is enabled and tuning.autotune_enabled("bfloat16") is enabled
 
 
 def test_a_bad_environment_switch_is_named(monkeypatch):

@@ -46,8 +46,8 @@ class Conv3DTranspose(keras.layers.Layer):
       kernel_constraint: constraint the optimizer applies to the kernel after
         each update.
       bias_constraint: constraint applied to the bias likewise.
-      implementation: "auto" (on a CPU, the lowering timed fastest for a
-        static call on this machine, ``tf_conv3dt.ops.set_autotune``; else
+      implementation: "auto" (where timing is on, the lowering timed fastest
+        for a static call on this machine, ``tf_conv3dt.ops.set_autotune``; else
         the fastest for this kernel and stride on this device,
         ``tf_conv3dt.ops.resolve_implementation``), "native"
         (``tf.nn.conv3d_transpose``), "gemm", "gemm_int8" or "subpixel"

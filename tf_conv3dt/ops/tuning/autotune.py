@@ -74,7 +74,7 @@ def tuned(call, candidates, rule):
     ``candidates`` (``Lowering`` objects; ``policy.choose``), where the call
     is static and tuning is on; else None, and ``rule`` runs."""
     recorder = _RECORDER.get()
-    if not (recorder or switch.autotune_enabled()) or not call.static or switch.multi_worker():
+    if not (recorder or switch.autotune_enabled(call.dtype)) or not call.static or switch.multi_worker():
         return None
     names = [c.name for c in candidates if not c.untimed(call)]
     if len(names) < 2:

@@ -5,11 +5,18 @@ import os
 
 import tensorflow as tf
 
-from tf_conv3dt.ops import cpu
+from tf_conv3dt.ops import cpu, rule
 
 ENV_AUTOTUNE = "TF_CONV3DT_AUTOTUNE"
 
 _switch = [None]  # set_autotune's value; None follows the environment variable
+
+# Where "auto" times with TF_CONV3DT_AUTOTUNE unset: the (rule key, compute
+# dtype) pairs where tuned "auto" beat the static rule in the worst case over
+# forward and training step in most runs of every CPU measured (see
+# docs/performance.md, "When to tune"). It lost in most runs under oneDNN
+# on AVX2 and AVX-512 and in bfloat16, and was never measured on a GPU.
+TUNED_BY_DEFAULT = frozenset({("eigen", "float32"), ("onednn amx", "float32")})
 
 
 def set_autotune(enabled):
@@ -35,12 +42,12 @@ def switched(enabled):
         _switch[0] = previous
 
 
-def autotune_enabled():
-    """Whether "auto" times static configurations: the Python switch, else
-    ``TF_CONV3DT_AUTOTUNE`` (off for 0, false, off or no; on for 1, true,
-    on or yes; unset or empty, on a CPU and off on a GPU, where no timing
-    has been measured against the rule yet), and never under op
-    determinism, where a run must not depend on timing."""
+def autotune_enabled(dtype="float32"):
+    """Whether "auto" times static configurations computed in ``dtype``: the
+    Python switch, else ``TF_CONV3DT_AUTOTUNE`` (off for 0, false, off or no;
+    on for 1, true, on or yes; unset or empty, on where ``TUNED_BY_DEFAULT``
+    holds this CPU configuration and dtype, and never on a GPU), and never
+    under op determinism, where a run must not depend on timing."""
     if _op_determinism():
         return False
     if _switch[0] is not None:
@@ -48,7 +55,8 @@ def autotune_enabled():
     value = os.environ.get(ENV_AUTOTUNE, "")
     setting = value.strip().lower()
     if setting == "":
-        return not cpu.on_a_gpu()
+        return (not cpu.on_a_gpu()
+                and (rule.rule_key(dtype), tf.as_dtype(dtype).name) in TUNED_BY_DEFAULT)
     if setting in ("1", "true", "on", "yes"):
         return True
     if setting in ("0", "false", "off", "no"):
