@@ -11,6 +11,7 @@ configuration of a bench_conv3d_transpose.py run):
 - ``rule FILE``: the ``AUTO_RULE`` table that FILE (tf_conv3dt/ops/rule.py)
   assigns, one row per kernel/stride relation and a column per rule key;
 - ``onnx FILE``: a bench_onnx.py run;
+- ``memory FILE``: a bench_memory.py run, each path's peak by case, forward and training step;
 - ``groups FILE``: a bench_groups.py run;
 - ``serving FILE``: a bench_serving.py run, and each lowering's worst ratio;
 - ``quantization FILE``: a bench_quantization.py run, one row per TFLite file;
@@ -79,6 +80,8 @@ def render(kind, path, *arguments):
         return _summary(content, cpu, source)
     if kind == "onnx":
         return _onnx(content, cpu, source)
+    if kind == "memory":
+        return _memory(content, cpu, source)
     if kind == "groups":
         return _groups(content, cpu, source)
     if kind == "serving":
@@ -346,6 +349,28 @@ def _onnx(content, cpu, source):
                 "native / gemm"], rows),
         f"The MatMul form as fast or faster on {faster} of {len(ratios)} rows; geometric "
         f"mean of native / gemm {mean:.2f}x."])
+
+
+def _memory(content, cpu, source):
+    parts = []
+    for name, entry in content["configurations"].items():
+        paths = list(dict.fromkeys(row["path"] for row in entry["rows"]))
+        cases = list(dict.fromkeys(row["case"] for row in entry["rows"]))
+        peaks = {(row["case"], row["path"]): row for row in entry["rows"]}
+
+        def cell(case, path):
+            row = peaks.get((case, path))
+            if row is None:
+                return "-"
+            return " / ".join("failed" if "failed" in row[step] else
+                              f"{row[step]['peak_mib']:.0f}" for step in ("forward", "train"))
+
+        parts += [f"{content['date']}, `{cpu}`, configuration `{name}`; peak resident "
+                  f"memory growth in MiB, forward / training step, each in a fresh process "
+                  f"{source}:",
+                  _table(["case", *paths], [(case, *(cell(case, path) for path in paths))
+                                            for case in cases])]
+    return "\n\n".join(parts)
 
 
 def _groups(content, cpu, source):

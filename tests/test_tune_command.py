@@ -1,5 +1,6 @@
 """The tune command: a row per layer, the cache filled, its errors in one line."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -51,6 +52,13 @@ def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_
     # Each lowering, and where the times proposed one, a pair ("native+gemm").
     assert {n for n in names if "+" not in n} == set(timed_here()), up
     assert all(n.split("+")[0] in lowerings.names(auto=True) for n in names), up
+    # Each timed lowering's estimated peak, at the batch it was timed at.
+    estimated = up.split("| estimated training-step peak MiB: ")[1].split(" | ")[0]
+    (decision,) = tuning.current_cache().memory.values()
+    call = dataclasses.replace(decision.call, input_shape=(3, *decision.call.input_shape[1:]))
+    assert estimated == "  ".join(
+        f"{name} {lowerings.get(name).memory(call) / 2**20:.0f}" for name in decision.ms
+        if "+" not in name), up
     forward = up.rsplit("| ", 1)[1].split()[0]
     assert forward in lowerings.names(auto=True) and up.endswith("(measured)"), up
     choices = json.loads(open(tuning.current_cache().path).read())["choices"]
