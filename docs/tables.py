@@ -11,6 +11,7 @@ configuration of a bench_conv3d_transpose.py run):
 - ``rule FILE``: the ``AUTO_RULE`` table that FILE (tf_conv3dt/ops/rule.py)
   assigns, one row per kernel/stride relation and a column per rule key;
 - ``onnx FILE``: a bench_onnx.py run;
+- ``openvino FILE``: a bench_openvino.py run, each path's ms and ours over the built-in's;
 - ``memory FILE``: a bench_memory.py run, each path's peak by case, forward and training step;
 - ``groups FILE``: a bench_groups.py run;
 - ``serving FILE``: a bench_serving.py run, and each lowering's worst ratio;
@@ -80,6 +81,8 @@ def render(kind, path, *arguments):
         return _summary(content, cpu, source)
     if kind == "onnx":
         return _onnx(content, cpu, source)
+    if kind == "openvino":
+        return _openvino(content, cpu, source)
     if kind == "memory":
         return _memory(content, cpu, source)
     if kind == "groups":
@@ -349,6 +352,23 @@ def _onnx(content, cpu, source):
                 "native / gemm"], rows),
         f"The MatMul form as fast or faster on {faster} of {len(ratios)} rows; geometric "
         f"mean of native / gemm {mean:.2f}x."])
+
+
+def _openvino(content, cpu, source):
+    head = (f"{content['date']}, `{cpu}`, {content['cores']} cores; OpenVINO "
+            f"{content['openvino']} CPU plugin in {content['precision']} on "
+            f"{content['threads']} threads, TensorFlow {content['tensorflow']}; median of "
+            f"{content['repeats']} runs in {content['rounds']} interleaved rounds {source}")
+    paths = list(content["rows"][0]["ms"])
+    rows = [(r["case"], r["batch"], *(f"{r['ms'][path]:.2f}" for path in paths),
+             f"{r['ir_lowering']} {r['ir_over_builtin']:.2f}") for r in content["rows"]]
+    worst = max(r["ir_over_builtin"] for r in content["rows"])
+    mean = math.exp(sum(math.log(r["ir_over_builtin"]) for r in content["rows"])
+                    / len(content["rows"]))
+    return "\n\n".join([head + ":", _table(
+        ["case", "batch", *(f"{path} ms" for path in paths), "the IR's lowering / built-in"],
+        rows), f"The IR's lowering over the built-in: at worst {worst:.2f}x, geometric mean "
+                f"{mean:.2f}x."])
 
 
 def _memory(content, cpu, source):

@@ -118,4 +118,4 @@ def test_the_registry_refuses_a_second_format_of_a_name_and_what_is_no_format():
         formats.register(formats.get("keras").__class__())
     with pytest.raises(TypeError, match="a Format"):
         formats.register("keras")
-    assert formats.names() == ("keras", "savedmodel", "tflite", "onnx")
+    assert formats.names() == ("keras", "savedmodel", "tflite", "onnx", "openvino")

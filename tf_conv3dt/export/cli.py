@@ -74,9 +74,11 @@ def parse_args(argv):
     parser.add_argument("--version", type=command_line.ascii_integer, metavar="N",
                         help=f"serving version to write, 1 to {LAST_VERSION}; refused if it "
                              "exists (default: the next free integer)")
-    parser.add_argument("--formats", default=",".join(formats.names()),
+    parser.add_argument("--formats", default=",".join(formats.defaults()),
                         help=f"comma-separated subset of {','.join(formats.names())} "
-                             "(default: all; " + "; ".join(
+                             "(default: all but " + ", ".join(
+                                 format_.name for format_ in formats.every()
+                                 if not format_.by_default) + "; " + "; ".join(
                                  f"{format_.name} needs the {format_.extra} extra"
                                  for format_ in formats.every() if format_.extra) + ")")
     parser.add_argument("--calibration-data", metavar="FILE.npy",

@@ -57,8 +57,9 @@ def export_model(model, out_dir, name="conv3dt", version=None, formats=None,
       version: the TF Serving version (None: the next free one, retried if a
         concurrent export takes it first).
       formats: names of registered formats (``formats.names()``: keras,
-        savedmodel, tflite, onnx), a sequence or a comma-separated string;
-        None for every one.
+        savedmodel, tflite, onnx, openvino), a sequence or a comma-separated
+        string; None for those written by default (``formats.defaults()``:
+        all but openvino, which needs its extra).
       calibration: int8 calibration samples ``(n, *input_shape)``, finite;
         None uses synthetic uniform [0, 1) data, with a warning.
       batch_size: the TFLite files' static batch size, or with

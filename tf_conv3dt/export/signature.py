@@ -14,10 +14,12 @@ SIGNATURE = "serving_default"
 
 class ForcedLowering(NamedTuple):
     """What ``ops.forced_implementation`` forces while a file is traced: a
-    lowering's name, or "auto" to let each call choose; with
-    ``depthwise_as_gemm``, depthwise layers run GEMM's one call instead."""
+    lowering's name, "auto" to let each call choose, or a rule of its own
+    (``{kernel relation: lowering's name}``, what a runtime measured fastest
+    for each); with ``depthwise_as_gemm``, depthwise layers run GEMM's one
+    call instead."""
 
-    name: str
+    name: object
     depthwise_as_gemm: bool = False
 
     def forced(self):
@@ -26,10 +28,12 @@ class ForcedLowering(NamedTuple):
 
     def describe(self):
         """Its name, and what depthwise layers run where that differs."""
-        return self.name + (" (depthwise layers: gemm's one call)" if self.depthwise_as_gemm
+        return str(self) + (" (depthwise layers: gemm's one call)" if self.depthwise_as_gemm
                             else "")
 
     def __str__(self):
+        if isinstance(self.name, dict):
+            return ", ".join(f"{name} where {relation}" for relation, name in self.name.items())
         return self.name
 
 

@@ -70,6 +70,16 @@ def flags_isa():
                                          ("avx2", "avx2")) if needed in flags), "other")
 
 
+def int8_dot_products():
+    """The CPU's int8 dot-product instructions: "amx" (AMX-INT8), "vnni"
+    (AVX512_VNNI or AVX-VNNI), or "none", where u8 x i8 products are summed
+    in 16 bits (VPMADDUBSW) and int8 gains little over float32."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    if "amx_int8" in flags:
+        return "amx"
+    return "vnni" if flags & {"avx512_vnni", "avx_vnni"} else "none"
+
+
 # Names the ISA class the rule and tuning assume, instead of the one the CPU's
 # flags give: to trace a graph here for CPUs of another class, and for tests.
 ENV_CPU_ISA = "TF_CONV3DT_CPU_ISA"

@@ -55,6 +55,8 @@ class Format:
     asks for it is refused before anything is written."""
     extra = None
     """The pip extra of tf_conv3dt that installs ``packages``."""
+    by_default = True
+    """Whether an export that names no formats writes it."""
 
     def missing_packages(self):
         """Those of ``packages`` that are not installed."""
@@ -155,6 +157,11 @@ def names():
     return tuple(_REGISTRY)
 
 
+def defaults():
+    """The names of the formats an export that names none writes (``Format.by_default``)."""
+    return tuple(name for name, format_ in _REGISTRY.items() if format_.by_default)
+
+
 def get(name):
     """The format registered as ``name``."""
     return _REGISTRY[name]
@@ -167,11 +174,11 @@ def every():
 
 def chosen(formats):
     """The formats ``formats`` names (a sequence of names, a comma-separated
-    string, or None for every one), in registration order; an ExportError
+    string, or None for every one written by default), in registration order; an ExportError
     names ``formats`` for an unknown name, none at all, or a format whose
     packages are missing."""
     if formats is None:
-        formats = names()
+        formats = defaults()
     elif isinstance(formats, str):
         formats = [name.strip() for name in formats.split(",") if name.strip()]
     unknown = [name for name in formats if name not in _REGISTRY]
@@ -190,6 +197,6 @@ def chosen(formats):
 # The built-in formats' modules, each of which registers its format on
 # import, in this order: the order they are staged in and their rows stand in
 # the report.
-BUILT_IN = ("keras", "savedmodel", "tflite", "onnx")
+BUILT_IN = ("keras", "savedmodel", "tflite", "onnx", "openvino")
 for _module in BUILT_IN:
     importlib.import_module(f"{__name__}.{_module}")
