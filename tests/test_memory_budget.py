@@ -1,4 +1,4 @@
-"""The memory budget "auto" keeps to: its switches, their errors, and what it makes auto choose.
+"""The memory budget "auto" keeps to: its switches, their errors, and what it makes auto choose."""
 
 import logging
 
