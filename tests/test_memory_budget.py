@@ -70,10 +70,11 @@ def test_every_auto_lowering_estimates_a_static_call_and_not_an_unknown_one():
 
 @cpu_sensitive
 def test_auto_takes_the_smallest_lowering_that_fits_where_the_rule_s_does_not(monkeypatch):
-    """Eigen's rule takes sub-pixel on k3 s2; a budget under its estimate and
-    over another's makes auto take the smallest that fits, and say why."""
+    """Eigen's rule takes GEMM where the kernel is shorter than the stride; a
+    budget under its estimate and over another's makes auto take the
+    smallest that fits, and say why."""
     cpu_pin.pin(monkeypatch, "eigen", "avx2")
-    call = _call()
+    call = _call(kernel=1)
     rule_choice = select.select(call, "auto").forward
     estimates = {name: lowerings.get(name).memory(call) for name in lowerings.names(auto=True)}
     fits = {name: size for name, size in estimates.items() if size < estimates[rule_choice.name]}

@@ -45,14 +45,18 @@ class Native(Lowering):
         return None
 
     def memory(self, call):
-        """TensorFlow's CPU kernel: about twice the output, and a column buffer
-        of every tap's product at once (its gradients' im2col), the peaks of
-        bench_memory.py's cases on the AVX2-only EPYC under Eigen (2.1 and 1.0
-        times those sizes fit k3 s2, k2 s2 and k4 s2 within 5%)."""
+        """TensorFlow's CPU kernels, from the peaks of bench_memory.py's cases
+        on the AVX2-only EPYC: under Eigen about twice the output and a column
+        buffer of every tap's product at once (its gradients' im2col; 2.1 and
+        1.0 times those sizes fit k3 s2, k2 s2 and k4 s2 within 5%); under
+        oneDNN, which keeps no such buffer, 3.6 outputs (k3 s2 and k4 s2:
+        3.5 and 3.6; k2 s2: 2.5)."""
         sizes = call.sizes()
         if sizes is None:
             return None
         _, output, products = sizes
+        if cpu.onednn_enabled():
+            return int(3.6 * output)
         return int(2.1 * output + products)
 
     def untimed(self, call):

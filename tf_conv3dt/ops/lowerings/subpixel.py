@@ -4,6 +4,7 @@ import itertools
 
 import tensorflow as tf
 
+from tf_conv3dt.ops import cpu
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 from tf_conv3dt.ops.lowerings import Lowering, register
 from tf_conv3dt.ops.lowerings.gemm import unrolled_refusal
@@ -28,18 +29,19 @@ class Subpixel(Lowering):
                                     call.dilation), False
 
     def memory(self, call):
-        """Outputs' worth: about three where the kernel equals the stride (one
-        tap a phase), four where it is a multiple of it, else seven, as the
-        phases' unequal convolutions are padded to one shape and their
-        gradients cropped back (bench_memory.py's k2 s2, k4 s2 and k3 s2
-        cases on the AVX2-only EPYC under Eigen: 3.1, 3.75 and 7.0)."""
+        """Outputs' worth, from the peaks of bench_memory.py's cases on the
+        AVX2-only EPYC: where the kernel equals the stride (one tap a phase)
+        3.1 under Eigen and 3.8 under oneDNN, elsewhere 3.8 and 6.0 (k2 s2,
+        k3 s2, k4 s2: 3.1, 3.7 and 3.8 under Eigen; 3.8, 4.9 and 6.0 under
+        oneDNN, whose convolution with every phase's filters holds its output
+        more than once)."""
         sizes = call.sizes()
         if sizes is None:
             return None
-        if call.relation == "kernel == stride":
-            return int(3.1 * sizes[1])
-        even = all(k % s == 0 for k, s in zip(call.kernel_size, call.strides))
-        return int((3.75 if even else 7.0) * sizes[1])
+        one_tap_a_phase = call.relation == "kernel == stride"
+        if cpu.onednn_enabled():
+            return int((3.8 if one_tap_a_phase else 6.0) * sizes[1])
+        return int((3.1 if one_tap_a_phase else 3.8) * sizes[1])
 
 
 def subpixel(x, kernel, plan, strides):
@@ -54,8 +56,9 @@ def subpixel(x, kernel, plan, strides):
     otherwise each phase is its own convolution (padding the short phases
     with zero taps would cost their products, and turn an Inf input into NaN
     where 0 * Inf lands). The phases are then interleaved as in the GEMM
-    lowering. Gradients (:func:`_conv3d_valid`) are forward convolutions and
-    one GEMM per tap: training never reaches the Conv3DBackprop* kernels.
+    lowering. Gradients (:func:`_conv3d_valid`, :func:`_phase_by_phase`) are
+    forward convolutions and one GEMM per tap: training never reaches the
+    Conv3DBackprop* kernels.
     """
     kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
     batch = lengths(x)[0]
@@ -70,25 +73,110 @@ def subpixel(x, kernel, plan, strides):
                                       longest[2], strides[2], filters, channels])
         weights = tf.transpose(weights, (0, 2, 4, 7, 1, 3, 5, 6))
         weights = _reversed(tf.reshape(weights, [*longest, channels, -1]))
-        phases = _conv3d_valid(x, weights, paddings)
-    else:
-        # Every phase reads this window, so it must not be a Pad (_conv3d_valid).
+        return interleave_and_crop(_conv3d_valid(x, weights, paddings), batch, plan,
+                                   strides, filters)
+    return _phase_by_phase(x, kernel, plan, strides, paddings, longest)
+
+
+def _phase_by_phase(x, kernel, plan, strides, paddings, longest):
+    """The output where the phases' taps differ: each phase its own
+    convolution, reading from the window the plan's ``paddings`` make of
+    ``x`` (a phase with ``T_r`` taps starts ``T - T_r`` positions later; one
+    with none is zero), the phases then interleaved.
+
+    Its gradient goes phase by phase, each phase waiting for the one before:
+    the output gradient's positions of that phase (:func:`_phase_view`), its
+    share of the window gradient, added to the sum, and one ``(F, voxels) x
+    (voxels, C)`` GEMM per tap. The peak holds the output gradient, the sum
+    and one phase's temporaries, where autodiff through the interleave held
+    the output gradient padded, transposed and split, and every phase's
+    window gradient at once: a training step of the k3 s2 U-Net stage, (1,
+    64^3, 32) -> 16, peaked at 470 MiB, against 893 before and PyTorch's 430
+    (bench_memory.py, AVX2-only EPYC, Eigen), and ran in 0.87-0.92 of the
+    time."""
+    kernel_size, filters, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
+    phases = list(itertools.product(*map(range, strides)))
+    taps = {phase: [-(-(k - r) // s) for k, r, s in zip(kernel_size, phase, strides)]
+            for phase in phases}
+    ones = (1, 1, 1, 1, 1)
+
+    def phase_kernel(kernel, phase):  # (T1, T2, T3, F, C)
+        return kernel[phase[0]::strides[0], phase[1]::strides[1], phase[2]::strides[2]]
+
+    @tf.custom_gradient
+    def interleaved(x, kernel):
+        batch, blocks = lengths(x)[0], plan.blocks()
+        # Every phase reads this window, so it must not be a Pad (_pad).
         window = _pad(x, paddings, fusable=False)
-        phases = []
-        for phase in itertools.product(*map(range, strides)):
-            taps = [-(-(k - r) // s) for k, r, s in zip(kernel_size, phase, strides)]
-            if 0 in taps:  # a kernel shorter than its stride: no tap lands here
-                phases.append(tf.zeros(tf.stack([batch, *plan.blocks(), filters]),
-                                       x.dtype))
+        outputs = []
+        for phase in phases:
+            if 0 in taps[phase]:  # a kernel shorter than its stride: no tap lands here
+                outputs.append(tf.zeros(tf.stack([batch, *blocks, filters]), x.dtype))
                 continue
-            weights = kernel[phase[0]::strides[0], phase[1]::strides[1], phase[2]::strides[2]]
-            weights = _reversed(tf.transpose(weights, (0, 1, 2, 4, 3)))
-            # A phase with fewer taps starts reading T - T_r positions later.
-            phases.append(_conv3d_valid(
-                _cut(window, [(t - longest_t, 0) for t, longest_t in zip(taps, longest)]),
-                weights))
-        phases = tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
-    return interleave_and_crop(phases, batch, plan, strides, filters)
+            weights = _reversed(tf.transpose(phase_kernel(kernel, phase), (0, 1, 2, 4, 3)))
+            cut = _cut(window, [(t - t_max, 0) for t, t_max in zip(taps[phase], longest)])
+            outputs.append(empty_batch_safe(tf.nn.conv3d(cut, weights, ones, "VALID"),
+                                            tf.stack([batch, *blocks, filters])))
+        y = interleave_and_crop(tf.concat(outputs, axis=-1), batch, plan, strides, filters)
+
+        def gradient(dy):
+            window = _pad(x, paddings, fusable=False)
+            view = _phase_view(dy, batch, plan, strides, filters)
+            dwindow, per_tap, last = None, {}, []
+            for phase in phases:
+                if 0 in taps[phase]:
+                    continue
+                with tf.control_dependencies(last):
+                    rows = tf.reshape(view[:, phase[0], :, phase[1], :, phase[2] * filters:
+                                           (phase[2] + 1) * filters],
+                                      tf.stack([batch, *blocks, filters]))
+                # The window gradient is the full correlation of the phase's
+                # positions with its taps (unreversed, F -> C), shifted back by
+                # the T - T_r positions the phase starts later.
+                padded = tf.pad(rows, [[0, 0], *[[t_max - 1, t - 1] for t, t_max
+                                                 in zip(taps[phase], longest)], [0, 0]])
+                share = empty_batch_safe(
+                    tf.nn.conv3d(padded, phase_kernel(kernel, phase), ones, "VALID"),
+                    tf.stack(lengths(window)))
+                dwindow = share if dwindow is None else dwindow + share
+                matrix = tf.reshape(rows, (-1, filters))
+                size = tf.stack([-1, *blocks, -1])
+                for offsets in itertools.product(*map(range, taps[phase])):
+                    # Weights tap o of the phase is kernel tap r + (T_r - 1 - o) * s.
+                    tap = tuple(r + (t - 1 - o) * s for r, t, o, s
+                                in zip(phase, taps[phase], offsets, strides))
+                    with tf.control_dependencies(last):
+                        columns = tf.reshape(tf.slice(window, [0, *[
+                            t_max - t + o for t_max, t, o in zip(longest, taps[phase], offsets)],
+                            0], size), (-1, channels))
+                    per_tap[tap] = tf.matmul(matrix, columns, transpose_a=True)
+                    last = [dwindow, per_tap[tap]]
+            dx = dwindow
+            if any(p for pair in paddings for p in pair):  # the pad's gradient is its slice
+                dx = tf.slice(dwindow, [0, *[before for before, _ in paddings], 0],
+                              tf.stack(lengths(x)))
+            dkernel = tf.reshape(tf.stack([per_tap[tap] for tap in
+                                           itertools.product(*map(range, kernel_size))]),
+                                 kernel.shape)
+            return dx, dkernel
+
+        return y, gradient
+
+    return interleaved(x, kernel)
+
+
+def _phase_view(dy, batch, plan, strides, filters):
+    """The output gradient as ``(N*B1, s1, B2, s2, B3, s3*F)``, zero where the
+    crop cut the window of blocks: phase ``r``'s positions are then the plain
+    slice ``[:, r1, :, r2, :, r3*F:(r3+1)*F]``, which copies at memory speed
+    (a strided slice of ``dy`` itself took 7 times as long on the k3 s2 U-Net
+    stage)."""
+    if not plan.window_is_output:
+        dy = tf.pad(dy, [[0, 0], *[[c, b * s - c - n] for c, b, s, n in zip(
+            plan.crop_begin, plan.blocks(), strides, plan.output_lengths)], [0, 0]])
+    b1, b2, b3 = plan.blocks()
+    s1, s2, s3 = strides
+    return tf.reshape(dy, [batch * b1, s1, b2, s2, b3, s3 * filters])
 
 
 def _reversed(weights):
