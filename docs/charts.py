@@ -8,6 +8,10 @@ the numbers; the table of the same marker states them):
   case by case, forward and training step;
 - ``gain BEFORE AFTER [BEFORE AFTER ...]``: tuned ``auto``'s time in one run
   over its time in another, case by case;
+- ``memory RUN``: each path's peak memory over PyTorch's, case by case,
+  forward and training step (RUN is one configuration of a bench_memory.py run);
+- ``scaling FILE``: each path's training-step peak memory and seconds as
+  the edge of a ``bench_memory.py --scaling`` run's stages grows;
 - ``architecture``: the modules a call goes through (docs/architecture.py).
 
 docs/hooks.py adds each to the site as ``charts/<kind>-<digest>.svg``
@@ -19,6 +23,8 @@ plain style.
 
 import hashlib
 import io
+import json
+import os
 import posixpath
 import re
 
@@ -152,8 +158,59 @@ def _gain(*specs):
     return figure
 
 
-_DRAW = {"speedups": _speedups, "gain": _gain, "architecture": architecture.draw}
+def _memory(spec):
+    path, configuration = spec.rsplit(":", 1)
+    with open(os.path.join(tables.ROOT, path)) as f:
+        content = json.load(f)
+    ratios = tables.memory_ratios(content["configurations"][configuration])
+    cases = list(dict.fromkeys(case for by_case in ratios.values() for case in by_case))
+    figure, axes = plt.subplots(1, 2, figsize=(WIDTH, 1.9 + 0.16 * len(ratios) * len(cases)),
+                                sharey=True, layout="constrained")
+    _bars(figure, axes, cases, ratios)
+    figure.suptitle(f"`{tables.common.parse_result_name(path).cpu}` `{configuration}`: peak memory "
+                    "over PyTorch's (below 1x, the path holds less)".replace("`", ""),
+                    fontsize=10)
+    return figure
+
+
+def _scaling(path):
+    with open(os.path.join(tables.ROOT, path)) as f:
+        content = json.load(f)
+    configuration, run = next(iter(content["configurations"].items()))
+    stages = tables.scaling_rows(run)
+    figure, axes = plt.subplots(2, len(stages), figsize=(WIDTH, 6.2), sharex=True,
+                                layout="constrained", squeeze=False)
+    for column, (stage, by_path) in enumerate(stages.items()):
+        for index, (name, by_edge) in enumerate(by_path.items()):
+            done = sorted((edge, row) for edge, row in by_edge.items() if "failed" not in row)
+            for row_index, key in enumerate(("peak_mib", "seconds")):
+                axes[row_index][column].plot([edge for edge, _ in done],
+                                             [row[key] for _, row in done], marker="o",
+                                             markersize=3, color=f"C{index}",
+                                             label=name if row_index == column == 0 else None)
+        for row_index, unit in enumerate(("training-step peak, MiB", "training step, s")):
+            axis = axes[row_index][column]
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            axis.set_ylabel(unit if column == 0 else None)
+            axis.grid(color="0.9")
+        axes[0][column].set_title(stage)
+        axes[1][column].set_xlabel("input edge (voxels)")
+        edges = sorted({edge for by_edge in by_path.values() for edge in by_edge})
+        axes[1][column].xaxis.set_major_locator(FixedLocator(edges[::2]))
+        axes[1][column].xaxis.set_minor_locator(NullLocator())
+        axes[1][column].set_xticklabels([str(edge) for edge in edges[::2]])
+    figure.legend(loc="outside lower center", ncol=3, frameon=False, fontsize=9)
+    figure.suptitle(f"{tables.common.parse_result_name(path).cpu} {configuration}: a training "
+                    "step as the volume grows (batch 1)", fontsize=10)
+    return figure
+
+
+_DRAW = {"speedups": _speedups, "gain": _gain, "memory": _memory, "scaling": _scaling,
+         "architecture": architecture.draw}
 _ALT = {"speedups": "Keras's layer's and PyTorch's time over tuned auto's, case by case",
         "gain": "Tuned auto's time in one run over its time in another, case by case",
+        "memory": "Each path's peak memory over PyTorch's, case by case",
+        "scaling": "Training-step peak memory and time as the volume grows, per path",
         "architecture": "The modules a call goes through, from the layer's arguments to an "
                         "exported file"}

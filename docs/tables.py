@@ -13,6 +13,8 @@ configuration of a bench_conv3d_transpose.py run):
 - ``onnx FILE``: a bench_onnx.py run;
 - ``openvino FILE``: a bench_openvino.py run, each path's ms and ours over the built-in's;
 - ``memory FILE``: a bench_memory.py run, each path's peak by case, forward and training step;
+- ``scaling FILE``: a ``bench_memory.py --scaling`` run, each path's training-step
+  peak and seconds by edge, and the largest edge at which a step completed;
 - ``groups FILE``: a bench_groups.py run;
 - ``serving FILE``: a bench_serving.py run, and each lowering's worst ratio;
 - ``quantization FILE``: a bench_quantization.py run, one row per TFLite file;
@@ -85,6 +87,8 @@ def render(kind, path, *arguments):
         return _openvino(content, cpu, source)
     if kind == "memory":
         return _memory(content, cpu, source)
+    if kind == "scaling":
+        return _scaling(content, cpu, source)
     if kind == "groups":
         return _groups(content, cpu, source)
     if kind == "serving":
@@ -390,6 +394,57 @@ def _memory(content, cpu, source):
                   f"{source}:",
                   _table(["case", *paths], [(case, *(cell(case, path) for path in paths))
                                             for case in cases])]
+    return "\n\n".join(parts)
+
+
+def memory_ratios(run):
+    """``{path: {case: (forward, training step)}}``: each path's peaks over
+    PyTorch's in one configuration of a bench_memory.py run (``run``);
+    cases where a step failed are left out."""
+    peaks = {}
+    for row in run["rows"]:
+        if all("peak_mib" in row[step] for step in ("forward", "train")):
+            peaks.setdefault(row["path"], {})[row["case"]] = tuple(
+                row[step]["peak_mib"] for step in ("forward", "train"))
+    torch = peaks.pop("torch conv_transpose3d")
+    return {path: {case: tuple(ours / theirs for ours, theirs in zip(pair, torch[case]))
+                   for case, pair in by_case.items() if case in torch}
+            for path, by_case in peaks.items()}
+
+
+def scaling_rows(run):
+    """``{stage: {path: {edge: row}}}`` of a ``bench_memory.py --scaling`` configuration."""
+    stages = {}
+    for row in run["scaling"]:
+        stages.setdefault(row["stage"], {}).setdefault(row["path"], {})[row["edge"]] = row
+    return stages
+
+
+def _scaling(content, cpu, source):
+    parts = []
+    for name, entry in content["configurations"].items():
+        for stage, by_path in scaling_rows(entry).items():
+            edges = sorted({edge for by_edge in by_path.values() for edge in by_edge})
+
+            def cell(path, edge):
+                row = by_path[path].get(edge)
+                if row is None:
+                    return "-"
+                if "failed" in row:
+                    return f"failed: {row['failed']}"
+                return f"{row['peak_mib']:.0f} / {row['seconds']:.1f}"
+
+            edges_reached = entry["largest_trainable_edge"]
+            largest = ", ".join(f"{path} {edges_reached.get(f'{stage} | {path}', '-')}"
+                                for path in by_path)
+            parts += [f"{content['date']}, `{cpu}`, configuration `{name}`, stage {stage} "
+                      f"(batch 1, 32 -> 16 channels, input edge^3); training step: peak "
+                      f"resident memory growth in MiB / seconds, each in a fresh process, "
+                      f"killed past {content['memory_limit_gib']:g} GiB or "
+                      f"{content['timeout_s']:g} s {source}:",
+                      _table(["edge", *by_path], [(edge, *(cell(path, edge) for path in by_path))
+                                                   for edge in edges]),
+                      f"Largest edge at which a training step completed: {largest}."]
     return "\n\n".join(parts)
 
 
