@@ -19,7 +19,7 @@ import cpu_pin
 import reference
 from markers import cpu_sensitive, op_only
 from tf_conv3dt import ops, shapes
-from tf_conv3dt.ops import cpu, lowerings, tuning
+from tf_conv3dt.ops import lowerings, tuning
 from tf_conv3dt.ops.tuning import measure, policy
 from tuning_calls import CALL, KERNEL, SHAPE, call_inputs, run_auto, static_call, timed_here
 

@@ -122,6 +122,7 @@ def _phase_by_phase(x, kernel, plan, strides, paddings, longest):
         def gradient(dy):
             window = _pad(x, paddings, fusable=False)
             view = _phase_view(dy, batch, plan, strides, filters)
+            size = tf.stack([-1, *blocks, -1])  # a phase's lengths
             dwindow, per_tap, last = None, {}, []
             for phase in phases:
                 if 0 in taps[phase]:
@@ -139,18 +140,16 @@ def _phase_by_phase(x, kernel, plan, strides, paddings, longest):
                     tf.nn.conv3d(padded, phase_kernel(kernel, phase), ones, "VALID"),
                     tf.stack(lengths(window)))
                 dwindow = share if dwindow is None else dwindow + share
-                matrix = tf.reshape(rows, (-1, filters))
-                size = tf.stack([-1, *blocks, -1])
-                for offsets in itertools.product(*map(range, taps[phase])):
+                offsets = list(itertools.product(*map(range, taps[phase])))
+                products = _tap_products(
+                    window, [[t_max - t + o for t_max, t, o in zip(longest, taps[phase], o3)]
+                             for o3 in offsets],
+                    size, tf.reshape(rows, (-1, filters)), channels, after=[dwindow, *last])
+                for o3, product in zip(offsets, products):
                     # Weights tap o of the phase is kernel tap r + (T_r - 1 - o) * s.
-                    tap = tuple(r + (t - 1 - o) * s for r, t, o, s
-                                in zip(phase, taps[phase], offsets, strides))
-                    with tf.control_dependencies(last):
-                        columns = tf.reshape(tf.slice(window, [0, *[
-                            t_max - t + o for t_max, t, o in zip(longest, taps[phase], offsets)],
-                            0], size), (-1, channels))
-                    per_tap[tap] = tf.matmul(matrix, columns, transpose_a=True)
-                    last = [dwindow, per_tap[tap]]
+                    per_tap[tuple(r + (t - 1 - o) * s for r, t, o, s
+                                  in zip(phase, taps[phase], o3, strides))] = product
+                last = [dwindow, products[-1]]
             dx = dwindow
             if any(p for pair in paddings for p in pair):  # the pad's gradient is its slice
                 dx = tf.slice(dwindow, [0, *[before for before, _ in paddings], 0],
@@ -251,21 +250,29 @@ def _conv3d_valid(x, weights, paddings=((0, 0),) * 3):
                 dx = tf.slice(dx, [0, *[before for before, _ in paddings], 0],
                               tf.stack(lengths(x)))
             source = _pad(x, paddings, fusable=False)
-            rows = tf.reshape(dy, (-1, outputs))
-            size = tf.stack([-1, *out_spatial, -1])  # dy's lengths
-            per_tap = []
-            for offsets in itertools.product(*map(range, taps)):
-                # One input window at a time: each waits for the previous tap's
-                # product, so the peak holds one window, not taps of them.
-                with tf.control_dependencies(per_tap[-1:]):
-                    columns = tf.reshape(tf.slice(source, [0, *offsets, 0], size),
-                                         (-1, channels))
-                per_tap.append(tf.matmul(columns, rows, transpose_a=True))
-            return dx, tf.reshape(tf.stack(per_tap), weights.shape)
+            per_tap = _tap_products(source, list(itertools.product(*map(range, taps))),
+                                    tf.stack([-1, *out_spatial, -1]),  # dy's lengths
+                                    tf.reshape(dy, (-1, outputs)), channels)
+            # (O, C) per tap -> (C, O)
+            return dx, tf.reshape(tf.transpose(tf.stack(per_tap), (0, 2, 1)), weights.shape)
 
         return y, gradient
 
     return convolve(x, weights)
+
+
+def _tap_products(window, starts, size, rows, channels, after=()):
+    """A kernel gradient's taps: for each start, the ``(O, C)`` GEMM of
+    ``rows`` (``(voxels, O)``, an output gradient) with the ``size`` block of
+    ``window`` there (``(voxels, C)``). One block at a time: each waits for
+    the previous tap's product (the first for ``after``), so the peak holds
+    one block, not taps of them."""
+    products = []
+    for start in starts:
+        with tf.control_dependencies(products[-1:] or list(after)):
+            columns = tf.reshape(tf.slice(window, [0, *start, 0], size), (-1, channels))
+        products.append(tf.matmul(rows, columns, transpose_a=True))
+    return products
 
 
 register(Subpixel())
