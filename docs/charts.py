@@ -23,8 +23,6 @@ plain style.
 
 import hashlib
 import io
-import json
-import os
 import posixpath
 import re
 
@@ -160,23 +158,18 @@ def _gain(*specs):
 
 def _memory(spec):
     path, configuration = spec.rsplit(":", 1)
-    with open(os.path.join(tables.ROOT, path)) as f:
-        content = json.load(f)
-    ratios = tables.memory_ratios(content["configurations"][configuration])
+    ratios = tables.memory_ratios(tables.load(path)["configurations"][configuration])
     cases = list(dict.fromkeys(case for by_case in ratios.values() for case in by_case))
     figure, axes = plt.subplots(1, 2, figsize=(WIDTH, 1.9 + 0.16 * len(ratios) * len(cases)),
                                 sharey=True, layout="constrained")
     _bars(figure, axes, cases, ratios)
-    figure.suptitle(f"`{tables.common.parse_result_name(path).cpu}` `{configuration}`: peak memory "
-                    "over PyTorch's (below 1x, the path holds less)".replace("`", ""),
-                    fontsize=10)
+    figure.suptitle(f"{tables.common.parse_result_name(path).cpu} {configuration}: peak memory "
+                    "over PyTorch's (below 1x, the path holds less)", fontsize=10)
     return figure
 
 
 def _scaling(path):
-    with open(os.path.join(tables.ROOT, path)) as f:
-        content = json.load(f)
-    configuration, run = next(iter(content["configurations"].items()))
+    configuration, run = next(iter(tables.load(path)["configurations"].items()))
     stages = tables.scaling_rows(run)
     figure, axes = plt.subplots(2, len(stages), figsize=(WIDTH, 6.2), sharex=True,
                                 layout="constrained", squeeze=False)

@@ -71,8 +71,7 @@ def render(kind, path, *arguments):
         return _gain([path, *arguments])
     if kind == "tuning":
         return _tuning([path, *arguments])
-    with open(os.path.join(ROOT, path)) as f:
-        content = json.load(f)
+    content = load(path)
     if kind == "export":
         return _export(content, source)
     cpu = common.parse_result_name(path).cpu
@@ -194,11 +193,16 @@ def _rule(path):
                    for relation, label in RELATIONS.items()])
 
 
+def load(path):
+    """The result file at ``path``, relative to the repository's root."""
+    with open(os.path.join(ROOT, path)) as f:
+        return json.load(f)
+
+
 def load_run(spec):
     """``(path, configuration, run)`` of a ``PATH:CONFIGURATION`` argument."""
     path, configuration = spec.rsplit(":", 1)
-    with open(os.path.join(ROOT, path)) as f:
-        return path, configuration, json.load(f)[configuration]
+    return path, configuration, load(path)[configuration]
 
 
 def rows_by_case(run):
