@@ -37,6 +37,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 import tf_conv3dt
 from tf_conv3dt import ops, shapes
+from tf_conv3dt.ops.lowerings import gemm as gemm_lowering
 import reference
 import lowerings
 from lowerings import LOWERINGS, SPLITS
@@ -233,6 +234,18 @@ def check_config(config, seed, implementations=IMPLEMENTATIONS):
                          ids=lambda seed: f"seed={seed}")
 def test_random_configuration_matches_reference(seed):
     check_config(draw_config(seed), seed, implementations(seed))
+
+
+@op_only
+@pytest.mark.parametrize("seed", [SEED - 1 - i for i in range(max(CONFIGS // 4, 2))],
+                         ids=lambda seed: f"seed={seed}")
+def test_gemm_taps_one_at_a_time_match_reference(seed, monkeypatch):
+    """The GEMM lowering's taps go one at a time, forward and gradient, only
+    where a product is ``CHAINED_PRODUCT_BYTES`` or more, far larger than
+    these configurations': here from the smallest product (seeds below the
+    random configurations', so that none repeats)."""
+    monkeypatch.setattr(gemm_lowering, "CHAINED_PRODUCT_BYTES", 0)
+    check_config(draw_config(seed), seed, ["gemm"])
 
 
 def implementations(seed):

@@ -137,6 +137,19 @@ def block_window(blocks, plan, shifts):
     return blocks
 
 
+def block_window_gradient(window, plan, shifts):
+    """The gradient of :func:`block_window`'s ``blocks``, given its result's
+    gradient ``window``: the window's part the blocks landed in, zero where
+    the window cut them."""
+    begin, cut, paddings = _window_moves(plan, shifts)
+    if any(p for pair in paddings for p in pair):
+        sizes = [-1] + [n - c for n, c in zip(plan.input_lengths, cut)] + [-1]
+        window = tf.slice(window, [0, *[before for before, _ in paddings], 0], sizes)
+    if any(cut):
+        window = tf.pad(window, [[0, 0], *[[b, c - b] for b, c in zip(begin, cut)], [0, 0]])
+    return window
+
+
 def interleave_and_crop(phases, batch, plan, strides, filters):
     """The output: the phases interleaved, then the plan's window of them."""
     full = _interleave_phases(phases, batch, plan.blocks(), strides, filters)

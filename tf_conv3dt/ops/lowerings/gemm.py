@@ -1,15 +1,15 @@
 """The GEMM lowering: one matmul per tap (or per stride phase), overlap-added by phase."""
 
-import functools
 import itertools
 import math
 
 import tensorflow as tf
 
 from tf_conv3dt import shapes
+from tf_conv3dt.ops import cpu
 from tf_conv3dt.ops.lowerings import Lowering, register
-from tf_conv3dt.ops.plan import (block_window, block_window_pads, interleave_and_crop,
-                                 overlaps_window)
+from tf_conv3dt.ops.plan import (block_window, block_window_gradient, block_window_pads,
+                                 interleave_and_crop, overlaps_window)
 
 
 class Gemm(Lowering):
@@ -32,18 +32,26 @@ class Gemm(Lowering):
         return gemm(x, kernel, plan, call.strides, call.dilation, groups=call.groups)
 
     def memory(self, call):
-        """Three outputs' worth where no taps overlap (each phase one product);
-        where they do, every tap's product at once and nearly twice over (each
-        product, and its gradient's share), and four outputs (bench_memory.py's
-        k3 s2, k2 s2 and k4 s2 cases on the AVX2-only EPYC under Eigen: 4.3
-        and 1.85 times those sizes fit both overlapping cases)."""
+        """Three outputs' worth where no taps overlap (each phase one product).
+        Where they do, and the taps go one at a time (:func:`_tap_by_tap`),
+        outputs' worth: 7.2 under Eigen, 4.8 under oneDNN; where they go at
+        once, every tap's product nearly twice over (each product, and its
+        gradient's share), and four outputs. From bench_memory.py's k3 s2,
+        k2 s2 and k4 s2 cases on the AVX2-only EPYC."""
         sizes = call.sizes()
         if sizes is None:
             return None
         _, output, products = sizes
         if call.relation in ("kernel < stride", "kernel == stride"):
             return int(3.1 * output)
+        if products // math.prod(call.kernel_size) >= CHAINED_PRODUCT_BYTES:
+            return int((4.8 if cpu.onednn_enabled() else 7.2) * output)
         return int(4.3 * output + 1.85 * products)
+
+
+# The product size (bytes, all examples) from which the GEMM lowering's taps
+# go one at a time (_tap_by_tap).
+CHAINED_PRODUCT_BYTES = 8 << 20
 
 
 def unrolled_refusal(call, name):
@@ -158,37 +166,128 @@ def _overlap_add(x, kernel, batch, plan, strides, dilation, one_product_per_phas
     if not taps_by_phase:  # every tap misses the window on some axis
         return epilogue(_unreached_zeros(x, kernel, tf.stack(
             [batch, *plan.blocks(), math.prod(strides) * filters])))
-    rows = tf.reshape(x, (-1, channels))  # one row per input voxel
-    # Each tap's (F, C) weights (depthwise: (m, C)), FULLY_CONNECTED's own
-    # layout, from one Unpack: per-tap slices cost an op each, and a
-    # StridedSliceGrad each.
+    if not one_product_per_phase:
+        return _tap_by_tap(x, kernel, batch, plan, strides, taps_by_phase, groups)
+    # Each tap's (F, C) weights, FULLY_CONNECTED's own layout, from one
+    # Unpack: per-tap slices cost an op each, and a StridedSliceGrad each.
     tap_weights = dict(zip(itertools.product(*map(range, kernel_size)),
                            tf.unstack(tf.reshape(kernel, (-1, per_group, channels)))))
-    product_shape = tf.stack([batch, *plan.input_lengths, filters])
     phases = []
     for phase in itertools.product(*map(range, strides)):
         taps = taps_by_phase.get(phase)
         if not taps:
             phases.append(epilogue(tf.zeros(tf.stack([batch, *plan.blocks(), filters]),
                                             x.dtype)))
-        elif one_product_per_phase:
-            windows = [block_window(x, plan, shifts) for _, shifts in taps]
-            windows = tf.concat(windows, axis=-1) if len(windows) > 1 else windows[0]
-            weights = tf.concat([tap_weights[offsets] for offsets, _ in taps], axis=1)
-            product = epilogue(tf.matmul(tf.reshape(windows, (-1, len(taps) * channels)),
-                                         grid(weights, 1), transpose_b=True))
-            phases.append(tf.reshape(product, [batch, *plan.blocks(), filters]))
-        else:
-            contributions = []
-            for offsets, shifts in taps:
-                product = (depthwise_product(rows, tap_weights[offsets][None])
-                           if groups > 1 else
-                           tf.matmul(rows, tap_weights[offsets], transpose_b=True))
-                product = tf.reshape(product, product_shape)
-                contributions.append(block_window(product, plan, shifts))
-            # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
-            phases.append(functools.reduce(tf.add, contributions))
+            continue
+        windows = [block_window(x, plan, shifts) for _, shifts in taps]
+        windows = tf.concat(windows, axis=-1) if len(windows) > 1 else windows[0]
+        weights = tf.concat([tap_weights[offsets] for offsets, _ in taps], axis=1)
+        product = epilogue(tf.matmul(tf.reshape(windows, (-1, len(taps) * channels)),
+                                     grid(weights, 1), transpose_b=True))
+        phases.append(tf.reshape(product, [batch, *plan.blocks(), filters]))
     return tf.concat(phases, axis=-1) if len(phases) > 1 else phases[0]
+
+
+def _tap_by_tap(x, kernel, batch, plan, strides, taps_by_phase, groups):
+    """The phases of :func:`_overlap_add`'s default form, each the sum of its
+    taps' products moved into the window (:func:`block_window`).
+
+    The gradient goes tap by tap too, each tap's product's gradient (the
+    output gradient's part it landed in) making the tap's share of the
+    input gradient, added to the sum, and its kernel gradient, where
+    autodiff held every tap's share until one AddN summed them.
+
+    Where a product is :data:`CHAINED_PRODUCT_BYTES` or more, the taps go
+    one at a time, each waiting for the sum before it, so that the peak
+    holds one product, not every tap's: on the AVX2-only EPYC
+    (bench_memory.py), a training step of the k3 s2 U-Net stage, (1, 64^3,
+    32) -> 16, peaked at 708-853 MiB under Eigen and 529 under oneDNN,
+    against 1,366 and 1,107 with autodiff and every tap at once, and of the
+    k4 s2 stage at 873-923 and 618, against 2,624 and 2,274; its time was
+    0.55-0.6 of autodiff's under Eigen and 1.05-1.11 times under oneDNN.
+    Below it the order costs more time than the memory it saves: a (1,
+    32^3, 64) -> 32 k3 s2 step took 1.19 times as long under oneDNN, and a
+    (2, 16^3, 32) k3 s1 one 1.4 times."""
+    kernel_size, per_group, channels = tuple(kernel.shape[:3]), kernel.shape[3], kernel.shape[4]
+    filters = per_group * groups
+    all_taps = list(itertools.product(*map(range, kernel_size)))
+    phases = list(itertools.product(*map(range, strides)))
+    # An unknown batch counts as one example; an unknown volume as a large one.
+    known = [n for n in [x.shape[0] or 1, *plan.input_lengths] if isinstance(n, int)]
+    chained = (len(known) < 4
+               or math.prod(known) * filters * x.dtype.size >= CHAINED_PRODUCT_BYTES)
+
+    def after(ops):
+        return tf.control_dependencies(ops if chained else [])
+
+    def product(rows, weights):  # (V, C) by a tap's (F, C) weights (depthwise: (m, C))
+        if groups > 1:
+            return depthwise_product(rows, weights[None])
+        return tf.matmul(rows, weights, transpose_b=True)
+
+    def product_gradient(rows, weights, upstream):  # the rows' and the weights'
+        if groups > 1:  # upstream (V, C*m): each channel's m filters together
+            upstream = tf.reshape(upstream, (-1, channels, per_group))
+            return (tf.einsum("vcm,mc->vc", upstream, weights),
+                    tf.einsum("vc,vcm->mc", rows, upstream))
+        return (tf.matmul(upstream, weights),
+                tf.matmul(upstream, rows, transpose_a=True))
+
+    @tf.custom_gradient
+    def tap_by_tap(x, kernel):
+        rows = tf.reshape(x, (-1, channels))  # one row per input voxel
+        # Each tap's (F, C) weights (depthwise: (m, C)), from one Unpack:
+        # per-tap slices cost an op each.
+        tap_weights = dict(zip(all_taps, tf.unstack(tf.reshape(kernel, (-1, per_group,
+                                                                         channels)))))
+        product_shape = tf.stack([batch, *plan.input_lengths, filters])
+        outputs, last = [], []
+        for phase in phases:
+            total = None
+            for offsets, shifts in taps_by_phase.get(phase, ()):
+                with after(last):
+                    moved = block_window(tf.reshape(product(rows, tap_weights[offsets]),
+                                                    product_shape), plan, shifts)
+                # Pairwise adds, not add_n: TFLite's ADD_N has no int8 kernel.
+                total = moved if total is None else total + moved
+                last = [total]
+            outputs.append(tf.zeros(tf.stack([batch, *plan.blocks(), filters]), x.dtype)
+                           if total is None else total)
+        y = tf.concat(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+
+        def gradient(dy):
+            rows = tf.reshape(x, (-1, channels))
+            tap_weights = dict(zip(all_taps, tf.unstack(tf.reshape(
+                kernel, (-1, per_group, channels)))))
+            drows, dweights, last = None, {}, []
+            for index, phase in enumerate(phases):
+                taps = taps_by_phase.get(phase, ())
+                if taps:
+                    with after(last):
+                        phase_dy = tf.slice(dy, [0, 0, 0, 0, index * filters],
+                                            [-1, -1, -1, -1, filters])
+                for offsets, shifts in taps:
+                    with after(last):
+                        upstream = tf.reshape(block_window_gradient(phase_dy, plan, shifts),
+                                              (-1, filters))
+                    share, dweights[offsets] = product_gradient(
+                        rows, tap_weights[offsets], upstream)
+                    drows = share if drows is None else drows + share
+                    last = [drows, dweights[offsets]]
+            dkernel = tf.stack([dweights[offsets] if offsets in dweights
+                                else tf.zeros_like(tap_weights[offsets])
+                                for offsets in all_taps])
+            return tf.reshape(drows, tf.shape(x)), tf.reshape(dkernel, kernel.shape)
+
+        return y, gradient
+
+    if not (tf.executing_eagerly() or tf.inside_function()):
+        # A TF1 graph, such as graph_rewrite's for the TFLite converter, where
+        # the custom gradient's IdentityN made the converted file return the
+        # first layer's phases, not the model's output (TF 2.21): the plain
+        # forward ops, which autodiff differentiates.
+        return tap_by_tap.__wrapped__(x, kernel)[0]
+    return tap_by_tap(x, kernel)
 
 
 def _unreached_zeros(x, kernel, shape):
