@@ -23,7 +23,6 @@ Usage: python benchmarks/bench_conv3d_transpose.py [--repeats 20] [--cases 0 2]
 """
 
 import argparse
-import ctypes
 import json
 import os
 import statistics
@@ -64,33 +63,6 @@ def sgemm_gflops(size=2048, repeats=5):
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-class PeakMemory:
-    """Peak resident-set growth during a block (Linux: clear_refs resets VmHWM)."""
-
-    @staticmethod
-    def _status(field):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def __enter__(self):
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.available = True
-        except OSError:
-            self.available = False
-        self.before = self._status("VmRSS:")
-        return self
-
-    def __exit__(self, *exc):
-        # Allocators keep freed memory, so growth can be less than the work's
-        # true footprint: read it as a lower bound.
-        self.peak = max(self._status("VmHWM:") - self.before, 0) if self.available else None
-
-
 def _mib(size):
     return None if size is None else max(size, 0) / 2 ** 20
 
@@ -125,11 +97,8 @@ def _measure_peak_memory(index, name, data_format, policy):
              else common.tf_paths(*case, data_format=data_format))
     train_step = paths[name][1]
     train_step()
-    try:  # hand what the first (tracing) step freed back to the system
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with PeakMemory() as memory:
+    common.peak.trim()  # hand what the first (tracing) step freed back to the system
+    with common.peak.PeakMemory() as memory:
         train_step()
     print(json.dumps(_mib(memory.peak)))
 
@@ -189,7 +158,7 @@ def scaling(repeats):
         forward = tf.function(lambda x, layer=layer: layer(x))
         voxels = batch * (size * c["stride"]) ** 3
         output_bytes = voxels * c["filters"] * 4
-        with PeakMemory() as memory:
+        with common.peak.PeakMemory() as memory:
             ms = median_ms(lambda: forward(x).numpy(), max(repeats // 2, 3))
         row = dict(batch=batch, size=size, forward_ms=ms, ns_per_voxel=ms * 1e6 / voxels,
                    peak_over_output=None if memory.peak is None else memory.peak / output_bytes)

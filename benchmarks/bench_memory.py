@@ -4,7 +4,7 @@ For each case and each path (tf_conv3dt "auto" with timing off, as
 ``TF_CONV3DT_AUTOTUNE=0`` runs it, each lowering "auto" picks from,
 keras.layers.Conv3DTranspose and PyTorch's conv_transpose3d) a fresh
 process builds the path and runs it once: the peak resident memory during
-that call, less the resident memory before it (``PeakMemory``; TensorFlow
+that call, less the resident memory before it (``common.peak``; TensorFlow
 keeps no allocator statistics on a CPU), and its seconds. A training step
 is the forward pass, ``sum(y * y)`` and the gradients with respect to the
 input and the kernel, traced and run once, as the first step of a fit.
@@ -22,7 +22,6 @@ how time and peak grow with the work. Results go to results/memory/
 """
 
 import argparse
-import ctypes
 import json
 import os
 import subprocess
@@ -55,27 +54,6 @@ def paths():
             "keras Conv3DTranspose", TORCH]
 
 
-class PeakMemory:
-    """Peak resident-memory growth during a block (Linux: clear_refs resets VmHWM)."""
-
-    @staticmethod
-    def _status(field, pid="self"):
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def __enter__(self):
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        self.before = self._status("VmRSS:")
-        return self
-
-    def __exit__(self, *exc):
-        self.peak = max(self._status("VmHWM:") - self.before, 0)
-
-
 def probe(case, path, step, limit_bytes=None, timeout=None, env=None):
     """``{"peak_mib", "seconds"}`` of one ``step`` of ``path`` on ``case`` in a
     fresh process, or ``{"failed": why}`` where it raised, ran out of memory,
@@ -89,7 +67,7 @@ def probe(case, path, step, limit_bytes=None, timeout=None, env=None):
     def watch():
         while child.poll() is None:
             try:
-                if limit_bytes and PeakMemory._status("VmRSS:", child.pid) > limit_bytes:
+                if limit_bytes and common.peak.status("VmRSS:", child.pid) > limit_bytes:
                     killed.append("memory limit")
                     child.kill()
             except OSError:
@@ -122,11 +100,8 @@ def _child(case, path, step):
         os.environ["TF_CONV3DT_AUTOTUNE"] = "0"
         calls = common.tf_paths(tuple(shape), *arguments)[path]
     call = calls[STEPS.index(step)]
-    try:  # hand what building freed back to the system
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with PeakMemory() as memory:
+    common.peak.trim()  # hand what building freed back to the system
+    with common.peak.PeakMemory() as memory:
         started = time.perf_counter()
         call()
         seconds = time.perf_counter() - started

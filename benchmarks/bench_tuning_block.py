@@ -58,7 +58,7 @@ def main():
             started = time.perf_counter()
             timed_call = dataclasses.replace(call, input_shape=(shape[0], *spatial, shape[4]),
                                              output_lengths=tuple(lengths))
-            ms = measure.lowerings(timed_call, [rule, *[c for c in candidates if c != rule]])
+            ms, _ = measure.lowerings(timed_call, [rule, *[c for c in candidates if c != rule]])
             gradients = policy.ranked_gradients(ms, call, spatial != whole)
             timed[name] = dict(seconds=time.perf_counter() - started, spatial=list(spatial),
                                ms=ms, choice=policy.choose(ms, rule, gradients))

@@ -28,6 +28,23 @@ from typing import NamedTuple
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
+
+def _peak():
+    """tf_conv3dt's peak-memory reader (``PeakMemory``, ``status``,
+    ``trim``), loaded from its file: through the package, it would import
+    TensorFlow into PyTorch's processes."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(RESULTS), os.pardir, "tf_conv3dt", "ops", "tuning",
+                        "peak.py")
+    spec = importlib.util.spec_from_file_location("tf_conv3dt_peak", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+peak = _peak()
+
 # (input shape NDHWC, filters, kernel, stride, padding): the main benchmark's
 # cases, which bench_xla, bench_tuning_block and profile_onednn pick from.
 CASES = [

@@ -113,7 +113,7 @@ def test_tuning_times_a_registered_lowering_and_runs_it_where_it_wins(toy, monke
 
     def timed(call, names, proposal=None):
         candidates.extend(names)
-        return {name: (0.5, 0.5) if name == toy.name else (1.0, 1.0) for name in names}
+        return {name: (0.5, 0.5) if name == toy.name else (1.0, 1.0) for name in names}, {}
 
     monkeypatch.setattr(measure, "lowerings", timed)
     tuning.forget()

@@ -59,6 +59,12 @@ def test_tune_command_prints_a_row_per_layer_and_fills_the_cache(tuning_on, tmp_
     assert estimated == "  ".join(
         f"{name} {lowerings.get(name).memory(call) / 2**20:.0f}" for name in decision.ms
         if "+" not in name), up
+    # Each timed lowering's measured peak (Linux lets a process read it).
+    assert set(decision.peaks) == {n for n in decision.ms if "+" not in n}, up
+    assert all(peak >= 0 for peak in decision.peaks.values()), decision.peaks
+    measured = up.split("| measured on the timed input: ")[1].split(" | ")[0]
+    assert measured == "  ".join(f"{name} {decision.peaks[name]:.0f}"
+                                 for name in decision.ms if "+" not in name), up
     forward = up.rsplit("| ", 1)[1].split()[0]
     assert forward in lowerings.names(auto=True) and up.endswith("(measured)"), up
     choices = json.loads(open(tuning.current_cache().path).read())["choices"]

@@ -20,7 +20,7 @@ import reference
 from markers import cpu_sensitive, op_only
 from tf_conv3dt import ops, shapes
 from tf_conv3dt.ops import lowerings, tuning
-from tf_conv3dt.ops.tuning import measure, policy
+from tf_conv3dt.ops.tuning import measure, peak, policy
 from tuning_calls import CALL, KERNEL, SHAPE, call_inputs, run_auto, static_call, timed_here
 
 
@@ -202,6 +202,20 @@ def test_timing_times_the_fastest_forward_and_gradient_in_rounds(times):
     assert clock.log.count("behind.f") == 2 + 2 * policy.KNOBS.min_samples
 
 
+def test_a_block_s_peak_is_its_resident_growth():
+    """What the tune command's measured column reads: 64 MiB written in a
+    block is its peak, and a block that allocates nothing has next to none."""
+    peak.trim()
+    with peak.PeakMemory() as memory:
+        block = np.ones(8 * 2**20)  # 64 MiB of float64
+    assert 60 * 2**20 <= memory.peak < 96 * 2**20, memory.peak / 2**20
+    del block
+    peak.trim()
+    with peak.PeakMemory() as idle:
+        pass
+    assert idle.peak < 8 * 2**20, idle.peak / 2**20
+
+
 @op_only
 def test_the_timed_training_step_takes_its_upstream_gradient_as_an_argument(monkeypatch):
     """A constant upstream gradient (ones_like) lets TensorFlow fold parts of
@@ -216,7 +230,8 @@ def test_the_timed_training_step_takes_its_upstream_gradient_as_an_argument(monk
         return {name: (1.0, 1.0) for name in timed}
 
     monkeypatch.setattr(tuning.Timer, "rounds", spy)
-    measure.lowerings(static_call(strides=(2, 1, 1), output=(8, 5, 3)), ("gemm",))
+    _, peaks = measure.lowerings(static_call(strides=(2, 1, 1), output=(8, 5, 3)), ("gemm",))
+    assert list(peaks) == ["gemm"] and peaks["gemm"] >= 0, peaks
     gradient = steps["gemm"][1].__defaults__[0]  # the step's functools.partial
     x, kernel, upstream = gradient.args
     assert upstream.shape == (2, 8, 5, 3, KERNEL[3])
@@ -253,8 +268,8 @@ def test_a_split_choice_runs_one_lowerings_forward_with_anothers_gradient(tuning
     """Measured with native's forward and GEMM's gradient fastest: the
     forward pass is native's graph, the gradients GEMM's (no Conv3DBackprop*
     op in the traced step), and both are exact."""
-    monkeypatch.setattr(measure, "lowerings", lambda *args: {
-        "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (3.0, 3.5)})
+    monkeypatch.setattr(measure, "lowerings", lambda *args: ({
+        "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (3.0, 3.5)}, {}))
     monkeypatch.setattr(measure, "pair", lambda *args: 3.1)
     x, kernel = call_inputs()
     cotangent = np.random.default_rng(1).standard_normal(
@@ -293,8 +308,8 @@ def test_a_pair_slower_as_the_call_traces_it_gives_way_to_one_lowering(
     together with the batch unknown, as a Keras model's graph traces them,
     they take 1.0 + 5.0 ms (or fail) against native's own 1.0 + 5.0: GEMM
     runs alone, the fastest over forward plus gradient (2.0 + 3.0)."""
-    monkeypatch.setattr(measure, "lowerings", lambda *args: {
-        "gemm": (2.0, 3.0), "native": (1.0, 5.0), "subpixel": (3.0, 3.5)})
+    monkeypatch.setattr(measure, "lowerings", lambda *args: ({
+        "gemm": (2.0, 3.0), "native": (1.0, 5.0), "subpixel": (3.0, 3.5)}, {}))
     timed = []
     monkeypatch.setattr(measure, "pair", lambda *args: timed.append(args) or split_ms)
     x, kernel = call_inputs()
@@ -340,8 +355,8 @@ def test_a_pair_is_kept_against_the_lowering_fastest_over_both(tuning_on, monkey
     own 10.0 ms either way. Under oneDNN, pinned: without it the native op
     is not a candidate (``Lowering.untimed``)."""
     cpu_pin.pin(monkeypatch, "onednn", "avx512")
-    monkeypatch.setattr(measure, "lowerings", lambda *args: {
-        "gemm": (2.0, 3.0), "native": (1.0, 9.0)})
+    monkeypatch.setattr(measure, "lowerings", lambda *args: ({
+        "gemm": (2.0, 3.0), "native": (1.0, 9.0)}, {}))
     monkeypatch.setattr(measure, "pair", lambda *args: split_ms)
     assert _tuned(["gemm", "native"], "gemm") == chosen
 
@@ -372,8 +387,8 @@ def test_a_served_call_takes_the_fastest_forward(tuning_on, monkeypatch):
     forward, the fastest, alone. Under oneDNN, pinned, where native is a
     candidate."""
     cpu_pin.pin(monkeypatch, "onednn", "avx512")
-    monkeypatch.setattr(measure, "lowerings", lambda *args: {
-        "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (1.04, 3.5)})
+    monkeypatch.setattr(measure, "lowerings", lambda *args: ({
+        "gemm": (2.0, 3.0), "native": (1.0, 9.0), "subpixel": (1.04, 3.5)}, {}))
     monkeypatch.setattr(measure, "pair", lambda *args: 3.1)
     for serving, expected in ((False, ("subpixel", "gemm")), (True, ("native", "native"))):
         tuning.forget()
@@ -598,8 +613,8 @@ def test_a_block_does_not_rank_the_native_gradient_where_kernel_equals_stride(
     fails, GEMM runs alone; the log line and the tune command's row say so."""
     _as_on_a_cpu(monkeypatch)
     _knobs(monkeypatch, max_timed_products=1 if on_a_block else float("inf"))
-    monkeypatch.setattr(measure, "lowerings", lambda *args: {
-        "native": (1.0, 2.0), "gemm": (2.0, 3.0), "subpixel": (2.1, 3.5)})
+    monkeypatch.setattr(measure, "lowerings", lambda *args: ({
+        "native": (1.0, 2.0), "gemm": (2.0, 3.0), "subpixel": (2.1, 3.5)}, {}))
     monkeypatch.setattr(measure, "pair", lambda *args: split_ms)
     with caplog.at_level(logging.INFO, logger="tf_conv3dt"):
         runs = _tuned(lowerings.names(auto=True), "subpixel", shape=(2, 16, 16, 16, 2),
@@ -659,8 +674,8 @@ MIRRORED = textwrap.dedent("""
         timings.append(args)
         forward, gradient = list(args[-2]), list(args[-2])
         random.shuffle(forward); random.shuffle(gradient)
-        return {name: (1.0 + forward.index(name), 1.0 + gradient.index(name))
-                for name in forward}
+        return ({name: (1.0 + forward.index(name), 1.0 + gradient.index(name))
+                 for name in forward}, {})
     measure.lowerings = lowerings
     measure.pair = lambda *args: random.choice([0.5, None])  # a pair kept, or not
     chosen = []

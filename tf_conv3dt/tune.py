@@ -12,7 +12,8 @@ directory), which "auto" reads in every run where timing is on (the
 default on a CPU; TF_CONV3DT_AUTOTUNE=0 switches it off, =1 on): a cached
 configuration is not timed again. One row per
 layer: its configuration, each candidate's forward / gradient
-milliseconds, and what runs.
+milliseconds, its training step's estimated peak memory and the peak
+measured on the input it was timed on, and what runs.
 
 exit status:
   0    every layer tuned (or fixed to one lowering by its configuration)

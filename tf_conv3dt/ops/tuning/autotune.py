@@ -108,7 +108,7 @@ def _measure(call, batch, candidates, rule, batch_known):
     def proposal(times):
         return policy.choose(times, rule, policy.ranked_gradients(times, call, on_a_block))
 
-    times = measure.on_a_fresh_thread(measure.lowerings, timed, order, proposal)
+    times, peaks = measure.on_a_fresh_thread(measure.lowerings, timed, order, proposal)
     gradients = policy.ranked_gradients(times, call, on_a_block)
     forward, gradient = policy.choose(times, rule, gradients)
     if gradient != forward:  # timed together, as the call traces them
@@ -121,7 +121,8 @@ def _measure(call, batch, candidates, rule, batch_known):
                                                  serves_faster=forward != alone):
             forward = gradient = alone
     decision = Decision(call.tuning_key(), forward, gradient, fastest_first(times), batch,
-                        timed.input_shape[1:4], time.perf_counter() - started, "measured")
+                        timed.input_shape[1:4], time.perf_counter() - started, "measured",
+                        peaks)
     _logger.info(
         "tf_conv3dt auto: %s -> %s, timed at batch %d on input %s in %.2f s (forward + "
         "gradient ms: %s)%s", json.dumps(decision.key), decision.runs(), batch, decision.spatial,

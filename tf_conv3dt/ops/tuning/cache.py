@@ -148,7 +148,9 @@ class Cache:
                 decisions[key] = Decision(key, entry["forward"], entry["gradient"],
                                           fastest_first(times), int(entry["batch"]),
                                           tuple(map(int, entry["spatial"])),
-                                          float(entry["seconds"]), "cache")
+                                          float(entry["seconds"]), "cache",
+                                          {name: None if peak is None else float(peak)
+                                           for name, peak in entry.get("peaks", {}).items()})
             return decisions
         except FileNotFoundError:
             return {}

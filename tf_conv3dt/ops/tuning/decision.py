@@ -15,8 +15,10 @@ class Decision(NamedTuple):
     "forward+gradient", where one was timed together: ``measure.pair``), the
     batch and input spatial lengths they were timed at
     (``measure.timed_shape``), the seconds the timing took (tracing
-    included; what ``Knobs.budget_s`` bounds), and where the choice came
-    from ("measured", "cache" or "memory")."""
+    included; what ``Knobs.budget_s`` bounds), where the choice came from
+    ("measured", "cache" or "memory"), and each timed lowering's training
+    step's peak resident-memory growth in MiB there (``measure.lowerings``;
+    None where it could not be read)."""
 
     key: tuple
     forward: str
@@ -26,6 +28,7 @@ class Decision(NamedTuple):
     spatial: tuple
     seconds: float
     source: str
+    peaks: dict = {}
 
     @property
     def call(self):
@@ -80,13 +83,17 @@ class Decision(NamedTuple):
     def estimates(self):
         """" | estimated training-step peak MiB: NAME N ..." for each timed
         lowering that estimates one (``Lowering.memory``) at the batch it
-        was timed at, or nothing."""
+        was timed at, then " | measured on the timed input: NAME N ..." for
+        each whose peak was read (:attr:`peaks`), or nothing."""
         call = dataclasses.replace(self.call, input_shape=(self.batch,
                                                            *self.call.input_shape[1:]))
         peaks = {name: lowerings.get(name).memory(call) for name in lowering_times(self.ms)}
         text = "  ".join(f"{name} {peak / 2**20:.0f}" for name, peak in peaks.items()
                          if peak is not None)
-        return f" | estimated training-step peak MiB: {text}" if text else ""
+        measured = "  ".join(f"{name} {self.peaks[name]:.0f}" for name in peaks
+                             if self.peaks.get(name) is not None)
+        return ((f" | estimated training-step peak MiB: {text}" if text else "")
+                + (f" | measured on the timed input: {measured}" if measured else ""))
 
 
 def fastest_first(times):

@@ -10,7 +10,7 @@ import time
 import tensorflow as tf
 
 from tf_conv3dt.ops import cpu
-from tf_conv3dt.ops.tuning import policy
+from tf_conv3dt.ops.tuning import peak, policy
 from tf_conv3dt.ops.tuning.timer import Timer
 
 _logger = logging.getLogger("tf_conv3dt")
@@ -57,8 +57,10 @@ def lowerings(call, candidates, proposal=None, timer=None):
     """Times each of ``candidates`` (names) on random data for ``call`` (its
     batch known), fastest first.
 
-    Returns ``{name: (forward_ms, gradient_ms)}`` as ``Timer.rounds``
-    measures them; one that fails is left out. Runs eagerly, within about
+    Returns ``({name: (forward_ms, gradient_ms)}, {name: peak MiB})``: the
+    times as ``Timer.rounds`` measures them, and each training step's
+    resident-memory growth, run once after its trace (``peak``: a lower
+    bound, None where it cannot be read); one that fails is left out. Runs eagerly, within about
     ``Knobs.budget_s`` where the calls allow, less the time a pair would
     take to time (:func:`pair_seconds`) where ``proposal``, a function of
     such times to the (forward, gradient) lowerings to run
@@ -73,21 +75,27 @@ def lowerings(call, candidates, proposal=None, timer=None):
     timer = timer or Timer()
     started = time.perf_counter()
     data, arguments = _setup(call)
-    steps, traced = {}, {}
+    steps, traced, peaks = {}, {}, {}
     for implementation in candidates:
         began = time.perf_counter()
         try:
             steps[implementation] = _calls(implementation, data, arguments)
+            traced[implementation] = time.perf_counter() - began
+            peak.trim()  # what the trace freed, and the previous candidate
+            with peak.PeakMemory() as memory:
+                steps[implementation][1]()
         except (tf.errors.OpError, MemoryError) as error:
             _logger.info("tf_conv3dt auto: %s failed while being timed (%s); skipped",
                          implementation, str(error).splitlines()[0])
+            steps.pop(implementation, None)
             continue
-        traced[implementation] = time.perf_counter() - began
+        peaks[implementation] = None if memory.peak is None else memory.peak / 2**20
     budget = policy.KNOBS.budget_s - (time.perf_counter() - started)
     results = timer.rounds(steps, budget, held_back=None if proposal is None else (
         lambda seconds: pair_seconds(seconds, traced, proposal)))
-    return fastest_first({name: (forward * 1e3, gradient * 1e3)
-                          for name, (forward, gradient) in results.items()})
+    return (fastest_first({name: (forward * 1e3, gradient * 1e3)
+                           for name, (forward, gradient) in results.items()}),
+            {name: peaks[name] for name in results})
 
 
 def pair_seconds(seconds, traced, proposal):
