@@ -255,10 +255,7 @@ def _tap_by_tap(x, kernel, batch, plan, strides, taps_by_phase, groups):
                            if total is None else total)
         y = tf.concat(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
 
-        def gradient(dy):
-            rows = tf.reshape(x, (-1, channels))
-            tap_weights = dict(zip(all_taps, tf.unstack(tf.reshape(
-                kernel, (-1, per_group, channels)))))
+        def gradient(dy):  # reads the forward's rows and tap weights
             drows, dweights, last = None, {}, []
             for index, phase in enumerate(phases):
                 taps = taps_by_phase.get(phase, ())
