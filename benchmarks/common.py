@@ -261,8 +261,11 @@ def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last
                 loss = tf.reduce_sum(y * y)
             return tape.gradient(loss, [x, layer.kernel])
 
-        paths[name] = (lambda f=forward: f(x).numpy(),
-                       lambda f=train_step: [g.numpy() for g in f(x)])
+        # A function's eager call returns when its ops have run. Its results
+        # are not read out: EagerTensor.numpy() copies, which added one
+        # output's worth to every forward peak, and its time, where
+        # PyTorch's paths copy nothing (runs before 2026-12-07's last ones).
+        paths[name] = (lambda f=forward: f(x), lambda f=train_step: f(x))
     return paths
 
 
