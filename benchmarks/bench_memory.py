@@ -3,11 +3,13 @@
 For each case and each path (tf_conv3dt "auto" with timing off, as
 ``TF_CONV3DT_AUTOTUNE=0`` runs it, each lowering "auto" picks from,
 keras.layers.Conv3DTranspose and PyTorch's conv_transpose3d) a fresh
-process builds the path and runs it once: the peak resident memory during
-that call, less the resident memory before it (``common.peak``; TensorFlow
-keeps no allocator statistics on a CPU), and its seconds. A training step
-is the forward pass, ``sum(y * y)`` and the gradients with respect to the
-input and the kernel, traced and run once, as the first step of a fit.
+process builds the path, runs it once on a tiny volume (the library's
+one-off costs, :func:`_child`) and once on the case: the peak resident
+memory during that call, less the resident memory before it
+(``common.peak``; TensorFlow keeps no allocator statistics on a CPU), and
+its seconds. A training step is the forward pass, ``sum(y * y)`` and the
+gradients with respect to the input and the kernel, traced and run once,
+as the first step of a fit.
 
 ``--scaling`` instead grows the volume of two U-Net decoder stages (k3 s2
 "same" and k2 s2, 32 -> 16 channels, batch 1) edge by edge from 32, each
@@ -92,14 +94,21 @@ def probe(case, path, step, limit_bytes=None, timeout=None, env=None):
 
 
 def _child(case, path, step):
-    """The probe's process: builds ``path`` and prints its one ``step``'s peak."""
+    """The probe's process: builds ``path`` and prints its one ``step``'s peak.
+
+    First it runs the same ``step`` of ``path`` on a (1, 4, 4, 4) volume of
+    the case's channels, as a model's other layers run before any one of
+    them: a process's first step of a library pays once for its runtime
+    (thread pools, function runtime, kernel registry), 13-17 MiB of
+    TensorFlow's and 4-12 MiB of PyTorch's on the AVX2-only EPYC, which
+    varied by up to 10 MiB between runs and dominated the smaller cases.
+    Runs before 2026-12-07's "warm" ones include it."""
     shape, *arguments = case
-    if path == TORCH:
-        calls = common.torch_paths(tuple(shape), *arguments)[path]
-    else:
+    if path != TORCH:
         os.environ["TF_CONV3DT_AUTOTUNE"] = "0"
-        calls = common.tf_paths(tuple(shape), *arguments)[path]
-    call = calls[STEPS.index(step)]
+    paths = common.torch_paths if path == TORCH else common.tf_paths
+    paths((1, 4, 4, 4, shape[4]), *arguments)[path][STEPS.index(step)]()
+    call = paths(tuple(shape), *arguments)[path][STEPS.index(step)]
     common.peak.trim()  # hand what building freed back to the system
     with common.peak.PeakMemory() as memory:
         started = time.perf_counter()
