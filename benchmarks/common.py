@@ -264,7 +264,8 @@ def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last
         # A function's eager call returns when its ops have run. Its results
         # are not read out: EagerTensor.numpy() copies, which added one
         # output's worth to every forward peak, and its time, where
-        # PyTorch's paths copy nothing (runs before 2026-12-07's last ones).
+        # PyTorch's paths copy nothing (runs before those of 2026-12-07
+        # labelled "warm" and "after-gemm-taps" did).
         paths[name] = (lambda f=forward: f(x), lambda f=train_step: f(x))
     return paths
 
