@@ -249,6 +249,22 @@ def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last
                                                data_format=data_format)
         builtin.build(shape)
         layers["keras Conv3DTranspose"] = builtin
+    # The results are not read out: EagerTensor.numpy() copies, which added
+    # one output's worth to every forward peak, and its time, where
+    # PyTorch's paths copy nothing (runs before those of 2026-12-07
+    # labelled "warm" and "after-gemm-taps" did). A function's eager call
+    # on a CPU returns when its ops have run; on a GPU, once its kernels are
+    # queued, so there each call waits for them.
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+
+    def blocking(function):
+        def call():
+            result = function(x)
+            if gpu:
+                tf.test.experimental.sync_devices()
+            return result
+        return call
+
     paths = {}
     for name, layer in layers.items():
         forward = tf.function(lambda x, layer=layer: layer(x))
@@ -261,12 +277,7 @@ def tf_paths(shape, filters, kernel, stride, padding, data_format="channels_last
                 loss = tf.reduce_sum(y * y)
             return tape.gradient(loss, [x, layer.kernel])
 
-        # A function's eager call returns when its ops have run. Its results
-        # are not read out: EagerTensor.numpy() copies, which added one
-        # output's worth to every forward peak, and its time, where
-        # PyTorch's paths copy nothing (runs before those of 2026-12-07
-        # labelled "warm" and "after-gemm-taps" did).
-        paths[name] = (lambda f=forward: f(x), lambda f=train_step: f(x))
+        paths[name] = (blocking(forward), blocking(train_step))
     return paths
 
 
