@@ -76,6 +76,15 @@ CONFIGURATIONS = {
     "onednn": {"TF_ENABLE_ONEDNN_OPTS": "1"},
     "onednn-avx2": {"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2"},
 }
+# Each of them "-unpooled" too: every tensor of 1 MiB or more in a mapping
+# of its own, handed back to the system when freed. By default glibc raises
+# its mmap threshold to the largest block freed (up to 32 MiB), so later
+# tensors of that size come from its heap, and TensorFlow with oneDNN keeps
+# large tensors in a pool of its own; either holds freed memory that the
+# resident peak then counts.
+UNPOOLED = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
+CONFIGURATIONS.update({f"{name}-unpooled": {**environment, **UNPOOLED}
+                       for name, environment in list(CONFIGURATIONS.items())})
 
 # The compute dtype of each Keras policy, in PyTorch's names too.
 POLICY_DTYPES = {"float32": "float32", "mixed_float16": "float16",
