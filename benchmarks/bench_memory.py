@@ -1,7 +1,8 @@
 """Peak memory of a forward pass and of a training step, per path, each in a process of its own.
 
 For each case and each path (tf_conv3dt "auto" with timing off, as
-``TF_CONV3DT_AUTOTUNE=0`` runs it, each lowering "auto" picks from,
+``TF_CONV3DT_AUTOTUNE=0`` runs it, and tuned, as it runs by default with
+TensorFlow's Eigen kernels and on AMX, each lowering "auto" picks from,
 keras.layers.Conv3DTranspose and PyTorch's conv_transpose3d) a fresh
 process builds the path, runs it once on a tiny volume (the library's
 one-off costs, :func:`_child`) and once on the case: the peak resident
@@ -28,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -45,6 +47,7 @@ CASES = [
 STAGES = {"k3 s2 same": (16, 3, 2, "same"), "k2 s2 valid": (16, 2, 2, "valid")}
 EDGES = (32, 48, 64, 80, 96, 112, 128, 144, 160, 192, 224, 256, 288, 320)
 TORCH = "torch conv_transpose3d"
+TUNED = "tf_conv3dt auto tuned"
 STEPS = ("forward", "train")
 
 
@@ -52,18 +55,36 @@ def paths():
     """The paths, by the names ``common.tf_paths`` and ``torch_paths`` give them."""
     from tf_conv3dt.ops import lowerings
 
-    return ["tf_conv3dt auto", *(f"tf_conv3dt {name}" for name in lowerings.names(auto=True)),
+    return ["tf_conv3dt auto", TUNED,
+            *(f"tf_conv3dt {name}" for name in lowerings.names(auto=True)),
             "keras Conv3DTranspose", TORCH]
 
 
 def probe(case, path, step, limit_bytes=None, timeout=None, env=None):
     """``{"peak_mib", "seconds"}`` of one ``step`` of ``path`` on ``case`` in a
     fresh process, or ``{"failed": why}`` where it raised, ran out of memory,
-    passed ``limit_bytes`` of resident memory (killed) or ``timeout`` seconds."""
+    passed ``limit_bytes`` of resident memory (killed) or ``timeout`` seconds.
+
+    ``TUNED`` runs twice, with a tuning cache of its own: the first process
+    times the lowerings and writes its choices, the second, measured, reads
+    them, as a training run does once its first step has tuned (the timing
+    itself would hold the candidates' memory)."""
+    env = dict(env or {})
+    if path == TUNED:
+        with tempfile.TemporaryDirectory() as cache:
+            env.update(TF_CONV3DT_CACHE_DIR=cache, TF_CONV3DT_AUTOTUNE="1")
+            tuning = _probe_once(case, path, step, limit_bytes, timeout, env)
+            if "failed" in tuning:
+                return {"failed": f"while tuning: {tuning['failed']}"}
+            return _probe_once(case, path, step, limit_bytes, timeout, env)
+    return _probe_once(case, path, step, limit_bytes, timeout, env)
+
+
+def _probe_once(case, path, step, limit_bytes, timeout, env):
     command = [sys.executable, os.path.abspath(__file__), "--child",
                json.dumps([list(case[0]), *case[1:]]), path, step]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, **(env or {})})
+                             text=True, env={**os.environ, **env})
     killed = []
 
     def watch():
@@ -104,7 +125,9 @@ def _child(case, path, step):
     varied by up to 10 MiB between runs and dominated the smaller cases.
     Runs before 2026-12-07's "warm" ones include it."""
     shape, *arguments = case
-    if path != TORCH:
+    if path == TUNED:
+        path = "tf_conv3dt auto"  # timing as probe() set it
+    elif path != TORCH:
         os.environ["TF_CONV3DT_AUTOTUNE"] = "0"
     paths = common.torch_paths if path == TORCH else common.tf_paths
     paths((1, 4, 4, 4, shape[4]), *arguments)[path][STEPS.index(step)]()
