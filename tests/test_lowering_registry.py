@@ -13,6 +13,8 @@ from tf_conv3dt.export import cli
 from tf_conv3dt.ops import lowerings, select, tuning
 from tf_conv3dt.ops.dilation import dilated_as_undilated
 from tf_conv3dt.ops.lowerings import Lowering
+from tf_conv3dt.ops.lowerings.gemm import _unreached_zeros
+from tf_conv3dt.ops.lowerings.native import empty_batch_safe
 from tf_conv3dt.ops.tuning import measure
 
 
@@ -21,7 +23,10 @@ class UpsampleThenConvolve(Lowering):
     stride with zeros between, padded by the kernel's length less one and
     convolved (stride 1) with the kernel reversed, then the call's window of
     that full output. Its zeros cost stride**3 times the products: a toy,
-    and exact. It counts its forward passes."""
+    and exact. With an empty batch oneDNN's conv3d may return a wrong shape,
+    so, as the library's lowerings do, it returns zeros for a batch known
+    to be empty and puts its convolution through ``empty_batch_safe``. It
+    counts its forward passes."""
 
     name = "toy_upsample_convolve"
 
@@ -38,9 +43,15 @@ def _full_then_window(x, kernel, plan, strides):
     for axis, stride in enumerate(strides, start=1):
         x = _spread(x, axis, stride)
     taps = kernel.shape[:3]
+    if x.shape[0] == 0:  # known empty: zeros, with zero gradients
+        return _unreached_zeros(x, kernel, [0, *plan.output_lengths, kernel.shape[3]])
     padded = tf.pad(x, [[0, 0], *[[k - 1, k - 1] for k in taps], [0, 0]])
     flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1, 2]), (0, 1, 2, 4, 3))
-    full = tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID")
+    shape = tf.shape(padded)
+    full = empty_batch_safe(tf.nn.conv3d(padded, flipped, (1, 1, 1, 1, 1), "VALID"),
+                            tf.stack([shape[0], *[shape[axis] - k + 1 for axis, k in
+                                                  enumerate(taps, start=1)],
+                                      kernel.shape[3]]))
     starts = [first * s + begin for first, s, begin in
               zip(plan.first_block, strides, plan.crop_begin)]
     lengths = tf.shape(full)[1:4]
