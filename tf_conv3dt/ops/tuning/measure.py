@@ -179,19 +179,20 @@ def _calls(implementation, data, arguments, batch_known=True, steps=("forward", 
         concrete = tf.function(function, autograph=False).get_concrete_function(
             *specs[:arity])
         calls.append(functools.partial(concrete, *data[:arity]))
+    gpu = cpu.on_a_gpu()  # asked once, not in every timed call
     for call in calls:  # trace and allocate
-        _finish(call())
-    return tuple(lambda call=call: _finish(call()) for call in calls)
+        _finish(call(), gpu)
+    return tuple(lambda call=call: _finish(call(), gpu) for call in calls)
 
 
-def _finish(result):
+def _finish(result, gpu):
     """Returns once ``result`` is computed. On a CPU a function's eager call
-    returns only then; on a GPU it waits for the kernels. Reading the
+    returns only then; on a ``gpu`` it waits for the kernels. Reading the
     tensors (``.numpy()``) would copy them into the measured peak: one
     output more in a forward pass, an input gradient more in a training
     step."""
     del result
-    if cpu.on_a_gpu():
+    if gpu:
         tf.test.experimental.sync_devices()
 
 
